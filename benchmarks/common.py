@@ -1,0 +1,82 @@
+"""Shared helpers for benchmark scripts: the results envelope, data discovery, child runs."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+# dataset key (path under the data root) -> (MVTec root, category)
+DATASETS = {
+    "magnetic_tile/magnetic_tile": ("magnetic_tile", "magnetic_tile"),
+    "mpdd/metal_plate": ("mpdd", "metal_plate"),
+    "deeppcb/deeppcb": ("deeppcb", "deeppcb"),
+}
+# DeepPCB has 1000 normal templates; the foundation issue allows fitting on a fixed 300.
+TRAIN_LIMIT = {"deeppcb/deeppcb": 300}
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import torch
+
+    return (f"{cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GiB RAM, {platform.system()} {platform.machine()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def envelope(results: dict) -> dict:
+    return {"command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine(), "results": results}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run_child(args: list[str]) -> dict:
+    """Run this script again in a fresh process (isolated peak RSS); it prints one JSON line last."""
+    proc = subprocess.run([sys.executable, sys.argv[0], *args], stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {args} failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def available(data_root: Path, key: str) -> bool:
+    root, cat = DATASETS[key]
+    return (data_root / root / cat / "train" / "good").is_dir()
+
+
+def update_section(name: str, body: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
+    """Replace the text between <!-- name:begin --> and <!-- name:end --> in BENCHMARKS.md."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else ""
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + f"\n\n{block}\n"
+    path.write_text(text)

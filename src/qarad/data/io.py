@@ -1,0 +1,167 @@
+"""Image and mask reading with explicit, file-naming errors, and atomic writes.
+
+Every image is returned as float32 RGB in [0, 1] (H, W, 3), whatever its mode on disk:
+grayscale, palette, RGBA/LA (alpha composited onto black), 16-bit and 32-bit integer, float.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Refuse before decoding: 100 Mpx of float32 RGB is already 1.2 GB.
+MAX_PIXELS = 100_000_000
+Image.MAX_IMAGE_PIXELS = None  # we do our own, clearer check against MAX_PIXELS
+
+
+class ImageError(ValueError):
+    """An input file that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+@contextmanager
+def _opened(path: str | os.PathLike, max_pixels: int) -> Iterator[Image.Image]:
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise ImageError(path, "file is empty (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(path, f"image is {w}x{h} = {w * h} px, over the limit of {max_pixels} px "
+                                       "(raise qarad.data.io.MAX_PIXELS if this is intended)")
+            if w == 0 or h == 0:
+                raise ImageError(path, f"image has zero size {w}x{h}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # PIL warns (not raises) on some corrupt files
+                img.load()
+            yield img
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(path, "not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError, Warning) as exc:
+        raise ImageError(path, f"cannot decode image ({exc}); the file may be truncated or corrupt") from None
+
+
+def _to_float(img: Image.Image) -> np.ndarray:
+    """Any PIL mode -> float32 array in [0, 1], shape (H, W) or (H, W, C)."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) <= 65535):
+        return arr.astype(np.float32) / 65535.0
+    if img.mode == "I":
+        return arr.astype(np.float32) / float(2**32 - 1)
+    if img.mode == "F":
+        return np.clip(arr.astype(np.float32), 0.0, 1.0)
+    return arr.astype(np.float32) / 255.0
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Read any supported image as float32 RGB (H, W, 3) in [0, 1]."""
+    with _opened(path, max_pixels or MAX_PIXELS) as img:
+        arr = _to_float(img)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    channels = arr.shape[2]
+    if channels in (2, 4):  # LA / RGBA: composite onto black so hidden colours never leak in
+        arr = arr[..., :-1] * arr[..., -1:]
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    if arr.shape[2] != 3:
+        raise ImageError(path, f"unsupported channel count {channels}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) from the header only."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageError(path, f"not a readable image ({exc})") from None
+    return h, w
+
+
+def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a binary defect mask (0 = normal, anything at full scale = defect) as bool (H, W).
+
+    Accepted encodings are {0, 255}, {0, 1} and {0, 65535}. Soft or multi-level masks are refused
+    rather than guessed at: binarise them yourself at the threshold you mean.
+    """
+    with _opened(path, MAX_PIXELS) as img:
+        if img.mode in ("RGB", "RGBA", "P", "LA"):
+            img = img.convert("L")
+        arr = np.asarray(img)
+    if arr.ndim != 2:
+        raise ImageError(path, f"mask must be single-channel, got shape {arr.shape}")
+    values = np.unique(arr)
+    top = values.max(initial=0)
+    if not (set(values.tolist()) <= {0, top} and top in (0, 1, 255, 65535, True)):
+        shown = ", ".join(str(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
+        raise ImageError(path, f"mask has values other than 0/255 ({shown}); binarise it first")
+    if shape is not None and arr.shape != tuple(shape):
+        raise ImageError(path, f"mask is {arr.shape[1]}x{arr.shape[0]} but its image is {shape[1]}x{shape[0]}")
+    return arr > 0
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write float [0, 1] (H, W[, 3]) or uint8/bool arrays as PNG, atomically."""
+    if image.dtype == bool:
+        image = image.astype(np.uint8) * 255
+    elif image.dtype != np.uint8:
+        image = to_uint8(image)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,88 @@
+"""Stream images through a view-wise function in bounded batches.
+
+Images are decoded one at a time (one read ahead in a background thread), cut into views by
+their `Layout`, and views of the same shape are grouped into batches of at most `batch_size`.
+Memory is bounded by the batch and by one image's stitched map, never by the dataset size.
+"""
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .io import read_image
+from .resolution import Layout, ResolutionPolicy
+
+
+@dataclass
+class Loaded:
+    index: int
+    path: Path
+    image: np.ndarray  # (H, W, 3) float32 original
+    layout: Layout
+    views: torch.Tensor  # (n, 3, vh, vw)
+
+
+def load(index: int, path: Path, policy: ResolutionPolicy) -> Loaded:
+    image = read_image(path)
+    layout = policy.layout(*image.shape[:2])
+    return Loaded(index, Path(path), image, layout, layout.views(image))
+
+
+def iter_loaded(paths: Iterable[Path], policy: ResolutionPolicy, read_ahead: int = 2) -> Iterator[Loaded]:
+    """Decode images in order, overlapping decoding with the caller's compute."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: deque = deque()
+        for i, path in enumerate(paths):
+            pending.append(pool.submit(load, i, path, policy))
+            if len(pending) > read_ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def map_views(
+    items: Iterable[Loaded],
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 8,
+) -> Iterator[tuple[Loaded, torch.Tensor]]:
+    """Apply `fn` to every view in batches; yield (item, fn(views of item)) in input order."""
+    waiting: deque[tuple[Loaded, list[torch.Tensor]]] = deque()
+    chunks: list[tuple[int, torch.Tensor]] = []  # (position in `waiting`, views)
+    queued = 0
+
+    def flush():
+        nonlocal chunks, queued
+        if not chunks:
+            return
+        out = fn(torch.cat([v for _, v in chunks]))
+        start = 0
+        for slot, views in chunks:
+            waiting[slot][1].append(out[start:start + len(views)])
+            start += len(views)
+        chunks, queued = [], 0
+
+    def ready():
+        while waiting and sum(len(o) for o in waiting[0][1]) == len(waiting[0][0].views):
+            item, outs = waiting.popleft()
+            yield item, torch.cat(outs)
+
+    for item in items:
+        waiting.append((item, []))
+        slot = len(waiting) - 1
+        for part in item.views.split(batch_size):
+            if chunks and (queued + len(part) > batch_size or part.shape[1:] != chunks[0][1].shape[1:]):
+                flush()
+            chunks.append((slot, part))
+            queued += len(part)
+        if queued >= batch_size:
+            flush()
+        if not chunks:
+            yield from ready()
+    flush()
+    yield from ready()

@@ -1,0 +1,1 @@
+"""Detectors (PatchCore baseline; the synthesis-trained detector) and their evaluation."""

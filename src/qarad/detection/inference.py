@@ -1,0 +1,47 @@
+"""Image-level inference shared by every detector: views -> stitched, smoothed map -> score."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from ..data.resolution import Layout, ResolutionPolicy
+from ..data.stream import iter_loaded, map_views
+
+
+class Detector(Protocol):
+    policy: ResolutionPolicy
+    threshold_: float
+
+    def view_maps(self, views: torch.Tensor) -> torch.Tensor: ...  # (n, 3, vh, vw) -> (n, vh, vw)
+
+    def smooth(self, work_map: torch.Tensor) -> torch.Tensor: ...  # (h, w) -> (h, w)
+
+
+@dataclass
+class ImageResult:
+    path: Path
+    layout: Layout
+    anomaly_map: np.ndarray  # (h, w) float32 over the working image
+    score: float  # image score: maximum of the smoothed map
+    image: np.ndarray | None = None  # original image, kept only when asked (overlays)
+
+
+def score_images(
+    detector: Detector,
+    paths: Iterable[Path],
+    batch_size: int = 8,
+    keep_images: bool = False,
+    on_image: Callable[[], None] | None = None,
+) -> Iterator[ImageResult]:
+    with torch.inference_mode():
+        for item, maps in map_views(iter_loaded(paths, detector.policy), detector.view_maps, batch_size):
+            work = detector.smooth(item.layout.stitch(maps.float().cpu()))
+            if on_image:
+                on_image()
+            yield ImageResult(item.path, item.layout, work.numpy().astype(np.float32), float(work.max()),
+                              item.image if keep_images else None)
+

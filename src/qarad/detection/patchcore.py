@@ -1,0 +1,169 @@
+"""PatchCore baseline (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
+
+No synthesis: a memory bank of locally aggregated stride-8 + stride-16 backbone patch features
+from normal images, reduced by a greedy coreset; a patch's anomaly score is the distance to its
+nearest neighbour in the bank. The map is upsampled, stitched per the resolution policy,
+smoothed, and the image score is its maximum.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import checkpoint
+from ..backbone import Backbone, BackboneConfig
+from ..data.resolution import ResolutionPolicy
+from ..data.stream import iter_loaded, map_views
+from .anomaly_map import gaussian_blur, upsample
+from .coreset import CoresetSampler
+
+PATCH_STRIDE = 8
+THRESHOLD_SIGMAS = 3.0  # decision threshold = mean + 3 std of held-out normal image scores
+
+
+@dataclass(frozen=True)
+class PatchCoreConfig:
+    coreset_ratio: float = 0.1
+    projection_dim: int = 128
+    coreset_partition: int = 16384  # patches per exact-greedy partition (see coreset.py)
+    memory_limit: int | None = None  # cap on memory bank rows (bounds scoring cost on large images)
+    blur_sigma: float = 4.0
+    calibration_images: int = 50  # normal training images scored leave-one-out for the threshold
+    batch_size: int = 8
+    seed: int = 0
+
+
+class PatchEmbedder(nn.Module):
+    """(B, 3, H, W) in [0, 1] -> (B, C, H/8, W/8): 3x3-averaged taps, stride 16 upsampled to 8."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    @property
+    def channels(self) -> int:
+        return sum(self.backbone.channels().values())
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone(views)
+        size = feats[PATCH_STRIDE].shape[-2:]
+        pooled = [F.avg_pool2d(f, 3, stride=1, padding=1) for _, f in sorted(feats.items())]
+        return torch.cat([p if p.shape[-2:] == size else
+                          F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pooled], 1)
+
+
+def nearest_distance(queries: torch.Tensor, memory: torch.Tensor, memory_sq: torch.Tensor,
+                     exclude: torch.Tensor | None = None, chunk_elems: int = 2**25) -> torch.Tensor:
+    """Euclidean distance from each query row to its nearest memory row; `exclude` masks columns."""
+    out = torch.empty(len(queries))
+    step = max(1, chunk_elems // max(1, len(memory)))
+    for s in range(0, len(queries), step):
+        q = queries[s:s + step]
+        d = torch.addmm(memory_sq[None], q, memory.T, alpha=-2.0) + (q * q).sum(1, keepdim=True)
+        if exclude is not None:
+            d[:, exclude] = float("inf")
+        out[s:s + step] = d.min(1).values.clamp_min_(0).sqrt_()
+    return out
+
+
+def _patch_valid(valid: torch.Tensor) -> torch.Tensor:
+    """(n, vh, vw) pixel validity -> (n, vh/8, vw/8): a patch counts if its centre pixel is real."""
+    c = PATCH_STRIDE // 2
+    return valid[:, c::PATCH_STRIDE, c::PATCH_STRIDE]
+
+
+class PatchCore:
+    """Memory-bank detector with a scikit-learn-like API: `fit(paths)` then `score_views`/inference."""
+
+    method = "patchcore"
+
+    def __init__(self, config: PatchCoreConfig = PatchCoreConfig(), policy: ResolutionPolicy = ResolutionPolicy(),
+                 backbone: Backbone | None = None):
+        self.config = config
+        self.policy = policy
+        self.embedder = PatchEmbedder(backbone or Backbone(BackboneConfig(strides=(8, 16))))
+
+    # --- fitting -----------------------------------------------------------------------------
+    def fit(self, paths: list[Path], on_image: Callable[[], None] | None = None) -> "PatchCore":
+        cfg = self.config
+        if not paths:
+            raise ValueError("PatchCore.fit needs at least one normal image")
+        sampler = CoresetSampler(cfg.coreset_ratio, cfg.projection_dim, cfg.coreset_partition, cfg.seed,
+                                 cfg.memory_limit)
+        with torch.inference_mode():
+            for item, emb in map_views(iter_loaded(paths, self.policy), self.embedder, cfg.batch_size):
+                keep = _patch_valid(item.layout.valid())  # (n, h, w)
+                feats = emb.permute(0, 2, 3, 1)[keep]  # (patches, C)
+                sampler.add(feats, torch.full((len(feats),), item.index, dtype=torch.int32))
+                if on_image:
+                    on_image()
+            self.memory_, self.memory_source_ = sampler.result()
+            self._memory_sq = (self.memory_ * self.memory_).sum(1)
+            self.calibration_scores_ = self._leave_one_out_scores(paths)
+        s = self.calibration_scores_
+        self.threshold_ = float(s.mean() + THRESHOLD_SIGMAS * s.std()) if len(s) > 1 else float("inf")
+        return self
+
+    def _leave_one_out_scores(self, paths: list[Path]) -> np.ndarray:
+        """Image scores of training images against the bank without their own patches."""
+        n = min(self.config.calibration_images, len(paths))
+        if n == 0 or len(paths) < 2:
+            return np.zeros(0)
+        picks = np.unique(np.linspace(0, len(paths) - 1, n).round().astype(int))
+        scores = []
+        for item, emb in map_views(iter_loaded([paths[i] for i in picks], self.policy), self.embedder,
+                                   self.config.batch_size):
+            source = int(picks[item.index])
+            maps = self._maps_from_embedding(emb, exclude=self.memory_source_ == source)
+            scores.append(float(self.smooth(item.layout.stitch(maps)).max()))
+        return np.asarray(scores)
+
+    # --- scoring -----------------------------------------------------------------------------
+    def _check_fitted(self):
+        if not hasattr(self, "memory_"):
+            raise RuntimeError("this PatchCore is not fitted yet: call fit() or load a run")
+
+    def _maps_from_embedding(self, emb: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, h, w = emb.shape
+        flat = emb.permute(0, 2, 3, 1).reshape(-1, c)  # (B*h*w, C)
+        dist = nearest_distance(flat, self.memory_, self._memory_sq, exclude).view(b, h, w)
+        return upsample(dist, (h * PATCH_STRIDE, w * PATCH_STRIDE))
+
+    def view_maps(self, views: torch.Tensor) -> torch.Tensor:
+        self._check_fitted()
+        return self._maps_from_embedding(self.embedder(views))
+
+    def smooth(self, work_map: torch.Tensor) -> torch.Tensor:
+        return gaussian_blur(work_map, self.config.blur_sigma)
+
+    # --- persistence ---------------------------------------------------------------------------
+    def save(self, stem: str | Path) -> None:
+        self._check_fitted()
+        checkpoint.save(stem, {"memory": self.memory_, "memory_source": self.memory_source_}, {
+            "method": self.method, "patchcore": asdict(self.config), "policy": self.policy.to_dict(),
+            "threshold": self.threshold_, "calibration_scores": self.calibration_scores_.tolist()})
+
+    @classmethod
+    def load(cls, stem: str | Path) -> "PatchCore":
+        cfg = checkpoint.load_config(stem)
+        known = {"method", "patchcore", "policy", "threshold", "calibration_scores"}
+        if set(cfg) != known or cfg["method"] != cls.method:
+            raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.json')}: not a PatchCore config "
+                                             f"(keys {sorted(cfg)})")
+        model = cls(checkpoint.build_config(PatchCoreConfig, cfg["patchcore"], stem),
+                    checkpoint.build_config(ResolutionPolicy, cfg["policy"], stem))
+        tensors = checkpoint.load_tensors(stem, {"memory": (None, model.embedder.channels), "memory_source": (None,)})
+        if len(tensors["memory"]) != len(tensors["memory_source"]):
+            raise checkpoint.CheckpointError(f"{stem}: memory and memory_source lengths differ")
+        model.memory_ = tensors["memory"].float()
+        model.memory_source_ = tensors["memory_source"]
+        model._memory_sq = (model.memory_ * model.memory_).sum(1)
+        model.threshold_ = float(cfg["threshold"])
+        model.calibration_scores_ = np.asarray(cfg["calibration_scores"], dtype=np.float64)
+        return model
