@@ -44,7 +44,7 @@ class ResolutionPolicy:
             raise ValueError(f"working size must be a positive multiple of {STRIDE_MULTIPLE}, got {self.size}")
         if not 0 < self.scale <= 8:
             raise ValueError(f"tile scale must be in (0, 8], got {self.scale}")
-        if not 0 <= self.overlap < self.size:
+        if self.mode == "tile" and not 0 <= self.overlap < self.size:
             raise ValueError(f"tile overlap must be in [0, size), got {self.overlap}")
 
     def to_dict(self) -> dict:

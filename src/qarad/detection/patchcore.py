@@ -61,7 +61,7 @@ class PatchEmbedder(nn.Module):
 def nearest_distance(queries: torch.Tensor, memory: torch.Tensor, memory_sq: torch.Tensor,
                      exclude: torch.Tensor | None = None, chunk_elems: int = 2**25) -> torch.Tensor:
     """Euclidean distance from each query row to its nearest memory row; `exclude` masks columns."""
-    out = torch.empty(len(queries))
+    out = torch.empty(len(queries), device=queries.device)
     step = max(1, chunk_elems // max(1, len(memory)))
     for s in range(0, len(queries), step):
         q = queries[s:s + step]
@@ -88,6 +88,22 @@ class PatchCore:
         self.config = config
         self.policy = policy
         self.embedder = PatchEmbedder(backbone or Backbone(BackboneConfig(strides=(8, 16))))
+        self.device = torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "PatchCore":
+        """Move the backbone and the memory bank ('auto' picks CUDA when present)."""
+        if str(device) == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.embedder.to(self.device)
+        if hasattr(self, "memory_"):
+            self._set_memory(self.memory_, self.memory_source_)
+        return self
+
+    def _set_memory(self, memory: torch.Tensor, source: torch.Tensor) -> None:
+        self.memory_ = memory.float().to(self.device)
+        self.memory_source_ = source.to(self.device)
+        self._memory_sq = (self.memory_ * self.memory_).sum(1)
 
     # --- fitting -----------------------------------------------------------------------------
     def fit(self, paths: list[Path], on_image: Callable[[], None] | None = None) -> "PatchCore":
@@ -97,14 +113,13 @@ class PatchCore:
         sampler = CoresetSampler(cfg.coreset_ratio, cfg.projection_dim, cfg.coreset_partition, cfg.seed,
                                  cfg.memory_limit)
         with torch.inference_mode():
-            for item, emb in map_views(iter_loaded(paths, self.policy), self.embedder, cfg.batch_size):
+            for item, emb in map_views(iter_loaded(paths, self.policy), self._embed, cfg.batch_size):
                 keep = _patch_valid(item.layout.valid())  # (n, h, w)
-                feats = emb.permute(0, 2, 3, 1)[keep]  # (patches, C)
+                feats = emb.permute(0, 2, 3, 1)[keep]  # (patches, C), on CPU
                 sampler.add(feats, torch.full((len(feats),), item.index, dtype=torch.int32))
                 if on_image:
                     on_image()
-            self.memory_, self.memory_source_ = sampler.result()
-            self._memory_sq = (self.memory_ * self.memory_).sum(1)
+            self._set_memory(*sampler.result())
             self.calibration_scores_ = self._leave_one_out_scores(paths)
         s = self.calibration_scores_
         self.threshold_ = float(s.mean() + THRESHOLD_SIGMAS * s.std()) if len(s) > 1 else float("inf")
@@ -117,17 +132,20 @@ class PatchCore:
             return np.zeros(0)
         picks = np.unique(np.linspace(0, len(paths) - 1, n).round().astype(int))
         scores = []
-        for item, emb in map_views(iter_loaded([paths[i] for i in picks], self.policy), self.embedder,
+        for item, emb in map_views(iter_loaded([paths[i] for i in picks], self.policy), self._embed,
                                    self.config.batch_size):
             source = int(picks[item.index])
-            maps = self._maps_from_embedding(emb, exclude=self.memory_source_ == source)
-            scores.append(float(self.smooth(item.layout.stitch(maps)).max()))
+            maps = self._maps_from_embedding(emb.to(self.device), exclude=self.memory_source_ == source)
+            scores.append(float(self.smooth(item.layout.stitch(maps.cpu())).max()))
         return np.asarray(scores)
 
     # --- scoring -----------------------------------------------------------------------------
     def _check_fitted(self):
         if not hasattr(self, "memory_"):
             raise RuntimeError("this PatchCore is not fitted yet: call fit() or load a run")
+
+    def _embed(self, views: torch.Tensor) -> torch.Tensor:
+        return self.embedder(views.to(self.device)).cpu()
 
     def _maps_from_embedding(self, emb: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = emb.shape
@@ -137,7 +155,7 @@ class PatchCore:
 
     def view_maps(self, views: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
-        return self._maps_from_embedding(self.embedder(views))
+        return self._maps_from_embedding(self.embedder(views.to(self.device))).cpu()
 
     def smooth(self, work_map: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(work_map, self.config.blur_sigma)
@@ -145,7 +163,7 @@ class PatchCore:
     # --- persistence ---------------------------------------------------------------------------
     def save(self, stem: str | Path) -> None:
         self._check_fitted()
-        checkpoint.save(stem, {"memory": self.memory_, "memory_source": self.memory_source_}, {
+        checkpoint.save(stem, {"memory": self.memory_.cpu(), "memory_source": self.memory_source_.cpu()}, {
             "method": self.method, "patchcore": asdict(self.config), "policy": self.policy.to_dict(),
             "threshold": self.threshold_, "calibration_scores": self.calibration_scores_.tolist()})
 
@@ -161,9 +179,7 @@ class PatchCore:
         tensors = checkpoint.load_tensors(stem, {"memory": (None, model.embedder.channels), "memory_source": (None,)})
         if len(tensors["memory"]) != len(tensors["memory_source"]):
             raise checkpoint.CheckpointError(f"{stem}: memory and memory_source lengths differ")
-        model.memory_ = tensors["memory"].float()
-        model.memory_source_ = tensors["memory_source"]
-        model._memory_sq = (model.memory_ * model.memory_).sum(1)
+        model._set_memory(tensors["memory"], tensors["memory_source"])
         model.threshold_ = float(cfg["threshold"])
         model.calibration_scores_ = np.asarray(cfg["calibration_scores"], dtype=np.float64)
         return model

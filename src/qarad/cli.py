@@ -1,0 +1,98 @@
+"""The `qarad` command: thin argument parsing over the library (see `qarad VERB --help`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+
+EXAMPLES = {
+    "train": "qarad train --method patchcore --data ../shared/data/mpdd --category metal_plate --out runs/mpdd",
+    "eval": "qarad eval runs/mpdd",
+    "predict": "qarad predict runs/mpdd new_images/ --out runs/mpdd/predictions",
+    "demo": "qarad demo --out runs/demo",
+}
+
+
+def _sub(subs, name: str, help_text: str) -> argparse.ArgumentParser:
+    return subs.add_parser(name, help=help_text, description=f"{help_text}\n\nexample:\n  {EXAMPLES[name]}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_policy_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("resolution policy (stored with the run; eval/predict reuse it)")
+    g.add_argument("--policy", choices=["resize", "keep-aspect", "tile"], default="resize",
+                   help="resize: squash to SIZE x SIZE; keep-aspect: shorter side to SIZE, padded; "
+                        "tile: SIZE tiles at SCALE (1.0 = native pixels). Default: resize")
+    g.add_argument("--size", type=int, default=256, help="working size in px (default 256)")
+    g.add_argument("--scale", type=float, default=1.0, help="tile policy: image scale before tiling (default 1.0)")
+    g.add_argument("--overlap", type=int, default=64, help="tile policy: minimum tile overlap in px (default 64)")
+
+
+def main_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="qarad", description="Offline industrial anomaly synthesis and detection.")
+    ap.add_argument("--version", action="version", version=f"qarad {__version__}")
+    subs = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = _sub(subs, "train", "Train a detector on the normal images of one category (MVTec AD layout).")
+    p.add_argument("--method", choices=["patchcore"], default="patchcore")
+    p.add_argument("--data", type=Path, required=True, help="dataset root holding CATEGORY/train/good")
+    p.add_argument("--category", required=True)
+    p.add_argument("--out", type=Path, required=True, help="run folder to create")
+    _add_policy_args(p)
+    p.add_argument("--coreset-ratio", type=float, default=0.1, help="fraction of patches kept (default 0.1)")
+    p.add_argument("--memory-limit", type=int, default=None, help="cap on memory-bank rows (default: none)")
+    p.add_argument("--max-train-images", type=int, default=None,
+                   help="fit on a reproducible random subset of this many normal images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
+
+    p = _sub(subs, "eval", "Evaluate a trained run on its category's test split; writes RUN/metrics.json.")
+    p.add_argument("run", type=Path)
+    p.add_argument("--data", type=Path, help="override the dataset root stored in the run")
+    p.add_argument("--allow-missing-masks", action="store_true",
+                   help="use defect images without masks for image metrics only")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+
+    p = _sub(subs, "predict", "Score new images: heat-map overlays and a CSV of scores and decisions.")
+    p.add_argument("run", type=Path)
+    p.add_argument("images", type=Path, nargs="+", help="image files and/or folders of images")
+    p.add_argument("--out", type=Path, help="output folder (default RUN/predictions)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+
+    p = _sub(subs, "demo", "Run the whole pipeline on built-in demo data and write a report.")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="smaller demo (for tests and smoke checks)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .data.io import ImageError
+    from .data.mvtec import DatasetError
+    from .runs import RunError
+    from . import commands
+
+    args = main_parser().parse_args(argv)
+    try:
+        return getattr(commands, args.verb)(args)
+    except (ImageError, DatasetError, RunError, CheckpointError, ValueError, OSError) as exc:
+        print(f"qarad {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"qarad {args.verb}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def entrypoint() -> None:
+    sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    entrypoint()

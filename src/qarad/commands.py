@@ -1,0 +1,163 @@
+"""What each CLI verb does, as plain functions of parsed arguments (thin layers over the library)."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import runs
+from .data.io import is_image_file, write_image, write_json, write_text
+from .data.mvtec import DatasetError, scan_mvtec, subsample
+from .data.resolution import ResolutionPolicy
+from .progress import bar
+
+METRIC_COLUMNS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
+
+
+def _policy(args) -> ResolutionPolicy:
+    return ResolutionPolicy(mode=args.policy, size=args.size, scale=args.scale, overlap=args.overlap)
+
+
+def _train_config(args) -> dict:
+    return {"method": args.method, "data": {"root": str(Path(args.data).resolve()), "category": args.category,
+                                            "max_train_images": args.max_train_images, "seed": args.seed},
+            "policy": _policy(args).to_dict(),
+            "detector": {"coreset_ratio": args.coreset_ratio, "memory_limit": args.memory_limit,
+                         "batch_size": args.batch_size, "seed": args.seed}}
+
+
+def train(args) -> int:
+    from .detection.patchcore import PatchCore, PatchCoreConfig
+
+    config = _train_config(args)
+    train_set = subsample(scan_mvtec(args.data, args.category, "train"), args.max_train_images, args.seed)
+    if runs.prepare(args.out, config, args.overwrite):
+        print(f"{args.out}: this run is already trained; nothing to do (pass --overwrite to retrain)")
+        return 0
+    model = PatchCore(PatchCoreConfig(**config["detector"]), _policy(args)).to(args.device)
+    with bar(len(train_set), f"train {args.method}") as tick:
+        model.fit([s.image for s in train_set], on_image=tick)
+    model.save(Path(args.out) / runs.MODEL)
+    print(f"trained {args.method} on {len(train_set)} images: memory bank {len(model.memory_)} rows, "
+          f"threshold {model.threshold_:.4f}\nrun folder: {args.out}")
+    return 0
+
+
+def format_table(overall: dict, per_type: dict) -> str:
+    names = ["image AUROC", "image AP", "image F1max", "pixel AUROC", "pixel AP", "pixel F1max", "AUPRO@0.3"]
+    lines = [f"{'defect type':<16}{'n':>5} " + " ".join(f"{n:>11}" for n in names)]
+    for label, m in [*per_type.items(), ("ALL", overall)]:
+        lines.append(f"{label:<16}{m['n_images']:>5} " + " ".join(f"{m[c]:>11.4f}" for c in METRIC_COLUMNS))
+    return "\n".join(lines)
+
+
+def evaluate_run(run: Path, data_root: Path | None = None, allow_missing_masks: bool = False,
+                 batch_size: int = 8, device: str = "cpu") -> dict:
+    from .detection.evaluate import evaluate
+
+    cfg = runs.read_config(run)
+    detector = runs.load_detector(run, device)
+    root = Path(data_root or cfg["data"]["root"])
+    test = scan_mvtec(root, cfg["data"]["category"], "test", allow_missing_masks=allow_missing_masks)
+    with bar(len(test), "eval") as tick:
+        ev = evaluate(detector, test, batch_size, on_image=tick)
+    result = {"method": cfg["method"], "category": cfg["data"]["category"], "policy": cfg["policy"],
+              "threshold": detector.threshold_, "overall": ev.overall, "per_type": ev.per_type,
+              "test_images_per_s": ev.images_per_s}
+    write_json(Path(run) / "metrics.json", result)
+    write_text(Path(run) / "scores.csv", _csv(ev.records))
+    return result
+
+
+def eval(args) -> int:  # noqa: A001 (the verb's name)
+    result = evaluate_run(args.run, args.data, args.allow_missing_masks, args.batch_size, args.device)
+    print(format_table(result["overall"], result["per_type"]))
+    print(f"metrics: {Path(args.run) / 'metrics.json'}")
+    return 0
+
+
+def _csv(records: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return buf.getvalue()
+
+
+def _expand(images: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in images:
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if is_image_file(q))
+            if not found:
+                raise DatasetError(f"{p}: no images found")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DatasetError(f"{p}: no such file or folder")
+    return out
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        n = seen.get(p.stem, 0)
+        seen[p.stem] = n + 1
+        stems.append(p.stem if n == 0 else f"{p.stem}_{n}")
+    return stems
+
+
+def predict_images(detector, paths: list[Path], out: Path, batch_size: int = 8) -> list[dict]:
+    """Write overlays and scores.csv for `paths` into `out`, all or nothing."""
+    from .detection.inference import score_images
+    from .report.figures import overlay
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "scores.csv").is_file():
+        raise runs.RunError(f"{out}: folder is not empty and holds no earlier predictions; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    records = []
+    try:
+        with bar(len(paths), "predict") as tick:
+            for stem, res in zip(_unique_stems(paths), score_images(detector, paths, batch_size, keep_images=True,
+                                                                     on_image=tick)):
+                full = res.layout.to_source(torch.from_numpy(res.anomaly_map)).numpy()
+                write_image(stage / f"{stem}_overlay.png", overlay(res.image, full, detector.threshold_))
+                records.append({"image": str(res.path), "score": round(res.score, 6),
+                                "threshold": round(detector.threshold_, 6),
+                                "anomalous": int(res.score > detector.threshold_), "overlay": f"{stem}_overlay.png"})
+        write_text(stage / "scores.csv", _csv(records))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage)
+    return records
+
+
+def predict(args) -> int:
+    paths = _expand(args.images)
+    detector = runs.load_detector(args.run, args.device)
+    out = args.out or Path(args.run) / "predictions"
+    records = predict_images(detector, paths, out, args.batch_size)
+    flagged = sum(r["anomalous"] for r in records)
+    print(f"{len(records)} images scored, {flagged} above the threshold {detector.threshold_:.4f}\n"
+          f"scores: {Path(out) / 'scores.csv'}")
+    return 0
+
+
+def demo(args) -> int:
+    from .demo import run_demo
+
+    report = run_demo(Path(args.out), seed=args.seed, quick=args.quick)
+    print(f"report: {report}")
+    return 0

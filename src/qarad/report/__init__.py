@@ -1,0 +1,1 @@
+"""Reports: static HTML and the small figures in it."""
