@@ -47,16 +47,22 @@ def load_config(stem: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_tensors(stem: str | Path, expected: dict[str, tuple[int | None, ...]]) -> dict[str, torch.Tensor]:
-    """Read STEM.safetensors and check names and shapes (None = any size along that axis)."""
+def read_tensors(stem: str | Path) -> dict[str, torch.Tensor]:
+    """Read STEM.safetensors (any names); refuses anything that is not safetensors."""
     path = Path(stem).with_suffix(".safetensors")
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     try:
-        tensors = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a valid safetensors file ({exc}); "
                               "pickled checkpoints are never loaded") from None
+
+
+def load_tensors(stem: str | Path, expected: dict[str, tuple[int | None, ...]]) -> dict[str, torch.Tensor]:
+    """Read STEM.safetensors and check names and shapes (None = any size along that axis)."""
+    path = Path(stem).with_suffix(".safetensors")
+    tensors = read_tensors(stem)
     missing, unknown = set(expected) - set(tensors), set(tensors) - set(expected)
     if missing or unknown:
         raise CheckpointError(f"{path}: tensor names do not match (missing {sorted(missing)}, unknown {sorted(unknown)})")
@@ -78,3 +84,20 @@ def build_config(cls: type[T], values: dict[str, Any], source: str | Path) -> T:
         return cls(**converted)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: invalid {cls.__name__}: {exc}") from None
+
+
+def load_module(stem: str | Path, module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Load `module`'s weights strictly (names and shapes must match); returns the other tensors."""
+    tensors = read_tensors(stem)
+    own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    expected = module.state_dict()
+    missing, unknown = set(expected) - set(own), set(own) - set(expected)
+    if missing or unknown:
+        raise CheckpointError(f"{Path(stem).with_suffix('.safetensors')}: weights do not fit "
+                              f"{type(module).__name__} (missing {sorted(missing)[:5]}, unknown {sorted(unknown)[:5]})")
+    for k, v in own.items():
+        if v.shape != expected[k].shape:
+            raise CheckpointError(f"{Path(stem).with_suffix('.safetensors')}: tensor {k!r} has shape "
+                                  f"{tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+    module.load_state_dict(own, strict=True)
+    return {k: v for k, v in tensors.items() if not k.startswith(prefix)}

@@ -12,6 +12,8 @@ EXAMPLES = {
     "eval": "qarad eval runs/mpdd",
     "predict": "qarad predict runs/mpdd new_images/ --out runs/mpdd/predictions",
     "demo": "qarad demo --out runs/demo",
+    "fit": "qarad fit --data ../shared/data/magnetic_tile --category magnetic_tile --out models/tile",
+    "synth": 'qarad synth models/tile --images good/ --prompts "a thin dark crack" --auto-masks --n 20 --out synth/',
 }
 
 
@@ -64,6 +66,35 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default RUN/predictions)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
+
+    p = _sub(subs, "fit", "Fit ARAS (corpus, VQ tokenizer, text-conditioned prior) on a category's normal images.")
+    p.add_argument("--data", type=Path, required=True, help="dataset root holding CATEGORY/train/good")
+    p.add_argument("--category", required=True)
+    p.add_argument("--out", type=Path, required=True, help="model folder (resumes if it holds the same fit)")
+    _add_policy_args(p)
+    p.add_argument("--corpus-size", type=int, default=3000, help="procedural defects rendered for fitting")
+    p.add_argument("--tokenizer-steps", type=int, default=1500)
+    p.add_argument("--prior-steps", type=int, default=2500)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-train-images", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="refit over a model with other settings")
+
+    p = _sub(subs, "synth", "Write text-described defects into images inside given or proposed masks.")
+    p.add_argument("model", type=Path, help="ARAS model folder from `qarad fit`")
+    p.add_argument("--images", type=Path, nargs="+", required=True, help="image files and/or folders")
+    p.add_argument("--prompts", nargs="+", required=True, help='defect descriptions, e.g. "a thin dark scratch"')
+    p.add_argument("--masks", type=Path, nargs="+", help="one mask per image (files or folders, same order)")
+    p.add_argument("--auto-masks", action="store_true", help="propose defect regions on the object")
+    p.add_argument("--n", type=int, default=10, help="number of samples (cycles over images and prompts)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg-scale", type=float, default=3.0, help="classifier-free guidance (1 = off)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--strength", type=float, default=1.0, help="0..1 blend strength of the new defect")
+    p.add_argument("--shard", help="i/n: do every n-th sample starting at i (parallel runs)")
 
     p = _sub(subs, "demo", "Run the whole pipeline on built-in demo data and write a report.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import runs
-from .commands import evaluate_run
+from .commands.detect import evaluate_run
 from .data.demo import DemoConfig, make_demo_dataset
 from .data.io import read_mask, write_json, write_text
 from .data.mvtec import scan_mvtec

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from . import runs
-from .data.io import is_image_file, write_image, write_json, write_text
-from .data.mvtec import DatasetError, scan_mvtec, subsample
-from .data.resolution import ResolutionPolicy
-from .progress import bar
+from .. import runs
+from ..data.io import is_image_file, write_image, write_json, write_text
+from ..data.mvtec import DatasetError, scan_mvtec, subsample
+from ..data.resolution import ResolutionPolicy
+from ..progress import bar
 
 METRIC_COLUMNS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
 
@@ -32,7 +32,7 @@ def _train_config(args) -> dict:
 
 
 def train(args) -> int:
-    from .detection.patchcore import PatchCore, PatchCoreConfig
+    from ..detection.patchcore import PatchCore, PatchCoreConfig
 
     config = _train_config(args)
     train_set = subsample(scan_mvtec(args.data, args.category, "train"), args.max_train_images, args.seed)
@@ -58,7 +58,7 @@ def format_table(overall: dict, per_type: dict) -> str:
 
 def evaluate_run(run: Path, data_root: Path | None = None, allow_missing_masks: bool = False,
                  batch_size: int = 8, device: str = "cpu") -> dict:
-    from .detection.evaluate import evaluate
+    from ..detection.evaluate import evaluate
 
     cfg = runs.read_config(run)
     detector = runs.load_detector(run, device)
@@ -116,8 +116,8 @@ def _unique_stems(paths: list[Path]) -> list[str]:
 
 def predict_images(detector, paths: list[Path], out: Path, batch_size: int = 8) -> list[dict]:
     """Write overlays and scores.csv for `paths` into `out`, all or nothing."""
-    from .detection.inference import score_images
-    from .report.figures import overlay
+    from ..detection.inference import score_images
+    from ..report.figures import overlay
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "scores.csv").is_file():
@@ -156,7 +156,7 @@ def predict(args) -> int:
 
 
 def demo(args) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     report = run_demo(Path(args.out), seed=args.seed, quick=args.quick)
     print(f"report: {report}")

@@ -1,0 +1,5 @@
+"""Bodies of the CLI verbs (cli.py only parses arguments)."""
+from .detect import demo, eval, predict, train  # noqa: A004
+from .synth import fit, synth
+
+__all__ = ["demo", "eval", "fit", "predict", "synth", "train"]

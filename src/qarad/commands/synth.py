@@ -1,0 +1,162 @@
+"""The synthesis verbs: `qarad fit` (corpus -> tokenizer -> prior) and `qarad synth`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import checkpoint
+from ..data.io import write_json
+from ..data.mvtec import scan_mvtec, subsample
+from ..data.resolution import ResolutionPolicy
+from ..progress import bar
+
+
+def _policy(args) -> ResolutionPolicy:
+    return ResolutionPolicy(mode=args.policy, size=args.size, scale=args.scale, overlap=args.overlap)
+
+
+def fit(args) -> int:
+    from ..synthesis import fit as F
+    from ..synthesis.prior import PriorConfig
+    from ..synthesis.tokenizer import TokenizerConfig
+
+    out = Path(args.out)
+    policy = _policy(args)
+    cfg = F.FitConfig(corpus_size=args.corpus_size, tokenizer_steps=args.tokenizer_steps,
+                      prior_steps=args.prior_steps, batch_size=args.batch_size, seed=args.seed,
+                      tokenizer=TokenizerConfig(), prior=PriorConfig())
+    paths = [s.image for s in subsample(scan_mvtec(args.data, args.category, "train"), args.max_train_images,
+                                        args.seed)]
+    meta = {"fit": F.config_dict(cfg), "policy": policy.to_dict(),
+            "data": {"root": str(Path(args.data).resolve()), "category": args.category,
+                     "max_train_images": args.max_train_images}}
+    meta = json.loads(json.dumps(meta))  # tuples -> lists, as they will read back
+    existing = out / "aras.json"
+    if existing.is_file():
+        if json.loads(existing.read_text()) != meta and not args.overwrite:
+            raise ValueError(f"{out}: holds an ARAS model fitted with other settings; choose another --out "
+                             "or pass --overwrite")
+    elif out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out}: folder is not empty and is not an ARAS model; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(existing, meta)
+    state = out / "state"
+    state.mkdir(exist_ok=True)
+
+    corpus_stem = out / F.CORPUS
+    if corpus_stem.with_suffix(".json").is_file():
+        corpus = F.load_corpus(corpus_stem)
+    else:
+        with bar(cfg.corpus_size, "fit 1/3: render fitting corpus", unit="defect") as tick:
+            corpus = F.build_corpus(paths, policy, cfg, on_sample=tick)
+        F.save_corpus(corpus_stem, corpus)
+
+    tok_stem = out / F.TOKENIZER
+    from ..synthesis.tokenizer import VQTokenizer
+
+    if tok_stem.with_suffix(".safetensors").is_file():
+        tokenizer = VQTokenizer(cfg.tokenizer)
+        checkpoint.load_module(tok_stem, tokenizer)
+        tokenizer.eval()
+    else:
+        with _loss_bar(cfg.tokenizer_steps, "fit 2/3: tokenizer", state / F.TOKENIZER) as tick:
+            tokenizer = F.fit_tokenizer(corpus, cfg, state / F.TOKENIZER, on_step=tick)
+        checkpoint.save(tok_stem, tokenizer.state_dict(), json.loads(json.dumps(cfg.tokenizer.__dict__)))
+
+    prior_stem = out / F.PRIOR
+    if not prior_stem.with_suffix(".safetensors").is_file():
+        codes, token_masks = F.encode_corpus(tokenizer, corpus, cfg)
+        text = F.text_embeddings(corpus.prompts)
+        with _loss_bar(cfg.prior_steps, "fit 3/3: prior", state / F.PRIOR) as tick:
+            prior = F.fit_prior(codes, token_masks, text, cfg, state / F.PRIOR, on_step=tick)
+        checkpoint.save(prior_stem, prior.state_dict(), json.loads(json.dumps(cfg.prior.__dict__)))
+    print(f"ARAS model: {out}")
+    return 0
+
+
+class _loss_bar:
+    """Progress bar over training steps that shows a running loss and starts at a resumed step."""
+
+    def __init__(self, total: int, desc: str, state_stem: Path):
+        self.total, self.desc = total, desc
+        start = 0
+        if state_stem.with_suffix(".json").is_file():
+            start = int(checkpoint.load_config(state_stem).get("step", 0))
+        self.start = start
+
+    def __enter__(self):
+        import sys
+
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, initial=self.start, desc=self.desc, unit="step", file=sys.stderr,
+                        dynamic_ncols=True, mininterval=0.5)
+        self.avg = None
+
+        def tick(loss: float):
+            self.avg = loss if self.avg is None else 0.98 * self.avg + 0.02 * loss
+            self.bar.set_postfix(loss=f"{self.avg:.4f}", refresh=False)
+            self.bar.update(1)
+
+        return tick
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+
+def _expand_images(items: list[Path]) -> list[Path]:
+    from .detect import _expand
+
+    return _expand(items)
+
+
+def synth(args) -> int:
+    from ..defects.masks import FAMILY_MASK_KIND, foreground_mask, propose_mask
+    from ..defects.prompts import family_of, normalise_prompt
+    from ..synthesis import jobs
+    from ..synthesis.aras import SamplerConfig
+    from ..synthesis.pipeline import ARAS
+
+    prompts = [normalise_prompt(p) for p in args.prompts]
+    images = _expand_images(args.images)
+    masks = _expand_images(args.masks) if args.masks else None
+    if masks is None and not args.auto_masks:
+        raise ValueError("give --masks (one per image) or --auto-masks to let qarad propose defect regions")
+    sampler = SamplerConfig(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, strength=args.strength)
+    settings = {"model": str(Path(args.model).resolve()), "images": [str(p) for p in images],
+                "masks": [str(p) for p in masks] if masks else None, "prompts": prompts, "n": args.n,
+                "seed": args.seed, "sampler": json.loads(json.dumps(sampler.__dict__)), "method": "aras"}
+    shard = _parse_shard(args.shard)
+    model = ARAS.load(args.model)
+    jobs.prepare_output(args.out, settings)
+    work = jobs.plan(images, prompts, masks, args.n, args.seed)
+
+    def make(image, user_mask, job):
+        mask = user_mask
+        if mask is None:
+            rng = np.random.default_rng(job.seed)
+            kind = FAMILY_MASK_KIND.get(family_of(job.prompt) or "", None)
+            mask = propose_mask(rng, image.shape[:2], foreground_mask(image), kind=kind)
+        res = model.synthesize(image, mask, job.prompt, job.seed, sampler)
+        return jobs.Made(res.image, res.mask, job.prompt, {"steps": res.steps, "window": list(res.window)})
+
+    total = len(work) if shard is None else len([j for j in work if j.id % shard[1] == shard[0]])
+    with bar(total, "synth") as tick:
+        made = jobs.run(work, make, args.out, "aras", settings, shard, on_done=tick)
+    print(f"{made} new samples ({total} in total) in {args.out}")
+    return 0
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < n")
+    return i, n

@@ -1,0 +1,211 @@
+"""Fitting ARAS on a category's normal images: corpus -> tokenizer -> prior (DESIGN.md 4.1-4.3).
+
+Each stage is resumable: the corpus is stored once, and every `checkpoint_every` steps the
+model and optimizer state are saved; a rerun continues from the last saved step. Batches are
+drawn from a generator seeded by (seed, step), so a resumed fit sees the same batches as an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import checkpoint
+from ..backbone import Backbone, BackboneConfig
+from ..data.io import read_image, write_json
+from ..data.resolution import ResolutionPolicy
+from ..defects.corpus import CorpusConfig, make_sample
+from ..text import TextEncoder
+from ..training import load_state, optimizer_step, save_state
+from .aras import token_mask_from_pixels
+from .prior import Prior, PriorConfig
+from .tokenizer import TokenizerConfig, VQTokenizer
+
+CORPUS = "corpus"
+TOKENIZER = "tokenizer"
+PRIOR = "prior"
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    window: int = 128  # px; the prior's grid is window / 8 tokens a side
+    corpus_size: int = 3000
+    tokenizer_steps: int = 1500
+    prior_steps: int = 2500
+    batch_size: int = 8
+    tokenizer_lr: float = 3e-4
+    prior_lr: float = 3e-4
+    warmup_steps: int = 100
+    perceptual_weight: float = 0.5
+    prompt_dropout: float = 0.1
+    mask_dilate_px: int = 2
+    checkpoint_every: int = 100
+    seed: int = 0
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+
+
+@dataclass
+class Corpus:
+    clean: torch.Tensor  # (N, S, S, 3) uint8
+    defect: torch.Tensor  # (N, S, S, 3) uint8
+    mask: torch.Tensor  # (N, S, S) uint8 0/1
+    prompts: list[str]
+    families: list[str]
+
+    def images(self, idx: torch.Tensor, which: str) -> torch.Tensor:
+        """(B, 3, S, S) float in [0, 1]."""
+        return getattr(self, which)[idx].permute(0, 3, 1, 2).float() / 255.0
+
+
+def _uint8(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8))
+
+
+def build_corpus(paths: list[Path], policy: ResolutionPolicy, cfg: FitConfig,
+                 on_sample: Callable[[], None] | None = None) -> Corpus:
+    """Render `corpus_size` defects on windows of the normal images, a few per image, streaming."""
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(paths))[: cfg.corpus_size]
+    per_image = math.ceil(cfg.corpus_size / len(order))
+    ccfg = CorpusConfig(window=cfg.window, seed=cfg.seed)
+    clean, defect, mask, prompts, families = [], [], [], [], []
+    for i in order:
+        image = read_image(paths[i])
+        work = policy.layout(*image.shape[:2]).to_work(image).permute(1, 2, 0).numpy()
+        for _ in range(min(per_image, cfg.corpus_size - len(prompts))):
+            s = make_sample(work, rng, ccfg)
+            clean.append(_uint8(s.clean))
+            defect.append(_uint8(s.defect))
+            mask.append(torch.from_numpy(s.mask.astype(np.uint8)))
+            prompts.append(s.prompt)
+            families.append(s.params.family)
+            if on_sample:
+                on_sample()
+    return Corpus(torch.stack(clean), torch.stack(defect), torch.stack(mask), prompts, families)
+
+
+def save_corpus(stem: Path, corpus: Corpus) -> None:
+    checkpoint.save(stem, {"clean": corpus.clean, "defect": corpus.defect, "mask": corpus.mask},
+                    {"prompts": corpus.prompts, "families": corpus.families})
+
+
+def load_corpus(stem: Path) -> Corpus:
+    meta = checkpoint.load_config(stem)
+    t = checkpoint.load_tensors(stem, {"clean": (None, None, None, 3), "defect": (None, None, None, 3),
+                                       "mask": (None, None, None)})
+    return Corpus(t["clean"], t["defect"], t["mask"], meta["prompts"], meta["families"])
+
+
+def _lr(step: int, base: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _batch(n: int, size: int, seed: int, step: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randint(n, (size,), generator=g)
+
+
+def _augment(x: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 7_919 + step)
+    if torch.rand(1, generator=g).item() < 0.5:
+        x = x.flip(-1)
+    return torch.rot90(x, int(torch.randint(4, (1,), generator=g)), dims=(-2, -1))
+
+
+def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
+                  on_step: Callable[[float], None] | None = None) -> VQTokenizer:
+    torch.manual_seed(cfg.seed)
+    model = VQTokenizer(cfg.tokenizer)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.tokenizer_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    perceptual = Backbone(BackboneConfig(strides=(8,)))
+    start = load_state(state_stem, model, opt)[0] if state_stem.with_suffix(".safetensors").is_file() else 0
+    model.train()
+    usage = torch.zeros(cfg.tokenizer.codebook_size)
+    for step in range(start, cfg.tokenizer_steps):
+        idx = _batch(len(corpus.prompts), cfg.batch_size, cfg.seed, step)
+        half = cfg.batch_size // 2  # half clean windows, half with defects: the codebook needs both
+        x = torch.cat([corpus.images(idx[:half], "clean"), corpus.images(idx[half:], "defect")])
+        x = _augment(x, cfg.seed, step)
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg.tokenizer_lr, cfg.warmup_steps, cfg.tokenizer_steps)
+        out = model(x)
+        loss = F.l1_loss(out.recon, x) + out.vq_loss
+        if cfg.perceptual_weight:
+            loss = loss + cfg.perceptual_weight * F.mse_loss(perceptual(out.recon)[8], perceptual(x)[8])
+        value = optimizer_step(opt, loss, model.parameters())
+        usage += torch.bincount(out.codes.flatten(), minlength=cfg.tokenizer.codebook_size).float()
+        if (step + 1) % 100 == 0 and hasattr(model, "restart_dead_codes"):
+            with torch.no_grad():
+                model.restart_dead_codes(model.encode_continuous(x) if hasattr(model, "encode_continuous") else None,
+                                         usage)
+            usage.zero_()
+        if (step + 1) % cfg.checkpoint_every == 0:
+            save_state(state_stem, model, opt, step + 1, {"stage": TOKENIZER})
+        if on_step:
+            on_step(value)
+    model.eval()
+    return model
+
+
+@torch.inference_mode()
+def encode_corpus(tokenizer: VQTokenizer, corpus: Corpus, cfg: FitConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes of the defect windows (N, G, G) and their editable-token masks (N, G, G)."""
+    codes, masks = [], []
+    for s in range(0, len(corpus.prompts), 32):
+        idx = torch.arange(s, min(s + 32, len(corpus.prompts)))
+        codes.append(tokenizer.encode(corpus.images(idx, "defect")).codes)
+        masks.append(torch.stack([token_mask_from_pixels(corpus.mask[i].bool(), 8, cfg.mask_dilate_px) for i in idx]))
+    return torch.cat(codes), torch.cat(masks)
+
+
+def fit_prior(codes: torch.Tensor, token_masks: torch.Tensor, text: torch.Tensor, cfg: FitConfig, state_stem: Path,
+              on_step: Callable[[float], None] | None = None) -> Prior:
+    torch.manual_seed(cfg.seed)
+    model = Prior(cfg.prior)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.prior_lr, betas=(0.9, 0.95), weight_decay=0.01)
+    start = load_state(state_stem, model, opt)[0] if state_stem.with_suffix(".safetensors").is_file() else 0
+    model.train()
+    from .prior import loss as prior_loss
+
+    for step in range(start, cfg.prior_steps):
+        idx = _batch(len(codes), cfg.batch_size, cfg.seed + 1, step)
+        g = torch.Generator().manual_seed(cfg.seed * 31 + step)
+        drop = torch.rand(len(idx), generator=g) < cfg.prompt_dropout
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg.prior_lr, cfg.warmup_steps, cfg.prior_steps)
+        out = model(codes[idx], token_masks[idx], text[idx], drop)
+        value = optimizer_step(opt, prior_loss(out), model.parameters())
+        if (step + 1) % cfg.checkpoint_every == 0:
+            save_state(state_stem, model, opt, step + 1, {"stage": PRIOR})
+        if on_step:
+            on_step(value)
+    model.eval()
+    return model
+
+
+def config_dict(cfg: FitConfig) -> dict:
+    return asdict(cfg)
+
+
+def config_from_dict(values: dict, source) -> FitConfig:
+    values = dict(values)
+    tok = checkpoint.build_config(TokenizerConfig, values.pop("tokenizer", {}), source)
+    pri = checkpoint.build_config(PriorConfig, values.pop("prior", {}), source)
+    return checkpoint.build_config(FitConfig, {**values, "tokenizer": tok, "prior": pri}, source)
+
+
+def write_model_config(folder: Path, cfg: FitConfig, policy: ResolutionPolicy, data: dict) -> None:
+    write_json(folder / "aras.json", {"fit": config_dict(cfg), "policy": policy.to_dict(), "data": data})
+
+
+def text_embeddings(prompts: list[str], encoder: TextEncoder | None = None) -> torch.Tensor:
+    return (encoder or TextEncoder()).encode(prompts)

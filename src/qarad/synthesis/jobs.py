@@ -1,0 +1,149 @@
+"""Synthesis jobs on disk: plan a work list, write images/masks/manifest atomically, resume.
+
+Output folder:
+    synth.json          settings of the job (a rerun with other settings is refused)
+    images/NNNNNN.png   synthetic images (source resolution, 8-bit RGB)
+    masks/NNNNNN.png    the pixels that changed (0/255)
+    manifest.jsonl      one JSON line per finished sample, appended after its files exist
+
+Every sample has its own seed derived from (seed, id), so a run that is killed and resumed
+produces exactly the same files and manifest as one that was never interrupted. With
+`--shard i/n` a process handles ids with id % n == i and writes manifest.shard-i-of-n.jsonl;
+`merge_manifests` joins them in id order.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from ..data.io import read_image, read_mask, write_image, write_json
+
+MANIFEST = "manifest.jsonl"
+SETTINGS = "synth.json"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    source: str
+    prompt: str
+    mask: str | None  # user mask path; None = propose one
+    seed: int
+
+
+@dataclass
+class Made:
+    image: np.ndarray  # (H, W, 3) float
+    mask: np.ndarray  # (H, W) bool, changed pixels
+    prompt: str  # the prompt actually used (baselines may write their own)
+    extra: dict  # method-specific facts for the manifest (e.g. decoding steps, family)
+
+
+def sample_seed(seed: int, job_id: int) -> int:
+    return (seed * 1_000_003 + job_id * 7_919) % (2**63 - 1)
+
+
+def plan(images: list[Path], prompts: list[str], masks: list[Path] | None, n: int, seed: int) -> list[Job]:
+    """n jobs cycling over images and prompts; masks pair with images one to one."""
+    if masks is not None and len(masks) != len(images):
+        raise ValueError(f"got {len(masks)} masks for {len(images)} images: give one mask per image")
+    return [Job(i, str(images[i % len(images)]), prompts[i % len(prompts)],
+                str(masks[i % len(images)]) if masks else None, sample_seed(seed, i)) for i in range(n)]
+
+
+def manifest_name(shard: tuple[int, int] | None) -> str:
+    return MANIFEST if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.jsonl"
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """Finished entries; a torn last line (killed mid-write) is ignored and will be redone."""
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return entries
+
+
+def prepare_output(out: Path, settings: dict) -> None:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        path = out / SETTINGS
+        if not path.is_file():
+            raise ValueError(f"{out}: folder is not empty and is not a qarad synth output; choose another --out")
+        if json.loads(path.read_text()) != settings:
+            raise ValueError(f"{out}: holds a synth run with different settings ({path}); choose another --out")
+        return
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        (out / "masks").mkdir(exist_ok=True)
+    except PermissionError as exc:
+        raise ValueError(f"{out}: cannot write here ({exc.strerror})") from None
+    write_json(out / SETTINGS, settings)
+
+
+def _append(path: Path, entry: dict) -> None:
+    """Append one line and make it durable; rewrite the file first if a torn line is present."""
+    done = read_manifest(path)
+    if path.is_file() and len(done) != len(path.read_text(encoding="utf-8").splitlines()):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in done), encoding="utf-8")
+        os.replace(tmp, path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run(jobs: Iterable[Job], make: Callable[[np.ndarray, np.ndarray | None, Job], Made], out: Path,
+        method: str, settings: dict, shard: tuple[int, int] | None = None,
+        on_done: Callable[[], None] | None = None) -> int:
+    """Do every job not yet in the manifest; returns how many were made now."""
+    out = Path(out)
+    manifest = out / manifest_name(shard)
+    done = {e["id"] for e in read_manifest(manifest)}
+    made = 0
+    for job in jobs:
+        if shard is not None and job.id % shard[1] != shard[0]:
+            continue
+        if job.id in done:
+            if on_done:
+                on_done()
+            continue
+        image = read_image(job.source)
+        user_mask = read_mask(job.mask, image.shape[:2]) if job.mask else None
+        result = make(image, user_mask, job)
+        name = f"{job.id:06d}.png"
+        write_image(out / "images" / name, result.image)
+        write_image(out / "masks" / name, result.mask)
+        _append(manifest, {"id": job.id, "source": job.source, "prompt": result.prompt, "image": f"images/{name}",
+                           "mask": f"masks/{name}", "user_mask": job.mask, "seed": job.seed, "method": method,
+                           "settings": settings.get("sampler", {}), "score": None, **result.extra})
+        made += 1
+        if on_done:
+            on_done()
+    return made
+
+
+def merge_manifests(out: Path) -> Path:
+    """Join shard manifests into manifest.jsonl, ordered by id (deterministic whatever the shards)."""
+    out = Path(out)
+    entries = [e for p in sorted(out.glob("manifest.shard-*.jsonl")) for e in read_manifest(p)]
+    entries += read_manifest(out / MANIFEST)
+    unique = {e["id"]: e for e in entries}
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text("".join(json.dumps(unique[i]) + "\n" for i in sorted(unique)), encoding="utf-8")
+    os.replace(tmp, out / MANIFEST)
+    return out / MANIFEST
+
+
+def job_dict(job: Job) -> dict:
+    return asdict(job)

@@ -1,0 +1,116 @@
+"""ARAS on whole images: cut a local window around the mask, re-sample its masked tokens, blend back.
+
+Only the window around the mask is tokenized, so cost does not depend on image size. The
+window is taken at the run's working scale (its resolution policy), resized to the prior's
+window, and the generated pixels are resized back and blended at the *source* resolution:
+every pixel outside the dilated mask is bit-identical to the input image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import checkpoint
+from ..data.resolution import ResolutionPolicy
+from ..text import TextEncoder
+from .aras import SamplerConfig, blend, sample_masked, token_mask_from_pixels
+from .prior import Prior
+from .tokenizer import VQTokenizer
+
+CONTEXT_MARGIN = 16  # working px of untouched context kept around the mask inside the window
+
+
+@dataclass
+class SynthResult:
+    image: np.ndarray  # (H, W, 3) float32, the input with the defect written in
+    mask: np.ndarray  # (H, W) bool, the pixels that actually changed
+    steps: int  # sequential decoding steps (= masked tokens)
+    window: tuple[int, int, int, int]  # y0, x0, y1, x1 in source px
+
+
+def _window(mask: np.ndarray, scale_yx: tuple[float, float], side: int) -> tuple[int, int, int, int]:
+    """Source-pixel rectangle of `side` working px (or more, to fit the mask) centred on the mask."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        raise ValueError("mask is empty: nothing to synthesize")
+    sy, sx = scale_yx
+    need = max(side, (ys.max() - ys.min() + 1) * sy + 2 * CONTEXT_MARGIN,
+               (xs.max() - xs.min() + 1) * sx + 2 * CONTEXT_MARGIN)
+    hh, ww = max(1, round(need / sy)), max(1, round(need / sx))
+    cy, cx = (ys.min() + ys.max() + 1) // 2, (xs.min() + xs.max() + 1) // 2
+    y0 = int(np.clip(cy - hh // 2, 0, max(0, mask.shape[0] - hh)))
+    x0 = int(np.clip(cx - ww // 2, 0, max(0, mask.shape[1] - ww)))
+    return y0, x0, y0 + hh, x0 + ww
+
+
+def _crop(arr: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """(C, H, W) crop that may run past the image on the bottom/right: replicate the border."""
+    y0, x0, y1, x1 = box
+    h, w = arr.shape[-2:]
+    part = arr[:, y0:min(y1, h), x0:min(x1, w)]
+    ph, pw = (y1 - y0) - part.shape[1], (x1 - x0) - part.shape[2]
+    if ph or pw:
+        part = F.pad(part[None].float(), (0, pw, 0, ph), mode="replicate")[0].to(arr.dtype)
+    return part
+
+
+class ARAS:
+    """A fitted tokenizer + prior with the run's resolution policy; `synthesize` one sample at a time."""
+
+    def __init__(self, tokenizer: VQTokenizer, prior: Prior, policy: ResolutionPolicy, window: int,
+                 text: TextEncoder | None = None):
+        self.tokenizer, self.prior, self.policy, self.window = tokenizer.eval(), prior.eval(), policy, window
+        self.text = text or TextEncoder()
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ARAS":
+        from .fit import PRIOR, TOKENIZER, config_from_dict
+        from .prior import PriorConfig
+        from .tokenizer import TokenizerConfig
+
+        folder = Path(folder)
+        meta = checkpoint.load_config(folder / "aras")
+        cfg = config_from_dict(meta["fit"], folder / "aras.json")
+        policy = checkpoint.build_config(ResolutionPolicy, meta["policy"], folder / "aras.json")
+        tok = VQTokenizer(checkpoint.build_config(TokenizerConfig, checkpoint.load_config(folder / TOKENIZER),
+                                                  folder / f"{TOKENIZER}.json"))
+        checkpoint.load_module(folder / TOKENIZER, tok)
+        prior = Prior(checkpoint.build_config(PriorConfig, checkpoint.load_config(folder / PRIOR),
+                                              folder / f"{PRIOR}.json"))
+        checkpoint.load_module(folder / PRIOR, prior)
+        return cls(tok, prior, policy, cfg.window)
+
+    @torch.inference_mode()
+    def synthesize(self, image: np.ndarray, mask: np.ndarray, prompt: str, seed: int,
+                   config: SamplerConfig = SamplerConfig(), prompt_b: str | None = None, mix: float = 0.0) -> SynthResult:
+        h, w = image.shape[:2]
+        if mask.shape != (h, w):
+            raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}")
+        work_h, work_w = self.policy.layout(h, w).work_hw
+        box = _window(mask, (work_h / h, work_w / w), self.window)
+        src = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        crop = _crop(src, box)
+        crop_mask = _crop(torch.from_numpy(mask)[None], box)[0]
+        s = self.window
+        x = F.interpolate(crop[None], size=(s, s), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+        m = F.interpolate(crop_mask[None, None].float(), size=(s, s), mode="area")[0, 0] > 0
+        tokens = token_mask_from_pixels(m, 8, config.dilate_px)
+        codes = self.tokenizer.encode(x).codes[0]
+        texts = self.text.encode([prompt] + ([prompt_b] if prompt_b else []))
+        g = torch.Generator().manual_seed(seed)
+        res = sample_masked(self.prior, codes, tokens, texts[0], config, g,
+                            text_b=texts[1] if prompt_b else None, mix=mix)
+        gen = self.tokenizer.decode_codes(res.codes[None])
+        gen = F.interpolate(gen, size=crop.shape[-2:], mode="bilinear", align_corners=False)[0].clamp(0, 1)
+        out = blend(crop, gen, crop_mask, config)
+        result = src.clone()
+        changed = torch.zeros(h, w, dtype=torch.bool)
+        y0, x0, y1, x1 = box
+        y1, x1 = min(y1, h), min(x1, w)
+        result[:, y0:y1, x0:x1] = out.image[:, : y1 - y0, : x1 - x0]
+        changed[y0:y1, x0:x1] = out.changed[: y1 - y0, : x1 - x0]
+        return SynthResult(result.permute(1, 2, 0).numpy(), changed.numpy(), res.steps, box)
