@@ -145,14 +145,15 @@ PRO_MAP = np.array([[0.9, 0.5, 0.8, 0.6, 0.4],
 
 
 def test_region_weights_use_8_connectivity():
-    (w,) = region_weights([PRO_MASK])
     expected = np.zeros((3, 5))
     expected[0, :2] = 1 / 4
     expected[[1, 2, 2], [3, 2, 4]] = 1 / 6
-    np.testing.assert_allclose(w, expected, rtol=0, atol=1e-15)
-    # regions in different images count separately
-    w1, w2 = region_weights([PRO_MASK, PRO_MASK])
-    np.testing.assert_allclose(w1 + w2, expected, rtol=0, atol=1e-15)
+    w = region_weights([PRO_MASK])  # one weight per defect pixel, in mask[mask] order
+    np.testing.assert_allclose(w, expected[PRO_MASK.astype(bool)], rtol=0, atol=1e-15)
+    # regions in different images count separately: four regions, so every weight halves
+    w2 = region_weights([PRO_MASK, PRO_MASK])
+    np.testing.assert_allclose(w2, np.r_[expected[PRO_MASK.astype(bool)], expected[PRO_MASK.astype(bool)]] / 2,
+                               rtol=0, atol=1e-15)
 
 
 def test_aupro_hand_computed():

@@ -95,29 +95,31 @@ def f1_max(scores, labels) -> float:
     return _f1max(curve(scores, labels))
 
 
-def region_weights(masks: list[np.ndarray]) -> list[np.ndarray]:
-    """Per defect pixel: 1 / (size of its 8-connected region * number of regions overall).
+def region_weights(masks: list[np.ndarray]) -> np.ndarray:
+    """Weight of every defect pixel (in `mask[mask]` order, image after image):
+    1 / (size of its 8-connected region * number of regions overall).
 
-    Summed over the pixels above a threshold this is the mean per-region overlap (PRO).
+    Summed over the defect pixels above a threshold this is the mean per-region overlap (PRO).
+    Only defect pixels get a weight, so memory follows the defect area, not the image area.
     """
     labelled = [ndimage.label(m, structure=EIGHT_CONNECTED) for m in masks]
     total = sum(n for _, n in labelled)
     out = []
-    for lab, n in labelled:
+    for m, (lab, n) in zip(masks, labelled):
+        inside = lab[m]
         inv = np.zeros(n + 1)
         if n:
-            inv[1:] = 1.0 / (np.bincount(lab.ravel(), minlength=n + 1)[1:] * total)
-        out.append(inv[lab])
-    return out
+            inv[1:] = 1.0 / (np.bincount(inside, minlength=n + 1)[1:] * total)
+        out.append(inv[inside])
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def aupro(maps: list[np.ndarray], masks: list[np.ndarray], fpr_limit: float = PRO_FPR_LIMIT) -> float:
     """Area under the PRO curve up to `fpr_limit`, divided by `fpr_limit` (so in [0, 1])."""
     masks = [np.asarray(m, dtype=bool) for m in masks]
     labels = np.concatenate([m.ravel() for m in masks])
-    weights = np.concatenate([w.ravel() for w in region_weights(masks)])
-    scores = np.concatenate([np.asarray(s).ravel() for s in maps])
-    c = curve(scores, labels, weights[labels])
+    scores = np.concatenate([np.asarray(s, dtype=np.float32).ravel() for s in maps])
+    c = curve(scores, labels, region_weights(masks))
     return _area_up_to(c.fpr, c.tpr, fpr_limit) / fpr_limit
 
 

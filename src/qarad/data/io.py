@@ -82,7 +82,7 @@ def _to_float(img: Image.Image) -> np.ndarray:
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read any supported image as float32 RGB (H, W, 3) in [0, 1]."""
-    with _opened(path, max_pixels or MAX_PIXELS) as img:
+    with _opened(path, MAX_PIXELS if max_pixels is None else max_pixels) as img:
         arr = _to_float(img)
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -140,6 +140,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
     os.close(fd)
+    umask = os.umask(0)  # mkstemp makes 0600 files; give outputs the usual permissions
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import is_image_file
+from .io import IMAGE_SUFFIXES, is_image_file
 
 NORMAL = "good"
 
@@ -54,7 +54,7 @@ def scan_mvtec(root: str | Path, category: str, split: str, allow_missing_masks:
             raise DatasetError(f"{good}: missing 'train/good' folder of normal images")
         images = _images_in(good)
         if not images:
-            raise DatasetError(f"{good}: no images found (looked for {', '.join(sorted({'.png', '.jpg', '.bmp', '.tif'}))})")
+            raise DatasetError(f"{good}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
         return [Sample(p, NORMAL) for p in images]
     samples: list[Sample] = []
     for type_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):

@@ -107,7 +107,7 @@ class Layout:
     def mask_to_work(self, mask: np.ndarray) -> np.ndarray:
         """Ground-truth mask at working size (nearest neighbour, so it stays binary)."""
         if tuple(mask.shape) == self.work_hw:
-            return mask
+            return mask.astype(bool)
         t = torch.from_numpy(mask.astype(np.uint8))[None, None].float()
         return F.interpolate(t, size=self.work_hw, mode="nearest")[0, 0].numpy() > 0.5
 
@@ -141,10 +141,15 @@ class Layout:
         weight = self._ramp(vh)[:, None] * self._ramp(vw)[None, :]
         total = torch.zeros(self.canvas_hw, dtype=maps.dtype)
         norm = torch.zeros(self.canvas_hw, dtype=maps.dtype)
+        plain = torch.zeros(self.canvas_hw, dtype=maps.dtype)
+        count = torch.zeros(self.canvas_hw, dtype=torch.int32)
         for m, (y, x) in zip(maps, self.origins):
             total[y:y + vh, x:x + vw] += m * weight
             norm[y:y + vh, x:x + vw] += weight
-        return (total / norm)[: self.work_hw[0], : self.work_hw[1]]
+            plain[y:y + vh, x:x + vw] += m
+            count[y:y + vh, x:x + vw] += 1
+        # (m * w) / w is not always m in float32: copy single-cover pixels exactly
+        return torch.where(count == 1, plain, total / norm)[: self.work_hw[0], : self.work_hw[1]]
 
     def to_source(self, work_map: torch.Tensor) -> torch.Tensor:
         """(h, w) working map -> (H, W) map at the original image size (for overlays)."""

@@ -24,6 +24,7 @@ def greedy_coreset(features: torch.Tensor, k: int, projection: torch.Tensor | No
     for i in range(1, k):
         c = x[chosen[i - 1]]
         d = sq - 2.0 * (x @ c) + c.dot(c)  # squared distance to the newest center
+        min_d[chosen[i - 1]] = -1.0  # never pick a center twice (duplicates leave tiny residues)
         torch.minimum(min_d, d, out=min_d)
         chosen[i] = torch.argmax(min_d)
     return chosen
@@ -54,16 +55,20 @@ class CoresetSampler:
     def add(self, features: torch.Tensor, sources: torch.Tensor) -> None:
         self._buffer.append((features, sources))
         self._buffered += len(features)
-        if self._buffered >= self.partition:
-            self._select()
+        while self._buffered >= self.partition:
+            self._select(self.partition)
 
-    def _select(self) -> None:
+    def _select(self, rows: int | None = None) -> None:
+        """Reduce the first `rows` buffered rows (all when None); keep the rest buffered."""
         if not self._buffer:
             return
         feats = torch.cat([f for f, _ in self._buffer])
         srcs = torch.cat([s for _, s in self._buffer])
-        self._buffer, self._buffered = [], 0
-        self._kept.append(self._reduce(feats, srcs, self.ratio))
+        rows = len(feats) if rows is None else rows
+        rest = (feats[rows:], srcs[rows:])
+        self._buffer = [rest] if len(rest[0]) else []
+        self._buffered = len(rest[0])
+        self._kept.append(self._reduce(feats[:rows], srcs[:rows], self.ratio))
 
     def _reduce(self, feats: torch.Tensor, srcs: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
         k = max(1, round(len(feats) * ratio))

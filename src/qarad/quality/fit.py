@@ -1,0 +1,107 @@
+"""Contrastive training of the QAW dual encoder, and its checkpoint I/O.
+
+Qian et al., arXiv 2508.03539 (QAW). The backbone is frozen and each sample's region is fixed, so
+the region-pooled features are computed once and only the two projections (and the temperature)
+are trained: a training step costs two small MLPs, not a backbone pass.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import checkpoint
+from ..training import optimizer_step
+from .dual_encoder import DualEncoder, DualEncoderConfig, region_pool
+
+METHOD = "dual_encoder"
+FEATURE_BATCH = 16  # images per frozen-backbone pass while caching features
+WEIGHT_DECAY = 0.01
+
+FeaturesFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, S, S) in [0, 1] -> (B, C, S/8, S/8)
+
+
+def default_features_fn() -> FeaturesFn:
+    """The detector's own features: stride-8 + stride-16 taps, 3x3-aggregated (152 channels)."""
+    from ..backbone import Backbone, BackboneConfig
+    from ..detection.patchcore import PatchEmbedder
+
+    return PatchEmbedder(Backbone(BackboneConfig(strides=(8, 16))))
+
+
+def _as_unit_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
+def pooled_features(features_fn: FeaturesFn, images: torch.Tensor, masks: torch.Tensor,
+                    batch_size: int = FEATURE_BATCH) -> torch.Tensor:
+    """(N, 3, S, S) images + (N, S, S) masks -> (N, 2C) region-pooled frozen features."""
+    out = []
+    # no_grad, not inference_mode: the cached rows later feed a trained layer that saves its input.
+    with torch.no_grad():
+        for s in range(0, len(images), batch_size):
+            feats = features_fn(_as_unit_float(images[s:s + batch_size]))
+            out.append(region_pool(feats.float(), masks[s:s + batch_size].float()).cpu())
+    return torch.cat(out)
+
+
+def fit_dual_encoder(features_fn: FeaturesFn | None, images: torch.Tensor, masks: torch.Tensor, text: torch.Tensor,
+                     families: torch.Tensor, steps: int = 2000, batch_size: int = 64, lr: float = 1e-3,
+                     seed: int = 0, on_step: Callable[[float], None] | None = None,
+                     config: DualEncoderConfig = DualEncoderConfig()) -> DualEncoder:
+    """Train the projections contrastively on (region, prompt) pairs; returns the model in eval mode.
+
+    images (N, 3, S, S) uint8 or float in [0, 1]; masks (N, S, S) defect regions; text (N, 384)
+    MiniLM embeddings of each sample's prompt; families (N,) prompt-family ids (same family =
+    positives for each other). `features_fn` None uses the frozen EfficientNet-Lite0 embedder.
+    """
+    n = len(images)
+    if not (len(masks) == len(text) == len(families) == n):
+        raise ValueError(f"images, masks, text and families must have equal length, got "
+                         f"{n}, {len(masks)}, {len(text)}, {len(families)}")
+    if n < 2:
+        raise ValueError("contrastive training needs at least two samples")
+    if text.shape[1:] != (config.text_dim,):
+        raise ValueError(f"text embeddings must be (N, {config.text_dim}), got {tuple(text.shape)}")
+    pooled = pooled_features(features_fn or default_features_fn(), images, masks)
+    if pooled.shape[1] != 2 * config.image_channels:
+        raise ValueError(f"features have {pooled.shape[1] // 2} channels, config expects {config.image_channels}")
+    text, families = text.float(), families.long()
+
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
+        torch.manual_seed(seed)
+        model = DualEncoder(config)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
+    generator = torch.Generator().manual_seed(seed)
+    batch_size = min(batch_size, n)
+    order, cursor = torch.randperm(n, generator=generator), 0
+    for _ in range(steps):
+        if cursor + batch_size > n:  # next epoch: a fresh shuffle, every sample seen once per epoch
+            order, cursor = torch.randperm(n, generator=generator), 0
+        idx = order[cursor:cursor + batch_size]
+        cursor += batch_size
+        loss = model.contrastive_loss(model.image_project(pooled[idx]), model.text_embed(text[idx]), families[idx])
+        value = optimizer_step(optimizer, loss, model.parameters())
+        if on_step:
+            on_step(value)
+    return model.eval()
+
+
+def save_dual_encoder(stem: str | Path, model: DualEncoder) -> None:
+    checkpoint.save(stem, model.state_dict(), {"method": METHOD, "dual_encoder": asdict(model.config)})
+
+
+def load_dual_encoder(stem: str | Path) -> DualEncoder:
+    """Rebuild a dual encoder from STEM.json + STEM.safetensors; names and shapes must match exactly."""
+    cfg = checkpoint.load_config(stem)
+    if set(cfg) != {"method", "dual_encoder"} or cfg["method"] != METHOD:
+        raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.json')}: not a dual encoder config "
+                                         f"(keys {sorted(cfg)})")
+    model = DualEncoder(checkpoint.build_config(DualEncoderConfig, cfg["dual_encoder"], stem))
+    rest = checkpoint.load_module(stem, model)
+    if rest:  # load_module with no prefix consumes everything; kept as a guard for the contract
+        raise checkpoint.CheckpointError(f"{stem}: unexpected tensors {sorted(rest)[:5]}")
+    return model.eval()

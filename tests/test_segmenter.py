@@ -1,0 +1,177 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qarad.backbone import Backbone, BackboneConfig
+from qarad.checkpoint import CheckpointError
+from qarad.data.resolution import ResolutionPolicy
+from qarad.detection.inference import score_images
+from qarad.detection.segmenter import Segmenter, SegmenterConfig, cell_targets, per_sample_loss
+from qarad.metrics import auroc
+
+GRID = 8  # feature cells per side (64 px views)
+CONFIG = SegmenterConfig(hidden=32, steps=150, batch_size=16, blur_sigma=1.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: thread start-up costs more than it saves, and the CPUs here are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _synthetic(generator: torch.Generator, n: int, pattern: torch.Tensor):
+    """Noise features with a rectangle of cells shifted along a fixed 'defect' direction."""
+    feats = torch.randn(n, 152, GRID, GRID, generator=generator)
+    masks = torch.zeros(n, GRID * 8, GRID * 8, dtype=torch.bool)
+    for i in range(n):
+        y, x = torch.randint(0, GRID - 2, (2,), generator=generator).tolist()
+        h, w = torch.randint(1, 3, (2,), generator=generator).tolist()
+        masks[i, y * 8:(y + h) * 8, x * 8:(x + w) * 8] = True
+    targets = cell_targets(masks)
+    return feats + targets[:, None] * pattern[None, :, None, None], targets, masks
+
+
+@pytest.fixture(scope="module")
+def toy():
+    g = torch.Generator().manual_seed(0)
+    pattern = 4.0 * F.normalize(torch.randn(152, generator=g), dim=0)  # 4 noise std along one direction
+    normal = torch.randn(40, 152, GRID, GRID, generator=g)
+    synth, targets, _ = _synthetic(g, 48, pattern)
+    return normal, synth, targets, pattern
+
+
+@pytest.fixture(scope="module")
+def fitted(toy):
+    normal, synth, targets, _ = toy
+    losses = []
+    model = Segmenter(CONFIG, ResolutionPolicy(size=64)).fit(normal, synth, targets, torch.ones(len(synth)),
+                                                            on_step=losses.append)
+    model.losses = losses
+    return model
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return Backbone(BackboneConfig(strides=(8, 16)))
+
+
+def test_cell_targets_are_cell_coverage():
+    mask = torch.zeros(1, 16, 16, dtype=torch.bool)
+    mask[0, 0:4, 0:8] = True  # half of cell (0, 0)
+    mask[0, 8:16, 8:16] = True  # all of cell (1, 1)
+    assert torch.equal(cell_targets(mask), torch.tensor([[[0.5, 0.0], [0.0, 1.0]]]))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        cell_targets(torch.zeros(1, 12, 16, dtype=torch.bool))
+
+
+def test_loss_with_gamma_zero_is_normal_mean_plus_defect_mean_of_bce():
+    logits = torch.tensor([[[[0.0, 2.0], [-1.0, 3.0]]], [[[0.5, -0.5], [1.0, -2.0]]]])
+    target = torch.tensor([[[0.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    bce = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
+    expected = torch.stack([bce[0, [0, 0, 1], [0, 1, 0]].mean() + bce[0, 1, 1], bce[1].mean()])
+    assert torch.allclose(per_sample_loss(logits, target, gamma=0.0), expected)
+    focal = per_sample_loss(logits, target, gamma=2.0)
+    assert (focal < expected).all()  # the focal factor only ever shrinks the per-pixel loss
+
+
+def test_segmenter_learns_the_defect_pattern(fitted, toy):
+    *_, pattern = toy
+    assert len(fitted.losses) == CONFIG.steps and np.mean(fitted.losses[-20:]) < np.mean(fitted.losses[:20])
+    feats, _, masks = _synthetic(torch.Generator().manual_seed(1), 16, pattern)  # unseen
+    with torch.no_grad():
+        maps = fitted.maps_from_features(feats)
+    assert maps.shape == masks.shape and ((maps >= 0) & (maps <= 1)).all()
+    assert auroc(maps.numpy().ravel(), masks.numpy().ravel()) > 0.9
+
+
+def test_threshold_comes_from_held_out_normal_scores(fitted, toy):
+    normal, synth, *_ = toy
+    assert len(fitted.calibration_scores_) == 4  # 10 % of 40 normal samples
+    s = fitted.calibration_scores_
+    assert np.isclose(fitted.threshold_, s.mean() + 3 * s.std())
+    with torch.no_grad():
+        defect_scores = fitted.smooth(fitted.maps_from_features(synth[:16])).flatten(1).max(1).values
+    assert (defect_scores.numpy() > fitted.threshold_).mean() > 0.8
+
+
+def test_unfitted_segmenter_refuses_to_score(tmp_path):
+    model = Segmenter()
+    with pytest.raises(RuntimeError, match="not fitted"):
+        model.maps_from_features(torch.zeros(1, 152, 2, 2))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        model.view_maps(torch.rand(1, 3, 64, 64))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        model.save(tmp_path / "m")
+
+
+def test_fit_rejects_wrong_shapes(toy):
+    normal, synth, targets, _ = toy
+    with pytest.raises(ValueError, match="PatchEmbedder features"):
+        Segmenter(CONFIG).fit(normal[:, :100], synth, targets, torch.ones(len(synth)))
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        Segmenter(CONFIG).fit(normal, synth, targets[:, :4], torch.ones(len(synth)))
+    with pytest.raises(ValueError, match="non-negative"):
+        Segmenter(CONFIG).fit(normal, synth, targets, -torch.ones(len(synth)))
+
+
+def test_zero_weight_samples_teach_nothing(toy):
+    """QAW weight 0 on every synthetic sample: the head only ever sees 'normal', finds no defect."""
+    normal, synth, targets, pattern = toy
+    cfg = SegmenterConfig(hidden=32, steps=40, batch_size=16, blur_sigma=1.0)
+    model = Segmenter(cfg).fit(normal, synth, targets, torch.zeros(len(synth)))
+    feats, _, masks = _synthetic(torch.Generator().manual_seed(1), 8, pattern)
+    with torch.no_grad():
+        maps = model.maps_from_features(feats)
+    assert maps[masks].mean() < 0.1
+
+
+def test_save_load_round_trip_gives_identical_maps(fitted, backbone, tmp_path):
+    fitted.backbone = backbone
+    views = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    fitted.save(tmp_path / "det")
+    loaded = Segmenter.load(tmp_path / "det", backbone=backbone)
+    with torch.inference_mode():
+        a, b = fitted.view_maps(views), loaded.view_maps(views)
+    assert a.shape == (2, 64, 64) and torch.equal(a, b)
+    assert loaded.threshold_ == fitted.threshold_ and loaded.config == fitted.config
+    assert loaded.policy == fitted.policy
+    assert np.array_equal(loaded.calibration_scores_, fitted.calibration_scores_)
+
+
+def test_detector_protocol_scores_an_image_file(fitted, backbone, tmp_path):
+    from PIL import Image
+
+    fitted.backbone = backbone
+    path = tmp_path / "x.png"
+    Image.fromarray((np.random.default_rng(0).random((80, 96, 3)) * 255).astype(np.uint8)).save(path)
+    res = list(score_images(fitted, [path]))[0]
+    assert res.anomaly_map.shape == (64, 64) and np.isclose(res.score, res.anomaly_map.max())
+
+
+def test_load_is_strict(fitted, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    fitted.save(tmp_path / "det")
+    cfg = json.loads((tmp_path / "det.json").read_text())
+    bad = dict(cfg, segmenter=dict(cfg["segmenter"], unknown_knob=1))
+    (tmp_path / "det.json").write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError, match="unknown SegmenterConfig keys"):
+        Segmenter.load(tmp_path / "det")
+    (tmp_path / "det.json").write_text(json.dumps(dict(cfg, method="patchcore")))
+    with pytest.raises(CheckpointError, match="not a QARAD segmenter"):
+        Segmenter.load(tmp_path / "det")
+    (tmp_path / "det.json").write_text(json.dumps(cfg))
+    tensors = load_file(str(tmp_path / "det.safetensors"))
+    save_file({**tensors, "extra": torch.zeros(1)}, str(tmp_path / "det.safetensors"))
+    with pytest.raises(CheckpointError, match="unknown tensors"):
+        Segmenter.load(tmp_path / "det")
+    del tensors["head.out.bias"]
+    save_file(tensors, str(tmp_path / "det.safetensors"))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        Segmenter.load(tmp_path / "det")
