@@ -49,10 +49,10 @@ def test_tiles_split_across_batches():
     items = [loaded(i, hw, policy) for i, hw in enumerate([(40, 50), (32, 100), (20, 20), (60, 32)])]
     assert [len(it.views) for it in items] == [4, 4, 1, 3]
     batches = check(items, batch_size=3)
-    # each image's views are cut into parts of <= 3 (4 -> 3 + 1); a part that does not fit the open batch
-    # flushes it: [0:3] [0:1] [1:3] [1:1 + 2:1] [3:3]  (image:views)
-    assert [len(b) for b in batches] == [3, 1, 3, 2, 3]
-    assert torch.equal(batches[3][0], items[1].views[3]) and torch.equal(batches[3][1], items[2].views[0])
+    # views fill the open batch before a new one starts, so every batch but the last is full:
+    # [0:3] [0:1 + 1:2] [1:2 + 2:1] [3:3]  (image:views) -> 12 views in 4 calls
+    assert [len(b) for b in batches] == [3, 3, 3, 3]
+    assert torch.equal(batches[1][0], items[0].views[3]) and torch.equal(batches[2][2], items[2].views[0])
 
 
 def test_views_of_one_image_share_a_batch_with_the_next_image():

@@ -75,13 +75,16 @@ def map_views(
     for item in items:
         waiting.append((item, []))
         slot = len(waiting) - 1
-        for part in item.views.split(batch_size):
-            if chunks and (queued + len(part) > batch_size or part.shape[1:] != chunks[0][1].shape[1:]):
-                flush()
+        views, start = item.views, 0
+        while start < len(views):
+            if chunks and views.shape[1:] != chunks[0][1].shape[1:]:
+                flush()  # a batch holds views of one shape only
+            part = views[start:start + batch_size - queued]  # fill the open batch first
             chunks.append((slot, part))
             queued += len(part)
-        if queued >= batch_size:
-            flush()
+            start += len(part)
+            if queued >= batch_size:
+                flush()
         if not chunks:
             yield from ready()
     flush()
