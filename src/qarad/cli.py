@@ -12,6 +12,7 @@ EXAMPLES = {
     "eval": "qarad eval runs/mpdd",
     "predict": "qarad predict runs/mpdd new_images/ --out runs/mpdd/predictions",
     "demo": "qarad demo --out runs/demo",
+    "score": "qarad score synth/",
     "fit": "qarad fit --data ../shared/data/magnetic_tile --category magnetic_tile --out models/tile",
     "synth": 'qarad synth models/tile --images good/ --prompts "a thin dark crack" --auto-masks --n 20 --out synth/',
 }
@@ -38,7 +39,8 @@ def main_parser() -> argparse.ArgumentParser:
     subs = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = _sub(subs, "train", "Train a detector on the normal images of one category (MVTec AD layout).")
-    p.add_argument("--method", choices=["patchcore"], default="patchcore")
+    p.add_argument("--method", choices=["patchcore", "qarad"], default="patchcore",
+                   help="patchcore: memory bank, no synthesis; qarad: head trained on normal + synthetic defects")
     p.add_argument("--data", type=Path, required=True, help="dataset root holding CATEGORY/train/good")
     p.add_argument("--category", required=True)
     p.add_argument("--out", type=Path, required=True, help="run folder to create")
@@ -47,6 +49,12 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-limit", type=int, default=None, help="cap on memory-bank rows (default: none)")
     p.add_argument("--max-train-images", type=int, default=None,
                    help="fit on a reproducible random subset of this many normal images")
+    g = p.add_argument_group("qarad method")
+    g.add_argument("--synth", type=Path, help="synthetic defects folder (qarad synth, then qarad score)")
+    g.add_argument("--weighting", choices=["none", "linear", "softmax"], default="linear",
+                   help="QAW calibration of sample weights (default linear)")
+    g.add_argument("--steps", type=int, default=1500, help="head training steps (default 1500)")
+    g.add_argument("--max-normal-views", type=int, default=4000, help="cap on cached normal views")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
@@ -77,6 +85,7 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-steps", type=int, default=2500)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-train-images", type=int, default=None)
+    p.add_argument("--qaw-steps", type=int, default=1500, help="dual-encoder (QAW scorer) training steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="refit over a model with other settings")
 
@@ -95,6 +104,10 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--strength", type=float, default=1.0, help="0..1 blend strength of the new defect")
     p.add_argument("--shard", help="i/n: do every n-th sample starting at i (parallel runs)")
+
+    p = _sub(subs, "score", "Score every synthetic sample against its prompt (QAW); writes scores into the manifest.")
+    p.add_argument("synth_dir", type=Path)
+    p.add_argument("--model", type=Path, help="ARAS model folder (default: the one that made the samples)")
 
     p = _sub(subs, "demo", "Run the whole pipeline on built-in demo data and write a report.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))

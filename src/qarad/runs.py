@@ -53,9 +53,10 @@ def read_config(run: Path) -> dict:
 
 def load_detector(run: Path, device: str = "cpu"):
     from .detection.patchcore import PatchCore
+    from .detection.segmenter import Segmenter
 
     cfg = read_config(run)
-    loaders = {"patchcore": PatchCore.load}
+    loaders = {"patchcore": PatchCore.load, "qarad": Segmenter.load}
     method = cfg.get("method")
     if method not in loaders:
         raise RunError(f"{run}: unknown method {method!r} in {CONFIG}")

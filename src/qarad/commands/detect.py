@@ -24,28 +24,63 @@ def _policy(args) -> ResolutionPolicy:
 
 
 def _train_config(args) -> dict:
+    detector = ({"coreset_ratio": args.coreset_ratio, "memory_limit": args.memory_limit}
+                if args.method == "patchcore" else
+                {"steps": args.steps, "synth": str(Path(args.synth).resolve()) if args.synth else None,
+                 "weighting": args.weighting, "max_normal_views": args.max_normal_views})
     return {"method": args.method, "data": {"root": str(Path(args.data).resolve()), "category": args.category,
                                             "max_train_images": args.max_train_images, "seed": args.seed},
             "policy": _policy(args).to_dict(),
-            "detector": {"coreset_ratio": args.coreset_ratio, "memory_limit": args.memory_limit,
-                         "batch_size": args.batch_size, "seed": args.seed}}
+            "detector": {**detector, "batch_size": args.batch_size, "seed": args.seed}}
 
 
 def train(args) -> int:
-    from ..detection.patchcore import PatchCore, PatchCoreConfig
-
     config = _train_config(args)
+    if args.method == "qarad" and not args.synth:
+        raise ValueError("--method qarad needs --synth SYNTH_DIR (made by `qarad synth`, scored by `qarad score`)")
     train_set = subsample(scan_mvtec(args.data, args.category, "train"), args.max_train_images, args.seed)
     if runs.prepare(args.out, config, args.overwrite):
         print(f"{args.out}: this run is already trained; nothing to do (pass --overwrite to retrain)")
         return 0
-    model = PatchCore(PatchCoreConfig(**config["detector"]), _policy(args)).to(args.device)
-    with bar(len(train_set), f"train {args.method}") as tick:
-        model.fit([s.image for s in train_set], on_image=tick)
+    paths = [s.image for s in train_set]
+    model = _train_patchcore(args, config, paths) if args.method == "patchcore" else _train_qarad(args, config, paths)
     model.save(Path(args.out) / runs.MODEL)
-    print(f"trained {args.method} on {len(train_set)} images: memory bank {len(model.memory_)} rows, "
-          f"threshold {model.threshold_:.4f}\nrun folder: {args.out}")
+    print(f"trained {args.method} on {len(train_set)} normal images, threshold {model.threshold_:.4f}\n"
+          f"run folder: {args.out}")
     return 0
+
+
+def _train_patchcore(args, config, paths):
+    from ..detection.patchcore import PatchCore, PatchCoreConfig
+
+    d = config["detector"]
+    model = PatchCore(PatchCoreConfig(coreset_ratio=d["coreset_ratio"], memory_limit=d["memory_limit"],
+                                      batch_size=d["batch_size"], seed=d["seed"]), _policy(args)).to(args.device)
+    with bar(len(paths), "train patchcore") as tick:
+        model.fit(paths, on_image=tick)
+    return model
+
+
+def _train_qarad(args, config, paths):
+    from ..detection.segmenter import Segmenter, SegmenterConfig
+    from ..detection.train import describe, normal_features, sample_weights, synthetic_features
+    from ..quality.weighting import WeightingConfig
+
+    d = config["detector"]
+    model = Segmenter(SegmenterConfig(steps=d["steps"], batch_size=16, seed=d["seed"]), _policy(args)).to(args.device)
+    with bar(len(paths), "features: normal images") as tick:
+        normal = normal_features(model, paths, d["batch_size"], d["max_normal_views"], d["seed"], on_image=tick)
+    from ..synthesis.jobs import MANIFEST, read_manifest
+
+    n_synth = len(read_manifest(Path(args.synth) / MANIFEST))
+    with bar(n_synth, "features: synthetic samples") as tick:
+        synth = synthetic_features(model, Path(args.synth), d["batch_size"], on_image=tick)
+    weighting = WeightingConfig(calibration=d["weighting"])
+    print(f"QAW weights ({d['weighting']}): {describe(synth, weighting)}")
+    with bar(d["steps"], "train detector head", unit="step") as tick:
+        model.fit(normal, synth.features, synth.targets, sample_weights(synth.scores, weighting),
+                  on_step=lambda _: tick())
+    return model
 
 
 def format_table(overall: dict, per_type: dict) -> str:

@@ -5,12 +5,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import checkpoint
 from ..data.io import write_json
 from ..data.mvtec import scan_mvtec, subsample
 from ..data.resolution import ResolutionPolicy
 from ..progress import bar
+
+QAW = "dual_encoder"
 
 
 def _policy(args) -> ResolutionPolicy:
@@ -25,7 +28,8 @@ def fit(args) -> int:
     out = Path(args.out)
     policy = _policy(args)
     cfg = F.FitConfig(corpus_size=args.corpus_size, tokenizer_steps=args.tokenizer_steps,
-                      prior_steps=args.prior_steps, batch_size=args.batch_size, seed=args.seed,
+                      prior_steps=args.prior_steps, qaw_steps=args.qaw_steps, batch_size=args.batch_size,
+                      seed=args.seed,
                       tokenizer=TokenizerConfig(), prior=PriorConfig())
     paths = [s.image for s in subsample(scan_mvtec(args.data, args.category, "train"), args.max_train_images,
                                         args.seed)]
@@ -49,7 +53,7 @@ def fit(args) -> int:
     if corpus_stem.with_suffix(".json").is_file():
         corpus = F.load_corpus(corpus_stem)
     else:
-        with bar(cfg.corpus_size, "fit 1/3: render fitting corpus", unit="defect") as tick:
+        with bar(cfg.corpus_size, "fit 1/4: render fitting corpus", unit="defect") as tick:
             corpus = F.build_corpus(paths, policy, cfg, on_sample=tick)
         F.save_corpus(corpus_stem, corpus)
 
@@ -61,18 +65,52 @@ def fit(args) -> int:
         checkpoint.load_module(tok_stem, tokenizer)
         tokenizer.eval()
     else:
-        with _loss_bar(cfg.tokenizer_steps, "fit 2/3: tokenizer", state / F.TOKENIZER) as tick:
+        with _loss_bar(cfg.tokenizer_steps, "fit 2/4: tokenizer", state / F.TOKENIZER) as tick:
             tokenizer = F.fit_tokenizer(corpus, cfg, state / F.TOKENIZER, on_step=tick)
         checkpoint.save(tok_stem, tokenizer.state_dict(), json.loads(json.dumps(cfg.tokenizer.__dict__)))
 
     prior_stem = out / F.PRIOR
+    text = None
     if not prior_stem.with_suffix(".safetensors").is_file():
         codes, token_masks = F.encode_corpus(tokenizer, corpus, cfg)
         text = F.text_embeddings(corpus.prompts)
-        with _loss_bar(cfg.prior_steps, "fit 3/3: prior", state / F.PRIOR) as tick:
+        with _loss_bar(cfg.prior_steps, "fit 3/4: prior", state / F.PRIOR) as tick:
             prior = F.fit_prior(codes, token_masks, text, cfg, state / F.PRIOR, on_step=tick)
         checkpoint.save(prior_stem, prior.state_dict(), json.loads(json.dumps(cfg.prior.__dict__)))
+
+    qaw_stem = out / QAW
+    if not qaw_stem.with_suffix(".safetensors").is_file():
+        from ..defects.renderer import FAMILIES
+        from ..quality.fit import fit_dual_encoder, save_dual_encoder
+
+        text = F.text_embeddings(corpus.prompts) if text is None else text
+        families = torch.tensor([FAMILIES.index(f) for f in corpus.families])
+        with _loss_bar(cfg.qaw_steps, "fit 4/4: QAW dual encoder", state / QAW) as tick:
+            scorer = fit_dual_encoder(None, corpus.defect.permute(0, 3, 1, 2), corpus.mask, text, families,
+                                      steps=cfg.qaw_steps, seed=cfg.seed, on_step=tick)
+        save_dual_encoder(qaw_stem, scorer)
     print(f"ARAS model: {out}")
+    return 0
+
+
+def score(args) -> int:
+    from ..quality.fit import load_dual_encoder
+    from ..quality.scoring import score_folder
+    from ..synthesis import jobs
+
+    settings_path = Path(args.synth_dir) / jobs.SETTINGS
+    if not settings_path.is_file():
+        raise ValueError(f"{args.synth_dir}: not a qarad synth output (no {jobs.SETTINGS})")
+    model_dir = Path(args.model or json.loads(settings_path.read_text())["model"])
+    meta = checkpoint.load_config(model_dir / "aras")
+    policy = checkpoint.build_config(ResolutionPolicy, meta["policy"], model_dir / "aras.json")
+    scorer = load_dual_encoder(model_dir / QAW)
+    n = len(jobs.read_manifest(Path(args.synth_dir) / jobs.MANIFEST))
+    with bar(n, "score (QAW)") as tick:
+        scores = score_folder(args.synth_dir, scorer, policy, meta["fit"]["window"], on_sample=tick)
+    s = np.asarray(scores)
+    print(f"scored {len(s)} samples: mean {s.mean():.3f}, min {s.min():.3f}, max {s.max():.3f}\n"
+          f"manifest: {Path(args.synth_dir) / jobs.MANIFEST}")
     return 0
 
 

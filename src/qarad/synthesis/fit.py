@@ -30,6 +30,7 @@ from .tokenizer import TokenizerConfig, VQTokenizer
 CORPUS = "corpus"
 TOKENIZER = "tokenizer"
 PRIOR = "prior"
+DEAD_CODE_EVERY = 100  # steps between dead-code restarts
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class FitConfig:
     corpus_size: int = 3000
     tokenizer_steps: int = 1500
     prior_steps: int = 2500
+    qaw_steps: int = 1500  # dual-encoder (QAW scorer) steps, trained on the same corpus
     batch_size: int = 8
     tokenizer_lr: float = 3e-4
     prior_lr: float = 3e-4
@@ -129,7 +131,7 @@ def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
     perceptual = Backbone(BackboneConfig(strides=(8,)))
     start = load_state(state_stem, model, opt)[0] if state_stem.with_suffix(".safetensors").is_file() else 0
     model.train()
-    usage = torch.zeros(cfg.tokenizer.codebook_size)
+    usage = torch.zeros(cfg.tokenizer.codebook_size, dtype=torch.long)
     for step in range(start, cfg.tokenizer_steps):
         idx = _batch(len(corpus.prompts), cfg.batch_size, cfg.seed, step)
         half = cfg.batch_size // 2  # half clean windows, half with defects: the codebook needs both
@@ -142,11 +144,9 @@ def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
         if cfg.perceptual_weight:
             loss = loss + cfg.perceptual_weight * F.mse_loss(perceptual(out.recon)[8], perceptual(x)[8])
         value = optimizer_step(opt, loss, model.parameters())
-        usage += torch.bincount(out.codes.flatten(), minlength=cfg.tokenizer.codebook_size).float()
-        if (step + 1) % 100 == 0 and hasattr(model, "restart_dead_codes"):
-            with torch.no_grad():
-                model.restart_dead_codes(model.encode_continuous(x) if hasattr(model, "encode_continuous") else None,
-                                         usage)
+        usage += model.code_usage(out.codes)
+        if (step + 1) % DEAD_CODE_EVERY == 0:  # re-seed unused codes with this batch's encoder outputs
+            model.restart_dead_codes(out.z_e, usage, generator=torch.Generator().manual_seed(cfg.seed + step))
             usage.zero_()
         if (step + 1) % cfg.checkpoint_every == 0:
             save_state(state_stem, model, opt, step + 1, {"stage": TOKENIZER})

@@ -58,6 +58,18 @@ def _crop(arr: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
     return part
 
 
+def crop_window(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, window: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (3, window, window) image crop around `mask` at the policy's working scale, and the
+    mask over that crop at source resolution (as used by the QAW scorer)."""
+    h, w = image.shape[:2]
+    work_h, work_w = policy.layout(h, w).work_hw
+    box = _window(mask, (work_h / h, work_w / w), window)
+    crop = _crop(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), box)
+    crop = F.interpolate(crop[None], size=(window, window), mode="bilinear", antialias=True, align_corners=False)
+    return crop[0].clamp(0, 1), _crop(torch.from_numpy(mask)[None], box)[0]
+
+
 class ARAS:
     """A fitted tokenizer + prior with the run's resolution policy; `synthesize` one sample at a time."""
 

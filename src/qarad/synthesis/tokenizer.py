@@ -66,37 +66,47 @@ class ResBlock(nn.Module):
 
 
 class Encoder(nn.Module):
+    """Stride-2 stem, then res blocks per stage with a stride-2 conv between stages (factor 2**stages).
+
+    Nothing heavy runs at full resolution: that keeps a 2.7M-parameter model cheap on CPU.
+    """
+
     def __init__(self, config: TokenizerConfig):
         super().__init__()
         chs = config.channels
-        self.conv_in = nn.Conv2d(3, chs[0], 3, padding=1)
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [nn.Conv2d(3, chs[0], 3, stride=2, padding=1)]
         c = chs[0]
-        for ch in chs:  # res blocks at this resolution, then a stride-2 conv
+        for i, ch in enumerate(chs):
             for _ in range(config.res_blocks):
                 layers.append(ResBlock(c, ch))
                 c = ch
-            layers.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+            if i < len(chs) - 1:
+                layers.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
         layers += [ResBlock(c, c), ResBlock(c, c), nn.GroupNorm(NORM_GROUPS, c), nn.SiLU(),
                    nn.Conv2d(c, config.code_dim, 1)]
         self.body = nn.Sequential(*layers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(self.conv_in(images * 2 - 1))  # [0, 1] -> [-1, 1]
+        return self.body(images * 2 - 1)  # [0, 1] -> [-1, 1]
 
 
 class Decoder(nn.Module):
+    """Mirror of the encoder: extra capacity sits at the token resolution (cheap per parameter);
+    each x2 upsampling conv also halves the width; a light head works at full resolution."""
+
     def __init__(self, config: TokenizerConfig):
         super().__init__()
         chs = config.channels
         c = chs[-1]
-        layers: list[nn.Module] = [nn.Conv2d(config.code_dim, c, 3, padding=1), ResBlock(c, c), ResBlock(c, c)]
-        for ch in reversed(chs):  # res blocks, then nearest x2 + conv
-            for _ in range(config.res_blocks + 1):
-                layers.append(ResBlock(c, ch))
-                c = ch
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
-        layers += [nn.GroupNorm(NORM_GROUPS, c), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1)]
+        layers: list[nn.Module] = [nn.Conv2d(config.code_dim, c, 3, padding=1)]
+        layers += [ResBlock(c, c) for _ in range(3)]
+        for i in reversed(range(len(chs))):
+            layers += [ResBlock(c, c) for _ in range(config.res_blocks)]
+            out = chs[i - 1] if i > 0 else max(chs[0] // 2, NORM_GROUPS)
+            layers += [nn.GroupNorm(NORM_GROUPS, c), nn.SiLU()] if i == 0 else []
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, out, 3, padding=1)]
+            c = out
+        layers += [nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1)]
         self.body = nn.Sequential(*layers)
 
     def forward(self, z_q: torch.Tensor) -> torch.Tensor:
@@ -115,12 +125,16 @@ class VQTokenizer(nn.Module):
     def normalized_codebook(self) -> torch.Tensor:
         return F.normalize(self.codebook.weight, dim=1, eps=NORM_EPS)  # (K, code_dim)
 
-    def encode(self, images: torch.Tensor) -> Quantized:
-        """images (B, 3, H, W) in [0, 1], H and W divisible by 8 -> nearest codes by cosine similarity."""
+    def encode_continuous(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1], H and W divisible by 8 -> z_e (B, code_dim, H/8, W/8), unit length."""
         f = self.config.factor
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] % f or images.shape[3] % f:
             raise ValueError(f"expected images (B, 3, H, W) with H, W divisible by {f}, got {tuple(images.shape)}")
-        z_e = F.normalize(self.encoder(images), dim=1, eps=NORM_EPS)  # (B, D, h, w)
+        return F.normalize(self.encoder(images), dim=1, eps=NORM_EPS)
+
+    def encode(self, images: torch.Tensor) -> Quantized:
+        """images (B, 3, H, W) in [0, 1] -> nearest codes by cosine similarity (see encode_continuous)."""
+        z_e = self.encode_continuous(images)  # (B, D, h, w)
         B, D, h, w = z_e.shape
         flat = z_e.permute(0, 2, 3, 1).reshape(-1, D)  # (B*h*w, D)
         codebook = self.normalized_codebook()
