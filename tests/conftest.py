@@ -74,3 +74,32 @@ def make_mvtec_tree(root: Path, category: str = "widget", n_train: int = 6, n_go
 def mvtec_root(tmp_path: Path) -> Path:
     """A default fake MVTec tree with category "widget"."""
     return make_mvtec_tree(tmp_path / "mvtec")
+
+
+def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0) -> Path:
+    """A randomly initialised ARAS model folder in the layout `qarad fit` writes (for fast tests)."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+
+    from qarad import checkpoint
+    from qarad.data.resolution import ResolutionPolicy
+    from qarad.quality.dual_encoder import DualEncoder
+    from qarad.quality.fit import save_dual_encoder
+    from qarad.synthesis.fit import FitConfig, config_dict
+    from qarad.synthesis.prior import Prior, PriorConfig
+    from qarad.synthesis.tokenizer import TokenizerConfig, VQTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok_cfg = TokenizerConfig(codebook_size=16, code_dim=8, channels=(8, 16, 16))
+    prior_cfg = PriorConfig(vocab_size=16, grid=window // 8, d_model=32, n_layers=1, n_heads=2)
+    cfg = FitConfig(window=window, tokenizer=tok_cfg, prior=prior_cfg)
+    torch.manual_seed(seed)
+    checkpoint.save(folder / "tokenizer", VQTokenizer(tok_cfg).state_dict(), asdict(tok_cfg))
+    checkpoint.save(folder / "prior", Prior(prior_cfg).state_dict(), asdict(prior_cfg))
+    save_dual_encoder(folder / "dual_encoder", DualEncoder())
+    meta = {"fit": config_dict(cfg), "policy": ResolutionPolicy(size=64).to_dict(), "data": {}}
+    (folder / "aras.json").write_text(json.dumps(meta))
+    return folder

@@ -49,6 +49,7 @@ def fit(args) -> int:
     state = out / "state"
     state.mkdir(exist_ok=True)
 
+    timer = _StageTimer(out / "timings.json")
     corpus_stem = out / F.CORPUS
     if corpus_stem.with_suffix(".json").is_file():
         corpus = F.load_corpus(corpus_stem)
@@ -56,6 +57,7 @@ def fit(args) -> int:
         with bar(cfg.corpus_size, "fit 1/4: render fitting corpus", unit="defect") as tick:
             corpus = F.build_corpus(paths, policy, cfg, on_sample=tick)
         F.save_corpus(corpus_stem, corpus)
+        timer.lap("corpus")
 
     tok_stem = out / F.TOKENIZER
     from ..synthesis.tokenizer import VQTokenizer
@@ -68,6 +70,7 @@ def fit(args) -> int:
         with _loss_bar(cfg.tokenizer_steps, "fit 2/4: tokenizer", state / F.TOKENIZER) as tick:
             tokenizer = F.fit_tokenizer(corpus, cfg, state / F.TOKENIZER, on_step=tick)
         checkpoint.save(tok_stem, tokenizer.state_dict(), json.loads(json.dumps(cfg.tokenizer.__dict__)))
+        timer.lap("tokenizer")
 
     prior_stem = out / F.PRIOR
     text = None
@@ -77,6 +80,7 @@ def fit(args) -> int:
         with _loss_bar(cfg.prior_steps, "fit 3/4: prior", state / F.PRIOR) as tick:
             prior = F.fit_prior(codes, token_masks, text, cfg, state / F.PRIOR, on_step=tick)
         checkpoint.save(prior_stem, prior.state_dict(), json.loads(json.dumps(cfg.prior.__dict__)))
+        timer.lap("prior")
 
     qaw_stem = out / QAW
     if not qaw_stem.with_suffix(".safetensors").is_file():
@@ -89,7 +93,8 @@ def fit(args) -> int:
             scorer = fit_dual_encoder(None, corpus.defect.permute(0, 3, 1, 2), corpus.mask, text, families,
                                       steps=cfg.qaw_steps, seed=cfg.seed, on_step=tick)
         save_dual_encoder(qaw_stem, scorer)
-    print(f"ARAS model: {out}")
+        timer.lap("dual_encoder")
+    print(f"ARAS model: {out} (fit time {timer.total() / 60:.1f} min)")
     return 0
 
 
@@ -112,6 +117,26 @@ def score(args) -> int:
     print(f"scored {len(s)} samples: mean {s.mean():.3f}, min {s.min():.3f}, max {s.max():.3f}\n"
           f"manifest: {Path(args.synth_dir) / jobs.MANIFEST}")
     return 0
+
+
+class _StageTimer:
+    """Wall seconds per fit stage, kept in MODEL/timings.json; a resumed stage adds to its time."""
+
+    def __init__(self, path: Path):
+        import time
+
+        self.path, self.clock = path, time.perf_counter
+        self.times = json.loads(path.read_text()) if path.is_file() else {}
+        self.start = self.clock()
+
+    def lap(self, stage: str) -> None:
+        now = self.clock()
+        self.times[stage] = round(self.times.get(stage, 0.0) + now - self.start, 1)
+        self.start = now
+        write_json(self.path, self.times)
+
+    def total(self) -> float:
+        return sum(self.times.values())
 
 
 class _loss_bar:

@@ -37,8 +37,8 @@ DEAD_CODE_EVERY = 100  # steps between dead-code restarts
 class FitConfig:
     window: int = 128  # px; the prior's grid is window / 8 tokens a side
     corpus_size: int = 3000
-    tokenizer_steps: int = 1500
-    prior_steps: int = 2500
+    tokenizer_steps: int = 1000
+    prior_steps: int = 1500
     qaw_steps: int = 1500  # dual-encoder (QAW scorer) steps, trained on the same corpus
     batch_size: int = 8
     tokenizer_lr: float = 3e-4
@@ -141,8 +141,9 @@ def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
             group["lr"] = _lr(step, cfg.tokenizer_lr, cfg.warmup_steps, cfg.tokenizer_steps)
         out = model(x)
         loss = F.l1_loss(out.recon, x) + out.vq_loss
-        if cfg.perceptual_weight:
-            loss = loss + cfg.perceptual_weight * F.mse_loss(perceptual(out.recon)[8], perceptual(x)[8])
+        if cfg.perceptual_weight:  # LPIPS-style: compare unit-normalised feature vectors
+            f_rec, f_ref = (F.normalize(perceptual(v)[8], dim=1) for v in (out.recon, x))
+            loss = loss + cfg.perceptual_weight * (f_rec - f_ref).pow(2).sum(1).mean()
         value = optimizer_step(opt, loss, model.parameters())
         usage += model.code_usage(out.codes)
         if (step + 1) % DEAD_CODE_EVERY == 0:  # re-seed unused codes with this batch's encoder outputs

@@ -58,16 +58,31 @@ def _crop(arr: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
     return part
 
 
-def crop_window(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, window: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (3, window, window) image crop around `mask` at the policy's working scale, and the
-    mask over that crop at source resolution (as used by the QAW scorer)."""
+@dataclass
+class _Cut:
+    box: tuple[int, int, int, int]  # source-pixel rectangle
+    crop: torch.Tensor  # (3, hh, ww) source-resolution crop
+    crop_mask: torch.Tensor  # (hh, ww) bool
+    window: torch.Tensor  # (3, S, S) crop resized to the prior's window
+
+
+def _cut(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, window: int) -> _Cut:
     h, w = image.shape[:2]
+    if mask.shape != (h, w):
+        raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}")
     work_h, work_w = policy.layout(h, w).work_hw
     box = _window(mask, (work_h / h, work_w / w), window)
     crop = _crop(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), box)
-    crop = F.interpolate(crop[None], size=(window, window), mode="bilinear", antialias=True, align_corners=False)
-    return crop[0].clamp(0, 1), _crop(torch.from_numpy(mask)[None], box)[0]
+    resized = F.interpolate(crop[None], size=(window, window), mode="bilinear", antialias=True, align_corners=False)
+    return _Cut(box, crop, _crop(torch.from_numpy(mask)[None], box)[0], resized[0].clamp(0, 1))
+
+
+def crop_window(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, window: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (3, window, window) image crop around `mask` at the policy's working scale, and the
+    mask over that crop at source resolution (as used by the QAW scorer and benchmarks)."""
+    cut = _cut(image, mask, policy, window)
+    return cut.window, cut.crop_mask
 
 
 class ARAS:
@@ -100,29 +115,22 @@ class ARAS:
     def synthesize(self, image: np.ndarray, mask: np.ndarray, prompt: str, seed: int,
                    config: SamplerConfig = SamplerConfig(), prompt_b: str | None = None, mix: float = 0.0) -> SynthResult:
         h, w = image.shape[:2]
-        if mask.shape != (h, w):
-            raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}")
-        work_h, work_w = self.policy.layout(h, w).work_hw
-        box = _window(mask, (work_h / h, work_w / w), self.window)
-        src = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        crop = _crop(src, box)
-        crop_mask = _crop(torch.from_numpy(mask)[None], box)[0]
+        cut = _cut(image, mask, self.policy, self.window)
         s = self.window
-        x = F.interpolate(crop[None], size=(s, s), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-        m = F.interpolate(crop_mask[None, None].float(), size=(s, s), mode="area")[0, 0] > 0
+        m = F.interpolate(cut.crop_mask[None, None].float(), size=(s, s), mode="area")[0, 0] > 0
         tokens = token_mask_from_pixels(m, 8, config.dilate_px)
-        codes = self.tokenizer.encode(x).codes[0]
+        codes = self.tokenizer.encode(cut.window[None]).codes[0]
         texts = self.text.encode([prompt] + ([prompt_b] if prompt_b else []))
         g = torch.Generator().manual_seed(seed)
         res = sample_masked(self.prior, codes, tokens, texts[0], config, g,
                             text_b=texts[1] if prompt_b else None, mix=mix)
         gen = self.tokenizer.decode_codes(res.codes[None])
-        gen = F.interpolate(gen, size=crop.shape[-2:], mode="bilinear", align_corners=False)[0].clamp(0, 1)
-        out = blend(crop, gen, crop_mask, config)
-        result = src.clone()
+        gen = F.interpolate(gen, size=cut.crop.shape[-2:], mode="bilinear", align_corners=False)[0].clamp(0, 1)
+        out = blend(cut.crop, gen, cut.crop_mask, config)
+        result = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).clone()
         changed = torch.zeros(h, w, dtype=torch.bool)
-        y0, x0, y1, x1 = box
+        y0, x0, y1, x1 = cut.box
         y1, x1 = min(y1, h), min(x1, w)
         result[:, y0:y1, x0:x1] = out.image[:, : y1 - y0, : x1 - x0]
         changed[y0:y1, x0:x1] = out.changed[: y1 - y0, : x1 - x0]
-        return SynthResult(result.permute(1, 2, 0).numpy(), changed.numpy(), res.steps, box)
+        return SynthResult(result.permute(1, 2, 0).numpy(), changed.numpy(), res.steps, cut.box)
