@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/qarad demo --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) benchmarks/detect.py
