@@ -14,6 +14,7 @@ from ..data.resolution import ResolutionPolicy
 from ..progress import bar
 
 QAW = "dual_encoder"
+TIME_EVERY = 25  # training steps between updates of MODEL/timings.json
 
 
 def _policy(args) -> ResolutionPolicy:
@@ -53,6 +54,7 @@ def fit(args) -> int:
     corpus_stem = out / F.CORPUS
     if corpus_stem.with_suffix(".json").is_file():
         corpus = F.load_corpus(corpus_stem)
+        timer.restart()
     else:
         with bar(cfg.corpus_size, "fit 1/4: render fitting corpus", unit="defect") as tick:
             corpus = F.build_corpus(paths, policy, cfg, on_sample=tick)
@@ -66,8 +68,9 @@ def fit(args) -> int:
         tokenizer = VQTokenizer(cfg.tokenizer)
         checkpoint.load_module(tok_stem, tokenizer)
         tokenizer.eval()
+        timer.restart()
     else:
-        with _loss_bar(cfg.tokenizer_steps, "fit 2/4: tokenizer", state / F.TOKENIZER) as tick:
+        with _loss_bar(cfg.tokenizer_steps, "fit 2/4: tokenizer", state / F.TOKENIZER, timer, "tokenizer") as tick:
             tokenizer = F.fit_tokenizer(corpus, cfg, state / F.TOKENIZER, on_step=tick)
         checkpoint.save(tok_stem, tokenizer.state_dict(), json.loads(json.dumps(cfg.tokenizer.__dict__)))
         timer.lap("tokenizer")
@@ -77,7 +80,7 @@ def fit(args) -> int:
     if not prior_stem.with_suffix(".safetensors").is_file():
         codes, token_masks = F.encode_corpus(tokenizer, corpus, cfg)
         text = F.text_embeddings(corpus.prompts)
-        with _loss_bar(cfg.prior_steps, "fit 3/4: prior", state / F.PRIOR) as tick:
+        with _loss_bar(cfg.prior_steps, "fit 3/4: prior", state / F.PRIOR, timer, "prior") as tick:
             prior = F.fit_prior(codes, token_masks, text, cfg, state / F.PRIOR, on_step=tick)
         checkpoint.save(prior_stem, prior.state_dict(), json.loads(json.dumps(cfg.prior.__dict__)))
         timer.lap("prior")
@@ -89,7 +92,7 @@ def fit(args) -> int:
 
         text = F.text_embeddings(corpus.prompts) if text is None else text
         families = torch.tensor([FAMILIES.index(f) for f in corpus.families])
-        with _loss_bar(cfg.qaw_steps, "fit 4/4: QAW dual encoder", state / QAW) as tick:
+        with _loss_bar(cfg.qaw_steps, "fit 4/4: QAW dual encoder", state / QAW, timer, "dual_encoder") as tick:
             scorer = fit_dual_encoder(None, corpus.defect.permute(0, 3, 1, 2), corpus.mask, text, families,
                                       steps=cfg.qaw_steps, seed=cfg.seed, on_step=tick)
         save_dual_encoder(qaw_stem, scorer)
@@ -129,6 +132,10 @@ class _StageTimer:
         self.times = json.loads(path.read_text()) if path.is_file() else {}
         self.start = self.clock()
 
+    def restart(self) -> None:
+        """Do not count what happened since the last lap (loading a finished stage)."""
+        self.start = self.clock()
+
     def lap(self, stage: str) -> None:
         now = self.clock()
         self.times[stage] = round(self.times.get(stage, 0.0) + now - self.start, 1)
@@ -142,8 +149,8 @@ class _StageTimer:
 class _loss_bar:
     """Progress bar over training steps that shows a running loss and starts at a resumed step."""
 
-    def __init__(self, total: int, desc: str, state_stem: Path):
-        self.total, self.desc = total, desc
+    def __init__(self, total: int, desc: str, state_stem: Path, timer: _StageTimer, stage: str):
+        self.total, self.desc, self.timer, self.stage = total, desc, timer, stage
         start = 0
         if state_stem.with_suffix(".json").is_file():
             start = int(checkpoint.load_config(state_stem).get("step", 0))
@@ -162,6 +169,8 @@ class _loss_bar:
             self.avg = loss if self.avg is None else 0.98 * self.avg + 0.02 * loss
             self.bar.set_postfix(loss=f"{self.avg:.4f}", refresh=False)
             self.bar.update(1)
+            if self.bar.n % TIME_EVERY == 0:  # a killed fit loses at most TIME_EVERY steps of timing
+                self.timer.lap(self.stage)
 
         return tick
 

@@ -7,6 +7,7 @@ every pixel outside the dilated mask is bit-identical to the input image.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +119,9 @@ class ARAS:
         cut = _cut(image, mask, self.policy, self.window)
         s = self.window
         m = F.interpolate(cut.crop_mask[None, None].float(), size=(s, s), mode="area")[0, 0] > 0
-        tokens = token_mask_from_pixels(m, 8, config.dilate_px)
+        # blend dilates by dilate_px *source* px; re-sample every token that blending can reach
+        grow = s / min(cut.crop.shape[-2:])  # window px per source px
+        tokens = token_mask_from_pixels(m, 8, math.ceil(config.dilate_px * max(grow, 1.0)))
         codes = self.tokenizer.encode(cut.window[None]).codes[0]
         texts = self.text.encode([prompt] + ([prompt_b] if prompt_b else []))
         g = torch.Generator().manual_seed(seed)

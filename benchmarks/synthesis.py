@@ -1,0 +1,427 @@
+"""ARAS against the procedural and Perlin-texture baselines, on one dataset of ../shared/data.
+
+    python benchmarks/synthesis.py --model MODEL_DIR [--dataset magnetic_tile/magnetic_tile]
+
+MODEL_DIR is a fitted ARAS model (`qarad fit`). Measured, side by side in one process:
+* speed: ARAS.synthesize end to end (cached sampler, masked tokens only) vs the same pipeline
+  with `naive_resample` (whole 16x16 grid, one uncached forward pass per code), samples / s;
+* language control: a logistic-regression family classifier trained on procedural renders
+  (region_pool of backbone features) labels the region ARAS changed for prompts of each family;
+* realism: KID (cubic polynomial kernel, Binkowski et al. 2018) between real defect regions of
+  the test split and each method's synthetic regions, on region_pool features (304-d:
+  mean feature inside the region and inside minus a 2-cell ring around it). The global mean of
+  the crop is left out on purpose: it mostly describes the normal material, not the defect;
+* seams: Sobel gradient on a 1-px ring around the changed mask, output / input (1 = no added edge).
+Writes benchmarks/results/synthesis.json, benchmarks/results/gallery.png and a BENCHMARKS.md section.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+import time
+from functools import lru_cache
+from pathlib import Path
+from unittest import mock
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from scipy import ndimage  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+KID_SUBSETS, KID_SUBSET_MAX = 10, 100
+SEAM_EPS = 1e-3  # added to both ring means: flat (binary) material has zero gradient
+L2 = 1e-2  # classifier weight decay on standardised features
+HOLDOUT = 0.25  # share of the procedural renders held out to check the classifier itself
+
+
+# ---- data --------------------------------------------------------------------------------
+@lru_cache(maxsize=128)
+def load(path: str) -> tuple[np.ndarray, np.ndarray]:
+    from qarad.data.io import read_image
+    from qarad.defects.masks import foreground_mask
+
+    image = read_image(path)
+    return image, foreground_mask(image)
+
+
+def cut(image: np.ndarray, mask: np.ndarray, policy, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's window around `mask` (3, S, S) and the mask's coverage of it (S, S) in [0, 1]."""
+    from qarad.synthesis.pipeline import crop_window
+
+    win, crop_mask = crop_window(image, mask, policy, window)
+    cover = F.interpolate(crop_mask[None, None].float(), size=(window, window), mode="area")[0, 0]
+    return win, cover
+
+
+def features(embedder, windows: list[torch.Tensor], covers: list[torch.Tensor], batch: int = 16) -> torch.Tensor:
+    """(n, 304) region_pool features: [inside, inside - ring] of the stride-8 patch embedding."""
+    from qarad.quality.dual_encoder import region_pool
+
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(windows), batch):
+            w, m = torch.stack(windows[s:s + batch]), torch.stack(covers[s:s + batch])
+            out.append(region_pool(embedder(w), m))
+    return torch.cat(out).double() if out else torch.zeros(0, 304, dtype=torch.float64)
+
+
+def draw_prompt(rng: np.random.Generator, family: str | None = None):
+    from qarad.defects.prompts import prompt_for
+    from qarad.defects.renderer import sample_params
+
+    params = sample_params(rng, family)
+    return params, prompt_for(params)
+
+
+def family_mask(rng, image_fg: tuple[np.ndarray, np.ndarray], params) -> np.ndarray:
+    from qarad.defects.masks import FAMILY_MASK_KIND, FAMILY_MASK_SCALE, propose_mask
+
+    image, fg = image_fg
+    return propose_mask(rng, image.shape[:2], fg, kind=FAMILY_MASK_KIND[params.family],
+                        scale=FAMILY_MASK_SCALE.get(params.family, 1.0), angle=params.angle)
+
+
+# ---- 1. speed ----------------------------------------------------------------------------
+def naive_sampler(prior, codes, token_mask, text, config, generator, text_b=None, mix=0.0):
+    """Drop-in for pipeline.sample_masked: the reference slow path, whole grid, no cache, no gate."""
+    from qarad.synthesis.aras import naive_resample
+
+    return naive_resample(prior, codes, text, config, generator)
+
+
+def speed(aras, goods: list[str], n_speed: int, n_naive: int, seed: int) -> dict:
+    from qarad.defects.masks import propose_mask
+    from qarad.synthesis import pipeline
+
+    rng = np.random.default_rng([seed, 1])
+    jobs = []
+    for i in range(n_speed + 1):  # job 0 is the warm-up
+        image, fg = load(goods[i % len(goods)])
+        jobs.append((image, propose_mask(rng, image.shape[:2], fg), draw_prompt(rng)[1], int(rng.integers(2**31))))
+    aras.synthesize(*jobs[0])
+    t0, steps = time.perf_counter(), []
+    for job in tqdm(jobs[1:], desc="speed: ARAS", unit="sample"):
+        steps.append(aras.synthesize(*job).steps)
+    aras_s = (time.perf_counter() - t0) / n_speed
+    grid = aras.prior.config.grid
+    t0 = time.perf_counter()
+    with mock.patch.object(pipeline, "sample_masked", naive_sampler):
+        for job in tqdm(jobs[1:n_naive + 1], desc="speed: naive", unit="sample"):
+            if aras.synthesize(*job).steps != grid * grid:
+                raise RuntimeError("the naive sampler was not used: pipeline no longer calls sample_masked")
+    naive_s = (time.perf_counter() - t0) / n_naive
+    return {"aras_per_s": 1 / aras_s, "naive_per_s": 1 / naive_s, "speedup": naive_s / aras_s,
+            "aras_s_per_sample": aras_s, "naive_s_per_sample": naive_s, "mean_masked_tokens": float(np.mean(steps)),
+            "naive_tokens": grid * grid, "n_speed": n_speed, "n_naive": n_naive}
+
+
+# ---- 2. language control -----------------------------------------------------------------
+def procedural_renders(train: list[str], policy, window: int, n_per_family: int, seed: int):
+    """Procedural renders on working-resolution windows of normal train images -> (windows, covers, labels)."""
+    from qarad.data.io import read_image
+    from qarad.defects.corpus import CorpusConfig, make_sample
+    from qarad.defects.vocab import FAMILIES
+
+    config, wins, covers, labels = CorpusConfig(window=window), [], [], []
+    for i in tqdm(range(n_per_family * len(FAMILIES)), desc="language: procedural renders", unit="render"):
+        image = read_image(train[i % len(train)])
+        work = policy.layout(*image.shape[:2]).to_work(image).permute(1, 2, 0).numpy()
+        s = make_sample(work, np.random.default_rng([seed, 2, i]), config, family=FAMILIES[i % len(FAMILIES)])
+        if s.mask.any():  # a render that changed nothing has no region to describe
+            wins.append(torch.from_numpy(s.defect).permute(2, 0, 1))
+            covers.append(torch.from_numpy(s.mask).float())
+            labels.append(i % len(FAMILIES))
+    return wins, covers, torch.tensor(labels)
+
+
+def fit_logreg(x: torch.Tensor, y: torch.Tensor, k: int, seed: int):
+    """Multinomial logistic regression on standardised features (L2, full-batch LBFGS) -> predict(x)."""
+    torch.manual_seed(seed)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mean) / std
+    w = torch.zeros(x.shape[1], k, dtype=x.dtype, requires_grad=True)
+    b = torch.zeros(k, dtype=x.dtype, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ w + b, y) + L2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w, b = w.detach(), b.detach()
+    return lambda q: (((q - mean) / std) @ w + b).argmax(1)
+
+
+def language_control(aras, embedder, goods, train, args, gallery: list) -> dict:
+    from qarad.defects.vocab import FAMILIES
+
+    wins, covers, labels = procedural_renders(train, aras.policy, aras.window, args.n_render, args.seed)
+    x = features(embedder, wins, covers)
+    held = torch.from_numpy(np.random.default_rng([args.seed, 3]).random(len(labels)) < HOLDOUT)
+    predict = fit_logreg(x[~held], labels[~held], len(FAMILIES), args.seed)
+    holdout_top1 = float((predict(x[held]) == labels[held]).double().mean())
+    rng = np.random.default_rng([args.seed, 4])
+    truth, pred, unchanged, k, seen = [], [], 0, 0, set()
+    bar = tqdm(total=len(FAMILIES) * args.n_per_family, desc="language: ARAS", unit="sample")
+    for f, family in enumerate(FAMILIES):
+        for _ in range(args.n_per_family):
+            src = load(goods[k % len(goods)])
+            k += 1
+            params, prompt = draw_prompt(rng, family)
+            mask = family_mask(rng, src, params)
+            out = aras.synthesize(src[0], mask, prompt, int(rng.integers(2**31)))
+            bar.update()
+            truth.append(f)
+            if not out.mask.any():
+                unchanged += 1
+                pred.append(-1)  # nothing changed: counts as a miss
+                continue
+            win, cover = cut(out.image, out.mask, aras.policy, aras.window)
+            pred.append(int(predict(features(embedder, [win], [cover]))[0]))
+            if family not in seen:  # the first changed sample of each family goes to the gallery
+                seen.add(family)
+                gallery.append(("ARAS", src[0], out.image, mask, prompt))
+    bar.close()
+    truth, pred = np.array(truth), np.array(pred)
+    per_family = {fam: float((pred[truth == i] == i).mean()) for i, fam in enumerate(FAMILIES)}
+    confusion = [[int(((truth == i) & (pred == j)).sum()) for j in range(len(FAMILIES))] for i in range(len(FAMILIES))]
+    return {"language_control_top1": float((pred == truth).mean()), "language_control_types": list(FAMILIES),
+            "language_control_chance": 1 / len(FAMILIES), "language_control_per_family": per_family,
+            "language_control_confusion": confusion, "language_control_unchanged": unchanged,
+            "n_per_family": args.n_per_family, "classifier_holdout_top1": holdout_top1,
+            "classifier_n_train": int((~held).sum()), "classifier_n_holdout": int(held.sum())}
+
+
+# ---- 3./4. realism and seams -------------------------------------------------------------
+def kid(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[float, float, int]:
+    """Unbiased MMD^2, kernel (x.y/d + 1)^3, over KID_SUBSETS random subsets -> (mean, std, subset size).
+
+    Callers divide the features by one constant first (see `realism`). When both sets hold
+    <= 100 samples every subset is the whole set and the std is 0.
+    """
+    m = min(KID_SUBSET_MAX, len(x), len(y))
+    if m < 2:
+        return float("nan"), float("nan"), m
+    d, values = x.shape[1], []
+    for _ in range(KID_SUBSETS):
+        a, b = x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)]
+        kxx, kyy, kxy = ((a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3, (a @ b.T / d + 1) ** 3)
+        off = (kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+        values.append(float(off - 2 * kxy.mean()))
+    return float(np.mean(values)), float(np.std(values)), m
+
+
+def seam(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> float:
+    """Mean Sobel magnitude of the output over the input, on pixels within 1 px of the mask's boundary."""
+    square = np.ones((3, 3), bool)
+    ring = ndimage.binary_dilation(mask, square) ^ ndimage.binary_erosion(mask, square)
+
+    def grad(img):
+        g = img.mean(axis=2).astype(np.float64)
+        return np.hypot(ndimage.sobel(g, 0), ndimage.sobel(g, 1))[ring].mean()
+
+    return float((grad(after) + SEAM_EPS) / (grad(before) + SEAM_EPS))
+
+
+def real_features(aras, embedder, defects, n: int, seed: int) -> torch.Tensor:
+    from qarad.data.io import read_image, read_mask
+
+    order = np.random.default_rng([seed, 5]).permutation(len(defects))
+    wins, covers = [], []
+    for i in tqdm(order, desc="realism: real defects", unit="image"):
+        if len(wins) >= n:
+            break
+        image = read_image(defects[i].image)
+        mask = read_mask(defects[i].mask, image.shape[:2])
+        if mask.any():
+            win, cover = cut(image, mask, aras.policy, aras.window)
+            wins.append(win)
+            covers.append(cover)
+    return features(embedder, wins, covers)
+
+
+def synthetic_sets(aras, goods, n: int, seed: int, gallery: list) -> dict:
+    """n samples per method on the same source images. ARAS and procedural share the family, the
+    proposed mask and the defect parameters: `procedural` draws params then mask from its rng, and
+    an identically seeded rng replays those draws for ARAS. Perlin draws its own noise mask.
+    -> {method: [(window, cover, seam) per sample whose change is not empty]}, empty counts."""
+    from qarad.defects.baselines import perlin_texture, procedural
+
+    made, empty = {"aras": [], "procedural": [], "perlin": []}, {"aras": 0, "procedural": 0, "perlin": 0}
+    for i in tqdm(range(n), desc="realism: synthesize", unit="sample"):
+        image, fg = src = load(goods[i % len(goods)])
+        key = [seed, 6, i]
+        proc = procedural(image, np.random.default_rng(key), foreground=fg)
+        replay = np.random.default_rng(key)
+        params, prompt = draw_prompt(replay)
+        mask = family_mask(replay, src, params)
+        if (proc.mask & ~mask).any():
+            raise RuntimeError("procedural no longer draws params then mask first: masks are not shared")
+        out = aras.synthesize(image, mask, prompt, int(np.random.default_rng(key + [1]).integers(2**31)))
+        perl = perlin_texture(image, np.random.default_rng(key + [2]), foreground=fg)
+        for name, res in (("aras", out), ("procedural", proc), ("perlin", perl)):
+            if res.mask.any():  # keep only the window: whole images of 3 x n samples add up
+                win, cover = cut(res.image, res.mask, aras.policy, aras.window)
+                made[name].append((win, cover, seam(image, res.image, res.mask)))
+            else:
+                empty[name] += 1
+        for name, res in (("procedural", proc), ("perlin", perl)):
+            if sum(g[0] == name for g in gallery) < 3 and res.mask.any():
+                gallery.append((name, image, res.image, res.mask, res.prompt))
+    return made, empty
+
+
+def realism(aras, embedder, goods, defects, args, gallery: list) -> dict:
+    real = real_features(aras, embedder, defects, args.n_kid, args.seed)
+    made, empty = synthetic_sets(aras, goods, args.n_kid, args.seed, gallery)
+    rng = np.random.default_rng([args.seed, 7])
+    # One constant for every set: raw features have x.x/d ~ 13, where the cubic kernel mostly
+    # compares norms; in units of the real features' RMS entry, x.x/d ~ 1 as with Inception features.
+    unit = float((real * real).mean().sqrt()) if len(real) else 1.0
+    real = real / unit
+    out = {"kid": {}, "kid_std": {}, "seam": {}, "n_kid": {"real": len(real)}, "n_empty_change": empty,
+           "kid_real_halves": kid(real[0::2], real[1::2], rng)[0]}  # floor: real vs real
+    for name, kept in made.items():
+        x = features(embedder, [k[0] for k in kept], [k[1] for k in kept]) / unit
+        out["kid"][name], out["kid_std"][name], out["kid_subset_size"] = kid(real, x, rng)
+        out["seam"][name] = float(np.median([k[2] for k in kept])) if kept else float("nan")
+        out["n_kid"][name] = len(kept)
+    out["kid_feature"] = ("region_pool (304-d: inside mean, inside - ring mean) of stride-8 patch features, "
+                          f"divided by the real set's RMS entry ({unit:.3f})")
+    return out
+
+
+# ---- report ------------------------------------------------------------------------------
+def gallery_png(items: list, policy, window: int, path: Path, tile: int = 160) -> None:
+    """Rows of (source window | result window, mask outlined in red just outside it), prompt underneath."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font, pad, per_row, text_h = ImageFont.load_default(), 6, 3, 40
+    items = sorted(items, key=lambda g: ("ARAS", "procedural", "perlin").index(g[0]))  # stable: ARAS rows first
+    rows = [items[i:i + per_row] for i in range(0, len(items), per_row)]
+    cell_w, cell_h = 2 * tile + pad, tile + text_h
+    sheet = Image.new("RGB", (per_row * (cell_w + 2 * pad), len(rows) * (cell_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, row in enumerate(rows):
+        for c, (method, before, after, mask, prompt) in enumerate(row):
+            x0, y0 = c * (cell_w + 2 * pad) + pad, r * (cell_h + pad) + pad
+            pics = []
+            for img in (before, after):
+                win, cover = cut(img, mask, policy, window)
+                pics.append(win.permute(1, 2, 0).numpy())
+            grown = ndimage.binary_dilation(cover.numpy() > 0, np.ones((3, 3), bool), iterations=2)
+            outline = grown ^ ndimage.binary_erosion(grown, np.ones((3, 3), bool))  # just outside the mask
+            pics[1] = np.where(outline[..., None], np.array([1.0, 0.0, 0.0]), pics[1])
+            for j, pic in enumerate(pics):
+                im = Image.fromarray((np.clip(pic, 0, 1) * 255).astype(np.uint8)).resize((tile, tile), Image.NEAREST)
+                sheet.paste(im, (x0 + j * (tile + pad), y0))
+            lines = textwrap.wrap(f"{method}: {prompt}", width=int(cell_w / 6))[:3]
+            draw.multiline_text((x0, y0 + tile + 2), "\n".join(lines), fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
+def table(res: dict, dataset: str, gallery_rel: str) -> str:
+    r = lambda v, d=3: "n/a" if v is None or v != v else f"{v:.{d}f}"  # noqa: E731
+    methods, fit = ("aras", "procedural", "perlin"), res["fit_minutes"].get(dataset)
+    row = lambda label, cells: f"| {label} | " + " | ".join(cells) + " |"  # noqa: E731
+    lines = [
+        f"Dataset `{dataset}`; ARAS model fitted in {r(fit, 1)} min; run took {res['runtime_s'] / 60:.1f} min "
+        f"with {res['threads']} torch threads.", "",
+        "| | ARAS | procedural | perlin (DRAEM-style) |", "|---|---|---|---|",
+        row(f"KID vs real defect regions, mean ± std (lower is better; real vs real: {r(res['kid_real_halves'])})",
+            [f"{r(res['kid'][m])} ± {r(res['kid_std'][m])}" for m in methods]),
+        row("seam: ring gradient out / in, median (1 = no added edge)", [r(res["seam"][m]) for m in methods]),
+        row(f"samples (real defect regions: {res['n_kid']['real']})", [str(res["n_kid"][m]) for m in methods]),
+        "", "| measure | value |", "|---|---|",
+        f"| ARAS samples / s, end to end ({res['mean_masked_tokens']:.1f} masked tokens on average) "
+        f"| {r(res['aras_per_s'], 2)} |",
+        f"| naive samples / s (all {res['naive_tokens']} tokens, no KV cache) | {r(res['naive_per_s'], 4)} |",
+        f"| speed-up | {r(res['speedup'], 1)}x |",
+        f"| language control top-1, {len(res['language_control_types'])} families, {res['n_per_family']} prompts "
+        f"each (chance {r(res['language_control_chance'])}) | {r(res['language_control_top1'])} |",
+        f"| classifier top-1 on held-out procedural renders (its ceiling) | {r(res['classifier_holdout_top1'])} |",
+        "", "Language control per family: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in res["language_control_per_family"].items()) + ".",
+        "", f"![gallery]({gallery_rel})",
+    ]
+    return "\n".join(lines)
+
+
+def fit_minutes(model: Path) -> float | None:
+    path = model / "timings.json"
+    if not path.is_file():
+        print(f"note: {path} not found (model fitted before stage timings existed): fit_minutes is null",
+              file=sys.stderr)
+        return None
+    return round(sum(json.loads(path.read_text()).values()) / 60.0, 2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True, help="fitted ARAS model folder (qarad fit)")
+    ap.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
+    ap.add_argument("--dataset", default="magnetic_tile/magnetic_tile", choices=list(common.DATASETS))
+    ap.add_argument("--n-speed", type=int, default=20)
+    ap.add_argument("--n-naive", type=int, default=2)
+    ap.add_argument("--n-per-family", type=int, default=12, help="ARAS samples per family for language control")
+    ap.add_argument("--n-render", type=int, default=40, help="procedural renders per family to train the classifier")
+    ap.add_argument("--n-kid", type=int, default=120)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out-json", type=Path, default=common.RESULTS / "synthesis.json")
+    ap.add_argument("--gallery", type=Path, default=None, help="default: gallery.png next to --out-json")
+    ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
+    args = ap.parse_args()
+    if not common.available(args.data, args.dataset):
+        print(f"skip: {args.dataset} not found under {args.data}", file=sys.stderr)
+        return
+    if not (args.model / "aras.json").is_file():
+        ap.error(f"{args.model}: not an ARAS model folder (no aras.json); fit one with `qarad fit`")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    from qarad.backbone import Backbone, BackboneConfig
+    from qarad.data.mvtec import scan_mvtec
+    from qarad.detection.patchcore import PatchEmbedder
+    from qarad.synthesis.pipeline import ARAS
+
+    t0 = time.perf_counter()
+    root, cat = common.DATASETS[args.dataset]
+    goods = [str(s.image) for s in scan_mvtec(args.data / root, cat, "test") if s.label == 0]
+    defects = [s for s in scan_mvtec(args.data / root, cat, "test") if s.label == 1 and s.mask is not None]
+    train = [str(s.image) for s in scan_mvtec(args.data / root, cat, "train")]
+    aras = ARAS.load(args.model)
+    embedder = PatchEmbedder(Backbone(BackboneConfig(strides=(8, 16)))).eval()
+    gallery: list = []
+    results = speed(aras, goods, args.n_speed, args.n_naive, args.seed)
+    results.update(language_control(aras, embedder, goods, train, args, gallery))
+    results.update(realism(aras, embedder, goods, defects, args, gallery))
+    results["fit_minutes"] = {args.dataset: fit_minutes(args.model)}
+    results.update(dataset=args.dataset, model=str(args.model), seed=args.seed, threads=torch.get_num_threads(),
+                   runtime_s=round(time.perf_counter() - t0, 1), peak_rss_mb=round(common.peak_rss_mb()))
+    gallery_path = args.gallery or args.out_json.with_name(
+        "gallery.png" if args.out_json.parent == common.RESULTS else args.out_json.stem + "_gallery.png")
+    gallery_png(gallery, aras.policy, aras.window, gallery_path)
+    common.write_json(args.out_json, common.envelope(results))
+    try:
+        rel = gallery_path.resolve().relative_to(common.ROOT).as_posix()
+    except ValueError:
+        rel = str(gallery_path)
+    md = table(results, args.dataset, rel)
+    if not args.no_markdown:
+        common.update_section("synthesis", md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
