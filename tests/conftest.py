@@ -103,3 +103,15 @@ def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0) -> Path:
     meta = {"fit": config_dict(cfg), "policy": ResolutionPolicy(size=64).to_dict(), "data": {}}
     (folder / "aras.json").write_text(json.dumps(meta))
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are dominated by per-op overhead; extra threads only add sync cost (and the
+    CPUs may be shared). Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,13 +6,7 @@ from qarad.detection.segmenter import SegmentationHead, SegmenterConfig, per_sam
 from qarad.quality.weighting import WeightingConfig, weighted_loss, weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: thread start-up costs more than it saves, and the CPUs here are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def test_none_gives_unit_weights_of_the_same_type():

@@ -16,13 +16,7 @@ GRID = 8  # feature cells per side (64 px views)
 CONFIG = SegmenterConfig(hidden=32, steps=150, batch_size=16, blur_sigma=1.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: thread start-up costs more than it saves, and the CPUs here are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def _synthetic(generator: torch.Generator, n: int, pattern: torch.Tensor):

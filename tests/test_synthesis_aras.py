@@ -13,13 +13,7 @@ G = 6
 TINY = PriorConfig(vocab_size=16, grid=G, d_model=32, n_layers=2, n_heads=4, text_dim=8, n_prompt_tokens=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are dominated by per-op overhead; extra threads only add sync cost."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def tiny_prior(seed: int = 0, grid: int = G) -> Prior:

@@ -7,13 +7,7 @@ from qarad.synthesis.tokenizer import TokenizerConfig, VQTokenizer
 TINY = TokenizerConfig(codebook_size=16, code_dim=8, channels=(8, 16, 16), res_blocks=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are dominated by per-op overhead; extra threads only add sync cost."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def tiny_tokenizer(seed: int = 0) -> VQTokenizer:
