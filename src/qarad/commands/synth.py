@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,11 @@ def fit(args) -> int:
     meta = json.loads(json.dumps(meta))  # tuples -> lists, as they will read back
     existing = out / "aras.json"
     if existing.is_file():
-        if json.loads(existing.read_text()) != meta and not args.overwrite:
-            raise ValueError(f"{out}: holds an ARAS model fitted with other settings; choose another --out "
-                             "or pass --overwrite")
+        if json.loads(existing.read_text()) != meta:
+            if not args.overwrite:
+                raise ValueError(f"{out}: holds an ARAS model fitted with other settings; choose another --out "
+                                 "or pass --overwrite")
+            shutil.rmtree(out)  # other settings: nothing in there can be reused
     elif out.exists() and any(out.iterdir()):
         raise ValueError(f"{out}: folder is not empty and is not an ARAS model; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
