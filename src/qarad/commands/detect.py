@@ -39,11 +39,17 @@ def train(args) -> int:
     if args.method == "qarad" and not args.synth:
         raise ValueError("--method qarad needs --synth SYNTH_DIR (made by `qarad synth`, scored by `qarad score`)")
     train_set = subsample(scan_mvtec(args.data, args.category, "train"), args.max_train_images, args.seed)
+    fresh = not Path(args.out).exists()
     if runs.prepare(args.out, config, args.overwrite):
         print(f"{args.out}: this run is already trained; nothing to do (pass --overwrite to retrain)")
         return 0
     paths = [s.image for s in train_set]
-    model = _train_patchcore(args, config, paths) if args.method == "patchcore" else _train_qarad(args, config, paths)
+    try:
+        model = _train_patchcore(args, config, paths) if args.method == "patchcore" else _train_qarad(args, config, paths)
+    except Exception:
+        if fresh:  # a bad input found mid-fit: leave no half-made run folder behind
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
     model.save(Path(args.out) / runs.MODEL)
     print(f"trained {args.method} on {len(train_set)} normal images, threshold {model.threshold_:.4f}\n"
           f"run folder: {args.out}")

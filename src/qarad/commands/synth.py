@@ -206,6 +206,7 @@ def synth(args) -> int:
                 "seed": args.seed, "sampler": json.loads(json.dumps(sampler.__dict__)), "method": "aras"}
     shard = _parse_shard(args.shard)
     model = ARAS.load(args.model)
+    fresh = not Path(args.out).exists()
     jobs.prepare_output(args.out, settings)
     work = jobs.plan(images, prompts, masks, args.n, args.seed)
 
@@ -219,8 +220,13 @@ def synth(args) -> int:
         return jobs.Made(res.image, res.mask, job.prompt, {"steps": res.steps, "window": list(res.window)})
 
     total = len(work) if shard is None else len([j for j in work if j.id % shard[1] == shard[0]])
-    with bar(total, "synth") as tick:
-        made = jobs.run(work, make, args.out, "aras", settings, shard, on_done=tick)
+    try:
+        with bar(total, "synth") as tick:
+            made = jobs.run(work, make, args.out, "aras", settings, shard, on_done=tick)
+    except Exception:
+        if fresh and not jobs.read_manifest(Path(args.out) / jobs.manifest_name(shard)):
+            shutil.rmtree(args.out, ignore_errors=True)  # nothing made yet: leave no partial output
+        raise
     print(f"{made} new samples ({total} in total) in {args.out}")
     return 0
 

@@ -1,0 +1,202 @@
+"""`qarad fit` interrupted and resumed: the resumed weights equal an uninterrupted fit's, bit for bit.
+
+The in-process tests drive `fit_tokenizer` / `fit_prior` with tiny models and a checkpoint every
+5 steps, crash them from the `on_step` callback after step 12 and run them again, which resumes
+from the step-10 train state. Batches, augmentations and prompt dropout are drawn from
+(seed, step)-seeded generators, so the resumed run must see exactly what the uninterrupted one saw.
+The subprocess test runs the real `qarad fit` (default model sizes, 2 steps per stage).
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_mvtec_tree
+from qarad.data.resolution import ResolutionPolicy
+from qarad.synthesis import fit as F
+from qarad.synthesis.prior import PriorConfig
+from qarad.synthesis.tokenizer import TokenizerConfig, VQTokenizer
+
+STEPS, EVERY, CRASH_AFTER = 20, 5, 12  # the crash lands after the step-10 checkpoint, before the step-15 one
+
+
+def tiny_config(codebook_size: int = 16, **prior_overrides) -> F.FitConfig:
+    return F.FitConfig(window=64, corpus_size=16, tokenizer_steps=STEPS, prior_steps=STEPS, batch_size=2,
+                       warmup_steps=5, checkpoint_every=EVERY, seed=3,
+                       tokenizer=TokenizerConfig(codebook_size=codebook_size, code_dim=8, channels=(8, 16, 16)),
+                       prior=PriorConfig(vocab_size=16, grid=8, d_model=32, n_layers=1, n_heads=2,
+                                         **prior_overrides))
+
+
+class Crash(RuntimeError):
+    """Stands in for a crash (power loss, OOM kill) in the middle of a stage."""
+
+
+class Steps:
+    """on_step callback: records losses and raises Crash once `crash_after` steps have run."""
+
+    def __init__(self, crash_after: int | None = None):
+        self.crash_after, self.losses = crash_after, []
+
+    def __call__(self, loss: float) -> None:
+        self.losses.append(loss)
+        if self.crash_after is not None and len(self.losses) == self.crash_after:
+            raise Crash(f"simulated crash after step {self.crash_after}")
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    different = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert not different, f"tensors differ after resume: {different}"
+
+
+def crash_then_resume(run, state: Path):
+    """run(state, on_step) once with a crash after CRASH_AFTER steps, then again to completion.
+
+    Returns (model, losses before the crash, losses of the resumed run)."""
+    first = Steps(crash_after=CRASH_AFTER)
+    with pytest.raises(Crash):
+        run(state, first)
+    saved = json.loads(state.with_suffix(".json").read_text())["step"]
+    assert saved == (CRASH_AFTER // EVERY) * EVERY == 10
+    second = Steps()
+    model = run(state, second)
+    assert len(second.losses) == STEPS - saved, "the rerun should continue from the saved step, not restart"
+    return model, first.losses, second.losses
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    root = make_mvtec_tree(tmp_path_factory.mktemp("fit_resume") / "mvtec", size=(64, 64), n_train=4)
+    return sorted((root / "widget" / "train" / "good").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def corpus(paths):
+    return F.build_corpus(paths, ResolutionPolicy(size=64), tiny_config())
+
+
+@pytest.fixture
+def restarts(monkeypatch):
+    """Counts of codes re-seeded by each dead-code restart."""
+    counts, original = [], VQTokenizer.restart_dead_codes
+
+    def spy(self, *args, **kwargs):
+        counts.append(original(self, *args, **kwargs))
+        return counts[-1]
+
+    monkeypatch.setattr(VQTokenizer, "restart_dead_codes", spy)
+    return counts
+
+
+def test_tokenizer_resumes_to_the_uninterrupted_weights(corpus, tmp_path, monkeypatch, restarts):
+    # Dead-code restarts every 10 steps, a multiple of checkpoint_every as with the defaults (100 and
+    # 100): usage counts are zeroed at each restart, so a resume from a checkpoint loses none of them.
+    # One restart falls on the resume point itself (step 10).
+    monkeypatch.setattr(F, "DEAD_CODE_EVERY", 10)
+    cfg = tiny_config()
+    whole_steps = Steps()
+    whole = F.fit_tokenizer(corpus, cfg, tmp_path / "whole", on_step=whole_steps)
+    assert len(whole_steps.losses) == STEPS
+    assert len(restarts) == 2 and sum(restarts) > 0, "the test should exercise dead-code restarts"
+
+    resumed, before, after = crash_then_resume(
+        lambda state, cb: F.fit_tokenizer(corpus, cfg, state, on_step=cb), tmp_path / "crashed")
+    assert before == whole_steps.losses[:CRASH_AFTER]
+    assert after == whole_steps.losses[10:], "the resumed run should see the same batches, lr and codebook"
+    assert_same_weights(whole, resumed)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "src/qarad/synthesis/fit.py fit_tokenizer: the dead-code `usage` counts accumulate in memory and are "
+    "not part of the train state (save_state/load_state), so when checkpoint_every is not a multiple of "
+    "DEAD_CODE_EVERY a resume starts them from zero and the next restart re-seeds a different set of "
+    "codes. Latent with the defaults (both 100; no CLI flag sets checkpoint_every)."))
+def test_tokenizer_resume_with_dead_code_restarts_between_checkpoints(paths, tmp_path, monkeypatch, restarts):
+    monkeypatch.setattr(F, "DEAD_CODE_EVERY", 8)  # restarts after steps 8 and 16; the resume point is 10
+    cfg = tiny_config(codebook_size=64)  # a codebook larger than one batch's tokens: codes go unused
+    corpus = F.build_corpus(paths, ResolutionPolicy(size=64), cfg)
+    whole = F.fit_tokenizer(corpus, cfg, tmp_path / "whole")
+    assert sum(restarts) > 0
+    resumed, _, _ = crash_then_resume(lambda state, cb: F.fit_tokenizer(corpus, cfg, state, on_step=cb),
+                                      tmp_path / "crashed")
+    assert_same_weights(whole, resumed)
+
+
+@pytest.fixture(scope="module")
+def prior_inputs(corpus):
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    tokenizer = VQTokenizer(cfg.tokenizer).eval()  # untrained: any codes do for fitting a prior
+    codes, token_masks = F.encode_corpus(tokenizer, corpus, cfg)
+    return codes, token_masks, F.text_embeddings(corpus.prompts)
+
+
+def test_prior_resumes_to_the_uninterrupted_weights(prior_inputs, tmp_path):
+    codes, token_masks, text = prior_inputs
+    cfg = tiny_config()
+    whole_steps = Steps()
+    whole = F.fit_prior(codes, token_masks, text, cfg, tmp_path / "whole", on_step=whole_steps)
+    resumed, before, after = crash_then_resume(
+        lambda state, cb: F.fit_prior(codes, token_masks, text, cfg, state, on_step=cb), tmp_path / "crashed")
+    assert before == whole_steps.losses[:CRASH_AFTER]
+    assert after == whole_steps.losses[10:]
+    assert_same_weights(whole, resumed)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "src/qarad/synthesis/fit.py fit_prior: with PriorConfig.dropout > 0 (default 0.0) the dropout masks "
+    "come from the global torch RNG, which is seeded once by torch.manual_seed(cfg.seed) at the start of "
+    "fit_prior and is not saved in the train state, so a resumed fit draws other dropout masks than an "
+    "uninterrupted one."))
+def test_prior_with_dropout_resumes_to_the_uninterrupted_weights(prior_inputs, tmp_path):
+    codes, token_masks, text = prior_inputs
+    cfg = tiny_config(dropout=0.1)
+    whole = F.fit_prior(codes, token_masks, text, cfg, tmp_path / "whole")
+    resumed, _, _ = crash_then_resume(
+        lambda state, cb: F.fit_prior(codes, token_masks, text, cfg, state, on_step=cb), tmp_path / "crashed")
+    assert_same_weights(whole, resumed)
+
+
+# --- the real command, default model sizes, two steps per stage ---------------------------------
+
+MODEL_FILES = ["aras.json", "timings.json"] + [f"{stem}.{ext}" for stem in ("tokenizer", "prior", "dual_encoder")
+                                                for ext in ("safetensors", "json")]
+
+
+def _fit(data: Path, out: Path, prior_steps: int = 2) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "qarad.cli", "fit", "--data", str(data), "--category", "widget",
+                           "--out", str(out), "--size", "64", "--corpus-size", "8", "--tokenizer-steps", "2",
+                           "--prior-steps", str(prior_steps), "--qaw-steps", "2"],
+                          capture_output=True, text=True, timeout=600)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_fit_command_writes_a_model_and_a_rerun_is_a_no_op(tmp_path):
+    data = make_mvtec_tree(tmp_path / "mvtec", size=(64, 64), n_train=4)
+    out = tmp_path / "model"
+    first = _fit(data, out)
+    assert first.returncode == 0, first.stderr
+    for name in MODEL_FILES:
+        assert (out / name).is_file(), f"{name} missing from {sorted(p.name for p in out.iterdir())}"
+    assert set(json.loads((out / "timings.json").read_text())) >= {"corpus", "tokenizer", "prior", "dual_encoder"}
+    before = _snapshot(out)
+
+    again = _fit(data, out)
+    assert again.returncode == 0, again.stderr
+    assert "fit 2/4" not in again.stderr and "fit 3/4" not in again.stderr, "a finished fit should not retrain"
+    assert _snapshot(out) == before, "rerunning a finished fit changed files"
+
+    other = _fit(data, out, prior_steps=3)
+    assert other.returncode == 2
+    message = other.stderr.strip().splitlines()[-1]
+    assert str(out) in message and "other settings" in message
+    assert "Traceback" not in other.stderr
+    assert _snapshot(out) == before
