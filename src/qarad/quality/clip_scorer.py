@@ -6,7 +6,7 @@ tokenizer files), this adapter scores (crop around the defect region, prompt) pa
 
 Loading is strictly local (`local_files_only=True`) and safetensors-only, so no download and no
 unpickling. Images are cropped and normalised here in torch rather than by `CLIPProcessor`:
-the crops are already tensors, and the processor's fast path needs torchvision, which does not
+the crops are already tensors, and the processor's fast path needs an image library that does not
 import next to this project's CPU torch. The normalisation statistics are read from the folder's
 preprocessor_config.json when present. `transformers` is imported only when a scorer is built.
 """

@@ -90,13 +90,18 @@ def prepare_output(out: Path, settings: dict) -> None:
     write_json(out / SETTINGS, settings)
 
 
-def _append(path: Path, entry: dict) -> None:
-    """Append one line and make it durable; rewrite the file first if a torn line is present."""
+def _repair(path: Path) -> list[dict]:
+    """Finished entries; a torn last line (killed mid-write) is cut off so appends start clean."""
     done = read_manifest(path)
     if path.is_file() and len(done) != len(path.read_text(encoding="utf-8").splitlines()):
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(e) + "\n" for e in done), encoding="utf-8")
         os.replace(tmp, path)
+    return done
+
+
+def _append(path: Path, entry: dict) -> None:
+    """Append one line and make it durable (fsync), so a kill never loses a finished sample."""
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(entry) + "\n")
         f.flush()
@@ -109,7 +114,7 @@ def run(jobs: Iterable[Job], make: Callable[[np.ndarray, np.ndarray | None, Job]
     """Do every job not yet in the manifest; returns how many were made now."""
     out = Path(out)
     manifest = out / manifest_name(shard)
-    done = {e["id"] for e in read_manifest(manifest)}
+    done = {e["id"] for e in _repair(manifest)}  # repaired once: every later append is a whole line
     made = 0
     for job in jobs:
         if shard is not None and job.id % shard[1] != shard[0]:
