@@ -25,7 +25,7 @@ MEMORY_LIMIT = {"resize": None, "keep-aspect": 16384, "tile": 16384}
 METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
 
 
-def run_one(data_root: Path, key: str, policy_name: str) -> dict:
+def run_one(data_root: Path, key: str, policy_name: str, memory_limit: int | None) -> dict:
     from qarad.data.mvtec import scan_mvtec, subsample
     from qarad.data.resolution import ResolutionPolicy
     from qarad.detection.evaluate import evaluate
@@ -35,7 +35,7 @@ def run_one(data_root: Path, key: str, policy_name: str) -> dict:
     train = subsample(scan_mvtec(data_root / root, cat, "train"), common.TRAIN_LIMIT.get(key), seed=0)
     test = scan_mvtec(data_root / root, cat, "test")
     policy = ResolutionPolicy(mode=policy_name)
-    model = PatchCore(PatchCoreConfig(memory_limit=MEMORY_LIMIT[policy_name]), policy)
+    model = PatchCore(PatchCoreConfig(memory_limit=memory_limit), policy)
     t0 = time.perf_counter()
     model.fit([s.image for s in train])
     fit_s = time.perf_counter() - t0
@@ -67,12 +67,17 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="*", default=list(common.DATASETS))
     ap.add_argument("--policies", nargs="*", default=["resize", "keep-aspect", "tile"])
     ap.add_argument("--fresh", action="store_true", help="ignore results of an interrupted earlier run")
-    ap.add_argument("--one", nargs=2, metavar=("DATASET", "POLICY"), help=argparse.SUPPRESS)
+    ap.add_argument("--memory-limit", type=int, default=None,
+                    help="one bank cap for every policy (a separate study: writes detect_cap.json and the "
+                         "'detect-cap' section instead of detect.json)")
+    ap.add_argument("--one", nargs=3, metavar=("DATASET", "POLICY", "CAP"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.data, *args.one)))
+        key, policy, cap = args.one
+        print(json.dumps(run_one(args.data, key, policy, None if cap == "none" else int(cap))))
         return
-    partial_path = common.RESULTS / "detect.partial.json"
+    study = "detect" if args.memory_limit is None else "detect_cap"
+    partial_path = common.RESULTS / f"{study}.partial.json"
     partial = {} if args.fresh or not partial_path.exists() else json.loads(partial_path.read_text())
     results: dict = {}
     for key in args.datasets:
@@ -80,16 +85,18 @@ def main() -> None:
             print(f"skip {key}: not found under {args.data}", file=sys.stderr)
             continue
         for policy in args.policies:
-            tag = f"{key}|{policy}"
+            cap = MEMORY_LIMIT[policy] if args.memory_limit is None else args.memory_limit
+            tag = f"{key}|{policy}|{cap}"
             if tag not in partial:
-                print(f"== {key} @ {policy}", file=sys.stderr, flush=True)
-                partial[tag] = common.run_child(["--data", str(args.data), "--one", key, policy])
+                print(f"== {key} @ {policy} (bank cap {cap})", file=sys.stderr, flush=True)
+                partial[tag] = common.run_child(["--data", str(args.data), "--one", key, policy, str(cap).lower()])
                 common.write_json(partial_path, partial)
-            results.setdefault(key, {})[f"patchcore@{policy}"] = partial[tag]
+            suffix = "" if args.memory_limit is None else f" cap {cap}"
+            results.setdefault(key, {})[f"patchcore@{policy}{suffix}"] = partial[tag]
         if "patchcore@resize" in results.get(key, {}):
             results[key]["patchcore"] = results[key]["patchcore@resize"]
-    common.write_json(common.RESULTS / "detect.json", common.envelope(results))
-    common.update_section("detect", table(results))
+    common.write_json(common.RESULTS / f"{study}.json", common.envelope(results))
+    common.update_section(study.replace("_", "-"), table(results))
     partial_path.unlink(missing_ok=True)
     print(table(results))
 

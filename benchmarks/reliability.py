@@ -358,8 +358,7 @@ class Bench:
         cfg = json.loads((run / "config.json").read_text())
         cfg["bogus_key"] = 1
         (run / "config.json").write_text(json.dumps(cfg))
-        yield d, Case("run config.json with an unknown top-level key (eval)", ["eval", str(run)], None,
-                      "observation: config.json is run metadata, not a weights config")
+        yield d, Case("run config.json with an unknown top-level key (eval)", ["eval", str(run)], "error")
         d = self.case_dir()
         run = self.run_copy(d)
         t = load_file(str(run / "model.safetensors"))

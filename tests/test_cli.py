@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 
 import pytest
 
@@ -69,5 +70,66 @@ def test_quick_demo_writes_a_report_whose_numbers_match_metrics(tmp_path, capsys
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert str(out / "report.html") in capsys.readouterr().out
     html = (out / "report.html").read_text()
-    metrics = json.loads((out / "brick" / "patchcore" / "metrics.json").read_text())
-    assert f"{metrics['overall']['image_auroc']:.3f}" in html and "<img src='data:image/png;base64," in html
+    for method in ("patchcore", "qarad"):  # ours and the baseline, as written in each run's metrics.json
+        metrics = json.loads((out / "brick" / method / "metrics.json").read_text())
+        assert f"{metrics['overall']['aupro']:.3f}" in html
+        assert len(metrics["curves"]["pixel_roc"]) == 101
+    assert "<img src='data:image/png;base64," in html and html.count("<svg") == 3
+    scores = [json.loads(line)["score"] for line in (out / "brick" / "synth" / "manifest.jsonl").read_text().splitlines()]
+    assert f"best QAW {max(scores):.2f}" in html and f"worst QAW {min(scores):.2f}" in html
+    assert json.loads((out / "summary.json").read_text())["brick"]["synth_per_s"] > 0
+    assert main(["demo", "--quick", "--out", str(out)]) == 0  # a second run reuses every finished stage
+
+
+@pytest.mark.parametrize("verb", ["train", "predict", "demo"])
+def test_out_below_a_regular_file_names_the_file(trained, tmp_path, capsys, verb):
+    root, run = trained
+    (tmp_path / "file.txt").write_text("a regular file\n")
+    out = tmp_path / "file.txt" / "run"
+    argv = {"train": ["train", "--data", str(root), "--category", "widget", "--out", str(out), "--size", "64"],
+            "predict": ["predict", str(run), str(root / "widget" / "test" / "crack"), "--out", str(out)],
+            "demo": ["demo", "--quick", "--out", str(out)]}[verb]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"cannot create output folder {out}: {tmp_path / 'file.txt'} is a file, not a folder" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+def test_unwritable_output_folders_are_refused_before_any_work(trained, tmp_path, monkeypatch, capsys):
+    from test_data_io import pretend_root_obeys_mode_bits
+
+    root, run = trained
+    locked = tmp_path / "locked"
+    (locked / "run").mkdir(parents=True)
+    for name in ("config.json", "model.json", "model.safetensors"):
+        (locked / "run" / name).write_bytes((run / name).read_bytes())
+    os.chmod(locked / "run", 0o500)
+    os.chmod(locked, 0o500)
+    pretend_root_obeys_mode_bits(monkeypatch)
+    try:
+        assert main(["train", "--data", str(root), "--category", "widget", "--out", str(locked / "new")]) == 2
+        assert f"cannot create output folder {locked / 'new'}: no permission to write in {locked}" in \
+            capsys.readouterr().err
+        assert main(["eval", str(locked / "run")]) == 2  # metrics.json would go into the run folder
+        assert f"no permission to write in {locked / 'run'}" in capsys.readouterr().err
+        assert sorted(p.name for p in locked.rglob("*")) == ["config.json", "model.json", "model.safetensors", "run"]
+    finally:
+        os.chmod(locked / "run", 0o700)
+        os.chmod(locked, 0o700)
+
+
+@pytest.mark.parametrize("part, key", [(None, "bogus_key"), ("data", "bogus_key"), ("policy", "bogus_key"),
+                                       ("detector", "coreset_ration")])
+def test_run_config_with_an_unknown_key_is_refused(trained, tmp_path, capsys, part, key):
+    _, run = trained
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("config.json", "model.json", "model.safetensors"):
+        (copy / name).write_bytes((run / name).read_bytes())
+    cfg = json.loads((copy / "config.json").read_text())
+    (cfg if part is None else cfg[part])[key] = 1
+    (copy / "config.json").write_text(json.dumps(cfg))
+    assert main(["eval", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert str(copy / "config.json") in err and f"['{key}']" in err and "unknown" in err
+    assert not (copy / "metrics.json").exists()

@@ -1,4 +1,5 @@
 import os
+import re
 import stat
 
 import numpy as np
@@ -6,7 +7,8 @@ import pytest
 from PIL import Image, ImageFile
 
 import qarad.data.io as qio
-from qarad.data.io import ImageError, atomic_path, image_size, read_image, read_mask, write_image, write_text
+from qarad.data.io import (ImageError, OutputError, atomic_path, check_output_folder, image_size, make_folder,
+                           read_image, read_mask, write_image, write_text)
 
 
 def save(path, array, mode=None, **kw):
@@ -252,3 +254,48 @@ def test_atomic_writes_respect_the_umask(tmp_path):
     plain = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
     assert plain == 0o644
     assert stat.S_IMODE((tmp_path / "report.txt").stat().st_mode) == plain
+
+
+# ---- output folders ---------------------------------------------------------------------------
+
+
+def pretend_root_obeys_mode_bits(monkeypatch):
+    """Root may write into a 0500 folder; make os.access answer as for an ordinary user."""
+    if os.geteuid() == 0:
+        monkeypatch.setattr(qio.os, "access", lambda p, mode: not (mode & os.W_OK) or bool(os.stat(p).st_mode & 0o200))
+
+
+def test_an_output_folder_below_a_file_is_refused_by_name(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    for target in (tmp_path / "file.txt" / "run", tmp_path / "file.txt" / "a" / "b", tmp_path / "file.txt"):
+        with pytest.raises(OutputError) as e:
+            make_folder(target)
+        assert str(e.value) == f"cannot create output folder {target}: {tmp_path / 'file.txt'} is a file, not a folder"
+    with pytest.raises(OutputError, match="file.txt is a file, not a folder"):
+        write_text(tmp_path / "file.txt" / "metrics.json", "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+def test_an_unwritable_output_folder_is_refused_by_name(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o500)
+    pretend_root_obeys_mode_bits(monkeypatch)
+    try:
+        with pytest.raises(OutputError, match=re.escape(f"cannot create output folder {locked / 'run' / 'sub'}: "
+                                                        f"no permission to write in {locked}")):
+            check_output_folder(locked / "run" / "sub")
+        with pytest.raises(OutputError, match=re.escape(f"no permission to write in {locked}")):
+            write_text(locked / "out.txt", "x")
+        assert list(locked.iterdir()) == []
+    finally:
+        os.chmod(locked, 0o700)
+
+
+def test_a_write_that_the_os_refuses_names_the_file(tmp_path, monkeypatch):
+    def refuse(**kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(qio.tempfile, "mkstemp", refuse)  # e.g. ACLs or a read-only mount os.access missed
+    with pytest.raises(OutputError, match=re.escape(f"cannot write {tmp_path / 'out.png'}: Permission denied")):
+        write_image(tmp_path / "out.png", MASK)

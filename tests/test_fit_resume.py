@@ -111,12 +111,9 @@ def test_tokenizer_resumes_to_the_uninterrupted_weights(corpus, tmp_path, monkey
     assert_same_weights(whole, resumed)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src/qarad/synthesis/fit.py fit_tokenizer: the dead-code `usage` counts accumulate in memory and are "
-    "not part of the train state (save_state/load_state), so when checkpoint_every is not a multiple of "
-    "DEAD_CODE_EVERY a resume starts them from zero and the next restart re-seeds a different set of "
-    "codes. Latent with the defaults (both 100; no CLI flag sets checkpoint_every)."))
 def test_tokenizer_resume_with_dead_code_restarts_between_checkpoints(paths, tmp_path, monkeypatch, restarts):
+    # The usage counts since the last restart are part of the train state, so the restart after step 16
+    # re-seeds the same codes whether or not the fit was resumed at step 10 in between.
     monkeypatch.setattr(F, "DEAD_CODE_EVERY", 8)  # restarts after steps 8 and 16; the resume point is 10
     cfg = tiny_config(codebook_size=64)  # a codebook larger than one batch's tokens: codes go unused
     corpus = F.build_corpus(paths, ResolutionPolicy(size=64), cfg)
@@ -125,6 +122,23 @@ def test_tokenizer_resume_with_dead_code_restarts_between_checkpoints(paths, tmp
     resumed, _, _ = crash_then_resume(lambda state, cb: F.fit_tokenizer(corpus, cfg, state, on_step=cb),
                                       tmp_path / "crashed")
     assert_same_weights(whole, resumed)
+
+
+def test_a_train_state_without_the_usage_counts_is_refused(corpus, tmp_path):
+    from dataclasses import replace
+
+    from safetensors.torch import load_file, save_file
+
+    from qarad.checkpoint import CheckpointError
+
+    cfg = replace(tiny_config(), tokenizer_steps=EVERY)
+    F.fit_tokenizer(corpus, cfg, tmp_path / "state")
+    tensors = load_file(str(tmp_path / "state.safetensors"))
+    del tensors["buffer.usage"]  # as written before the counts were saved
+    save_file(tensors, str(tmp_path / "state.safetensors"))
+    with pytest.raises(CheckpointError, match=r"state\.safetensors: train state holds buffers \[\], "
+                                              r"expected \['usage'\]"):
+        F.fit_tokenizer(corpus, cfg, tmp_path / "state")
 
 
 @pytest.fixture(scope="module")
@@ -148,12 +162,8 @@ def test_prior_resumes_to_the_uninterrupted_weights(prior_inputs, tmp_path):
     assert_same_weights(whole, resumed)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src/qarad/synthesis/fit.py fit_prior: with PriorConfig.dropout > 0 (default 0.0) the dropout masks "
-    "come from the global torch RNG, which is seeded once by torch.manual_seed(cfg.seed) at the start of "
-    "fit_prior and is not saved in the train state, so a resumed fit draws other dropout masks than an "
-    "uninterrupted one."))
 def test_prior_with_dropout_resumes_to_the_uninterrupted_weights(prior_inputs, tmp_path):
+    # Dropout draws from torch's global RNG, which each step seeds from (seed, step) (training.step_rng).
     codes, token_masks, text = prior_inputs
     cfg = tiny_config(dropout=0.1)
     whole = F.fit_prior(codes, token_masks, text, cfg, tmp_path / "whole")

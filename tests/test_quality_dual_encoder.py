@@ -129,3 +129,13 @@ def test_save_load_round_trip_gives_identical_scores(toy_problem, tmp_path):
     (tmp_path / "qaw.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="not a dual encoder"):
         load_dual_encoder(tmp_path / "qaw")
+
+
+def test_unknown_dual_encoder_config_key_is_refused_naming_the_file(toy_problem, tmp_path):
+    model, *_ = toy_problem
+    save_dual_encoder(tmp_path / "qaw", model)
+    cfg = json.loads((tmp_path / "qaw.json").read_text())
+    cfg["dual_encoder"]["bogus_key"] = 1
+    (tmp_path / "qaw.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"qaw\.json: unknown DualEncoderConfig keys \['bogus_key'\]"):
+        load_dual_encoder(tmp_path / "qaw")

@@ -169,3 +169,30 @@ def test_load_is_strict(fitted, tmp_path):
     save_file(tensors, str(tmp_path / "det.safetensors"))
     with pytest.raises(CheckpointError, match="do not fit"):
         Segmenter.load(tmp_path / "det")
+
+
+@pytest.mark.parametrize("policy", [ResolutionPolicy(size=64), ResolutionPolicy(mode="tile", size=64, overlap=16)])
+def test_scoring_cached_features_equals_scoring_the_images(fitted, backbone, tmp_path, policy):
+    from PIL import Image
+
+    from qarad.detection.train import FEATURE_DTYPE, cache_images, score_cached
+
+    model = Segmenter(CONFIG, policy, backbone)
+    model.head_, model.threshold_ = fitted.head_, fitted.threshold_
+    rng = np.random.default_rng(3)
+    paths = []
+    for i, size in enumerate([(80, 96), (64, 64), (100, 72)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(paths[-1])
+    cached = cache_images(model, paths, batch_size=2)
+    reference = list(score_images(model, paths, batch_size=2))
+    got = list(score_cached(model, cached, batch_size=3))  # other batches than the reference
+    assert len(got) == len(reference) == 3
+    for (work, score), ref in zip(got, reference):
+        assert work.shape == ref.anomaly_map.shape
+        np.testing.assert_allclose(work, ref.anomaly_map, rtol=0, atol=1e-6)
+        assert score == pytest.approx(ref.score, abs=1e-6) and score == work.max()
+    # a float16 cache (as for training features) still goes through the same path
+    half = [type(c)(c.layout, c.features.to(FEATURE_DTYPE)) for c in cached]
+    for (work, _), (ref_work, _) in zip(score_cached(model, half), got):
+        np.testing.assert_allclose(work, ref_work, atol=1e-2)

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +122,68 @@ def test_output_folder_with_another_run_is_refused(setup, capsys):
     assert main(["synth", str(model), "--images", str(images), "--prompts", "a crack", "--auto-masks",
                  "--out", str(out)]) == 2
     assert "different settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", ["synth", "fit"])
+def test_out_below_a_regular_file_names_the_file(setup, tmp_path, capsys, verb):
+    from conftest import make_mvtec_tree
+
+    base, model, images, _ = setup
+    (tmp_path / "file.txt").write_text("a regular file\n")
+    out = tmp_path / "file.txt" / "sub"
+    argv = {"synth": ["synth", str(model), "--images", str(images), "--prompts", "a scratch", "--auto-masks",
+                      "--n", "1", "--out", str(out)],
+            "fit": ["fit", "--data", str(make_mvtec_tree(base / "fit_data", size=(64, 64), n_train=2)),
+                    "--category", "widget", "--out", str(out), "--size", "64", "--corpus-size", "4"]}[verb]
+    assert main(argv) == 2
+    assert f"cannot create output folder {out}: {tmp_path / 'file.txt'} is a file, not a folder" in \
+        capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+def test_fit_on_a_bad_image_leaves_no_model_folder(tmp_path, capsys):
+    from conftest import make_mvtec_tree
+
+    data = make_mvtec_tree(tmp_path / "data", size=(64, 64), n_train=2)
+    bad = data / "widget" / "train" / "good" / "001.png"
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated
+    out = tmp_path / "model"
+    assert main(["fit", "--data", str(data), "--category", "widget", "--out", str(out), "--size", "64",
+                 "--corpus-size", "4"]) == 2
+    assert str(bad) in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", [(), ("fit",), ("fit", "tokenizer"), ("fit", "prior"), ("policy",), ("data",)])
+def test_aras_json_with_an_unknown_key_is_refused(setup, tmp_path, capsys, where):
+    import shutil
+
+    base, model, images, _ = setup
+    copy = Path(shutil.copytree(model, tmp_path / "model"))
+    meta = json.loads((copy / "aras.json").read_text())
+    part = meta
+    for key in where:
+        part = part[key]
+    part["bogus_key"] = 1
+    (copy / "aras.json").write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    assert main(["synth", str(copy), "--images", str(images), "--prompts", "a scratch", "--auto-masks",
+                 "--n", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(copy / "aras.json") in err and "bogus_key" in err
+    assert not out.exists()
+
+
+def test_workers_split_the_job_and_merge_to_the_single_process_result(setup, one_thread):
+    base, model, images, masks = setup
+    single, parallel = base / "w1", base / "w2"
+    assert _synth(model, images, single, "--masks", str(masks)) == 0
+    assert _synth(model, images, parallel, "--masks", str(masks), "--workers", "2") == 0
+    one = (single / "manifest.jsonl").read_text().splitlines()
+    two = (parallel / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(a)["id"] for a in two] == [0, 1, 2, 3]
+    assert [json.loads(a)["seed"] for a in one] == [json.loads(b)["seed"] for b in two]
+    for e in map(json.loads, one):
+        a = np.asarray(Image.open(single / e["image"]))
+        b = np.asarray(Image.open(parallel / e["image"]))
+        assert np.array_equal(a, b)  # one thread on both sides: same arithmetic, same draws

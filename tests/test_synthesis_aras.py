@@ -261,3 +261,52 @@ def test_end_to_end_tiny_pipeline_keeps_outside_pixels():
     outside = ~dilate(mask, cfg.dilate_px)
     assert sample.steps == int(tokens.sum())
     assert torch.equal(result.image[:, outside], image[:, outside])
+
+
+def _tiny_pipeline(tmp_path):
+    from conftest import make_tiny_aras
+    from qarad.synthesis.pipeline import ARAS
+
+    return ARAS.load(make_tiny_aras(tmp_path / "model", window=32))
+
+
+def test_residual_composite_changes_nothing_where_the_codes_are_kept(tmp_path):
+    import numpy as np
+
+    from qarad.synthesis.pipeline import _cut
+
+    model = _tiny_pipeline(tmp_path)
+    image = np.random.default_rng(0).random((48, 40, 3), dtype=np.float32)
+    mask = np.zeros((48, 40), bool)
+    mask[10:20, 12:22] = True
+    cut = _cut(image, mask, model.policy, model.window)
+    codes = model.tokenizer.encode(cut.window[None]).codes[0]
+    kept = model._generated(cut, codes, codes, "residual")
+    assert torch.equal(kept, cut.crop.clamp(0, 1))  # the real texture, not the tokenizer's blurry copy
+    replaced = model._generated(cut, codes, codes, "replace")
+    assert not torch.allclose(replaced, cut.crop, atol=1e-3)
+
+
+def test_residual_composite_adds_exactly_the_decoded_change(tmp_path):
+    import numpy as np
+    import torch.nn.functional as F
+
+    from qarad.synthesis.pipeline import _cut
+
+    model = _tiny_pipeline(tmp_path)
+    image = np.full((32, 32, 3), 0.5, np.float32)
+    mask = np.zeros((32, 32), bool)
+    mask[8:16, 8:16] = True
+    cut = _cut(image, mask, model.policy, model.window)
+    old = model.tokenizer.encode(cut.window[None]).codes[0]
+    new = (old + 1) % model.tokenizer.config.codebook_size
+    with torch.no_grad():
+        d = model.tokenizer.decode_codes(torch.stack([new, old]))
+    delta = F.interpolate(d[:1] - d[1:], size=cut.crop.shape[-2:], mode="bilinear", align_corners=False)[0]
+    out = model._generated(cut, old, new, "residual")
+    assert torch.allclose(out, (cut.crop + delta).clamp(0, 1), atol=1e-6)
+
+
+def test_unknown_composite_is_refused():
+    with pytest.raises(ValueError, match="composite"):
+        SamplerConfig(composite="paste")

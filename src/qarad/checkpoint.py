@@ -75,6 +75,8 @@ def load_tensors(stem: str | Path, expected: dict[str, tuple[int | None, ...]]) 
 
 def build_config(cls: type[T], values: dict[str, Any], source: str | Path) -> T:
     """Rebuild a (frozen) dataclass config from JSON, refusing unknown keys."""
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{source}: {cls.__name__} must be a JSON object, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:

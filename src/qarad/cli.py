@@ -11,6 +11,7 @@ EXAMPLES = {
     "train": "qarad train --method patchcore --data ../shared/data/mpdd --category metal_plate --out runs/mpdd",
     "eval": "qarad eval runs/mpdd",
     "predict": "qarad predict runs/mpdd new_images/ --out runs/mpdd/predictions",
+    "export": "qarad export runs/mpdd --format onnx --out mpdd.onnx",
     "demo": "qarad demo --out runs/demo",
     "score": "qarad score synth/",
     "fit": "qarad fit --data ../shared/data/magnetic_tile --category magnetic_tile --out models/tile",
@@ -75,11 +76,21 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
 
+    p = _sub(subs, "export", "Export a trained run's detector as ONNX (per-view anomaly map and score) plus a JSON "
+                             "sidecar (policy, threshold, what to do outside the graph).")
+    p.add_argument("run", type=Path)
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="model format (default onnx)")
+    p.add_argument("--out", type=Path, help="output .onnx file (default RUN/model.onnx); the sidecar is OUT.json")
+    p.add_argument("--overwrite", action="store_true", help="replace a different file already at --out")
+
     p = _sub(subs, "fit", "Fit ARAS (corpus, VQ tokenizer, text-conditioned prior) on a category's normal images.")
     p.add_argument("--data", type=Path, required=True, help="dataset root holding CATEGORY/train/good")
-    p.add_argument("--category", required=True)
+    p.add_argument("--category", required=True, nargs="+",
+                   help="one category, or several whose normal images are pooled into one model")
     p.add_argument("--out", type=Path, required=True, help="model folder (resumes if it holds the same fit)")
     _add_policy_args(p)
+    p.add_argument("--window", type=int, default=128,
+                   help="working px a side of the local window the prior sees (multiple of 8; default 128)")
     p.add_argument("--corpus-size", type=int, default=3000, help="procedural defects rendered for fitting")
     p.add_argument("--tokenizer-steps", type=int, default=1000)
     p.add_argument("--prior-steps", type=int, default=1500)
@@ -103,7 +114,12 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--strength", type=float, default=1.0, help="0..1 blend strength of the new defect")
+    p.add_argument("--composite", choices=["residual", "replace"], default="residual",
+                   help="residual: add the decoded change to the real pixels (keeps texture); "
+                        "replace: paste the decoded window (default residual)")
     p.add_argument("--shard", help="i/n: do every n-th sample starting at i (parallel runs)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="parallel single-threaded processes (e.g. the number of cores; default 1)")
 
     p = _sub(subs, "score", "Score every synthetic sample against its prompt (QAW); writes scores into the manifest.")
     p.add_argument("synth_dir", type=Path)

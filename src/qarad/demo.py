@@ -1,12 +1,17 @@
 """`qarad demo`: the whole pipeline on built-in data, ending in runs/demo/report.html.
 
-Today the pipeline is: make the demo dataset -> train PatchCore per category -> evaluate ->
-predict heat maps on test images -> report. Later stages (ARAS synthesis, QAW, the trained
-detector) plug in here as they land.
+make the demo dataset -> `qarad fit` one ARAS model on the normal images of all demo textures ->
+per category: `qarad synth` (prompted defects in proposed masks) -> `qarad score` (QAW) ->
+`qarad train --method qarad` and `--method patchcore` -> evaluate both -> report.
+
+Every stage is the same CLI verb a user runs, called in-process, so the demo exercises exactly the
+user's path and resumes the same way: a second `qarad demo` reuses every finished stage.
 """
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,38 +20,82 @@ import torch
 from . import runs
 from .commands.detect import evaluate_run
 from .data.demo import DemoConfig, make_demo_dataset
-from .data.io import read_mask, write_json, write_text
+from .data.io import read_image, read_mask, write_json, write_text
 from .data.mvtec import scan_mvtec
 from .detection.inference import score_images
-from .data.resolution import ResolutionPolicy
-from .detection.patchcore import PatchCore, PatchCoreConfig
 from .progress import bar
 from .report.figures import outline, overlay
 from .report.html import Report
+from .report.plots import line_plot
 
 METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
 HEADER = ["category", "method", "image AUROC", "image AP", "image F1max", "pixel AUROC", "pixel AP",
           "pixel F1max", "AUPRO@0.3", "test img/s"]
+METHODS = {"qarad": "QARAD (ARAS + QAW detector)", "patchcore": "PatchCore (no synthesis)"}
+# One prompt per corpus family that reads naturally on textures. None names the demo's test defects
+# (foreign objects, smudges, cuts): the detector must find kinds of defect it never saw.
+PROMPTS = ("a thin dark scratch", "a long jagged crack running diagonally", "a small round dark hole",
+           "a large brown stain", "a shallow dent", "a broken chipped-off corner of missing material",
+           "a pale discoloured patch", "a frayed loose fibre")
 
 
-def _demo_config(seed: int, quick: bool) -> DemoConfig:
-    if quick:
-        return DemoConfig(categories=("brick",), size=128, n_train=8, n_test_good=3, n_test_defect=3, seed=seed)
-    return DemoConfig(seed=seed)
+@dataclass(frozen=True)
+class DemoPlan:
+    """Sizes of every stage; the defaults keep `make demo` under 15 minutes on 2 cores."""
+
+    data: DemoConfig = DemoConfig()
+    window: int = 64  # a small window keeps the fit to minutes; demo defects fit inside it
+    corpus_size: int = 800
+    tokenizer_steps: int = 600
+    prior_steps: int = 600
+    qaw_steps: int = 300
+    n_synth: int = 48  # synthetic defects per category
+    head_steps: int = 600
+    weighting: str = "linear"
+    seed: int = 0
 
 
-def _train(data: Path, category: str, out: Path, policy: ResolutionPolicy) -> None:
-    config = {"method": "patchcore", "data": {"root": str(data.resolve()), "category": category,
-                                              "max_train_images": None, "seed": 0},
-              "policy": policy.to_dict(), "detector": {"coreset_ratio": 0.1, "memory_limit": None,
-                                                       "batch_size": 8, "seed": 0}}
-    if runs.prepare(out, config):
-        return
-    train = scan_mvtec(data, category, "train")
-    model = PatchCore(PatchCoreConfig(**config["detector"]), policy)
-    with bar(len(train), f"{category}: train patchcore") as tick:
-        model.fit([s.image for s in train], on_image=tick)
-    model.save(out / runs.MODEL)
+def demo_plan(seed: int, quick: bool) -> DemoPlan:
+    if quick:  # seconds, for tests: proves the wiring, not the quality
+        data = DemoConfig(categories=("brick",), size=64, n_train=6, n_test_good=3, n_test_defect=3, seed=seed)
+        return DemoPlan(data, window=32, corpus_size=16, tokenizer_steps=4, prior_steps=4, qaw_steps=4, n_synth=4,
+                        head_steps=4, seed=seed)
+    return DemoPlan(DemoConfig(seed=seed), seed=seed)
+
+
+def _verb(*argv) -> None:
+    """Run one qarad verb in-process; a failure stops the demo with that verb's own message."""
+    from .cli import main
+
+    argv = [str(a) for a in argv]
+    if main(argv) != 0:
+        raise RuntimeError(f"demo stage failed: qarad {' '.join(argv)}")
+
+
+def _size_args(plan: DemoPlan) -> list:
+    return ["--policy", "resize", "--size", plan.data.size]
+
+
+def _fit(plan: DemoPlan, data: Path, model: Path) -> None:
+    _verb("fit", "--data", data, "--category", *plan.data.categories, "--out", model, *_size_args(plan),
+          "--window", plan.window,          "--corpus-size", plan.corpus_size, "--tokenizer-steps", plan.tokenizer_steps,
+          "--prior-steps", plan.prior_steps, "--qaw-steps", plan.qaw_steps, "--seed", plan.seed)
+
+
+def _synthesize(plan: DemoPlan, data: Path, model: Path, category: str, out: Path) -> float:
+    """Synthesize and score one category's defects; returns synthesis throughput (samples / s)."""
+    start = time.perf_counter()
+    _verb("synth", model, "--images", data / category / "train" / "good", "--prompts", *PROMPTS,
+          "--auto-masks", "--n", plan.n_synth, "--out", out, "--seed", plan.seed)
+    per_s = plan.n_synth / (time.perf_counter() - start)
+    _verb("score", out)
+    return per_s
+
+
+def _train(plan: DemoPlan, data: Path, category: str, method: str, run: Path, synth: Path) -> None:
+    extra = ["--synth", synth, "--weighting", plan.weighting, "--steps", plan.head_steps] if method == "qarad" else []
+    _verb("train", "--method", method, "--data", data, "--category", category, "--out", run,
+          *_size_args(plan), "--seed", plan.seed, *extra)
 
 
 def _heat_cards(run: Path, data: Path, category: str, limit: int) -> list[tuple[np.ndarray, str]]:
@@ -61,31 +110,84 @@ def _heat_cards(run: Path, data: Path, category: str, limit: int) -> list[tuple[
     return cards
 
 
+def _synth_cards(synth: Path, category: str, per_side: int) -> list[tuple[np.ndarray, str]]:
+    """The best- and worst-scored synthetic samples (QAW), mask outlined in green."""
+    entries = sorted(_manifest(synth), key=lambda e: -e["score"])
+    picks = [("best", e) for e in entries[:per_side]] + [("worst", e) for e in entries[-per_side:][::-1]]
+    cards = []
+    for rank, e in picks:
+        image = read_image(synth / e["image"])
+        cards.append((outline(image, read_mask(synth / e["mask"], image.shape[:2])),
+                      f"{category} ({rank} QAW {e['score']:.2f}): \u201c{e['prompt']}\u201d"))
+    return cards
+
+
+def _manifest(synth: Path) -> list[dict]:
+    from .synthesis.jobs import MANIFEST, read_manifest
+
+    return read_manifest(synth / MANIFEST)
+
+
+def _curve_plots(results: dict[str, dict]) -> list[str]:
+    """Image ROC, pixel ROC and PRO, ours vs baseline, for one category."""
+    specs = [("image_roc", "image ROC", "FPR", 1.0), ("pixel_roc", "pixel ROC", "FPR", 1.0),
+             ("pro", "PRO (to FPR 0.3)", "FPR", 0.3)]
+    return [line_plot(title, {METHODS[m].split(" (")[0]: r["curves"][key] for m, r in results.items()
+                              if r.get("curves")}, x, "TPR" if key != "pro" else "PRO", x_max)
+            for key, title, x, x_max in specs]
+
+
 def run_demo(out: Path, seed: int = 0, quick: bool = False) -> Path:
     start = time.perf_counter()
-    cfg = _demo_config(seed, quick)
-    data = out / "data"
+    plan = demo_plan(seed, quick)
+    out = Path(out)
+    data, model = out / "data", out / "aras"
     with bar(None, "demo data") as tick:
-        make_demo_dataset(data, cfg, on_image=tick)
-    policy = ResolutionPolicy(mode="resize", size=cfg.size)
-    rows, cards, summary = [], [], {}
-    for category in cfg.categories:
-        run = out / category / "patchcore"
-        _train(data, category, run, policy)
-        result = evaluate_run(run)
-        m = result["overall"]
-        summary[category] = {"patchcore": {k: m[k] for k in METRICS}}
-        rows.append([category, "PatchCore (no synthesis)", *[m[k] for k in METRICS], result["test_images_per_s"]])
-        cards += _heat_cards(run, data, category, limit=4)
-    report = Report("QARAD demo", f"built-in demo data (seed {seed}); finished in "
-                                  f"{time.perf_counter() - start:.0f} s")
-    report.heading("Detection metrics on the held-out test set")
-    report.paragraph("Test defects (foreign objects, smudges, cuts) are families the synthesis corpus does not "
-                     "contain. Every number is also in each run's metrics.json.")
-    report.table(HEADER, rows, bold_max_from=2)
-    report.heading("Heat maps on real test images (green: ground-truth outline)")
-    report.gallery(cards)
+        make_demo_dataset(data, plan.data, on_image=tick)
+    _fit(plan, data, model)
+    rows, heat, gallery, plots, summary, speed = [], [], [], {}, {}, {}
+    for category in plan.data.categories:
+        synth = out / category / "synth"
+        speed[category] = _synthesize(plan, data, model, category, synth)
+        results = {}
+        for method in METHODS:
+            run = out / category / method
+            _train(plan, data, category, method, run, synth)
+            results[method] = evaluate_run(run, curves=True)
+            m = results[method]["overall"]
+            rows.append([category, METHODS[method], *[m[k] for k in METRICS], results[method]["test_images_per_s"]])
+        summary[category] = {method: {k: r["overall"][k] for k in METRICS} for method, r in results.items()}
+        summary[category]["synth_per_s"] = speed[category]
+        gallery += _synth_cards(synth, category, per_side=2 if not quick else 1)
+        heat += _heat_cards(out / category / "qarad", data, category, limit=4)
+        plots[category] = _curve_plots(results)
+    minutes = (time.perf_counter() - start) / 60
+    summary["wall_minutes"] = minutes
     path = out / "report.html"
-    write_text(path, report.render())
+    write_text(path, _report(plan, rows, gallery, heat, plots, speed, model, minutes).render())
     write_json(out / "summary.json", summary)
     return path
+
+
+def _report(plan, rows, gallery, heat, plots, speed, model: Path, minutes: float) -> Report:
+    timings = json.loads((model / "timings.json").read_text()) if (model / "timings.json").is_file() else {}
+    report = Report("QARAD demo", f"built-in demo data (seed {plan.seed}); this run took {minutes:.1f} min")
+    report.heading("Synthetic defects: prompt, mask outline (green) and QAW score")
+    report.paragraph("For each category, the two samples the quality scorer (QAW) rates best next to the two it "
+                     "rates worst. The detector's loss weights follow these scores "
+                     f"({plan.weighting} calibration).")
+    report.gallery(gallery)
+    report.heading("Detection metrics on the held-out test set")
+    report.paragraph("Test defects (foreign objects, smudges, cuts) are families the synthesis corpus does not "
+                     "contain. Every number here is also in the run's metrics.json.")
+    report.table(HEADER, rows, bold_max_from=2)
+    for category, svgs in plots.items():
+        report.heading(f"Curves: {category}")
+        report.raw("<div class=gallery>" + "".join(svgs) + "</div>")
+    report.heading("Heat maps of the QARAD detector on real test images (green: ground-truth outline)")
+    report.gallery(heat)
+    report.heading("Synthesis speed and fit time")
+    report.table(["stage", "value"],
+                 [[f"ARAS synthesis, {c}", f"{v:.2f} samples/s"] for c, v in speed.items()]
+                 + [[f"fit: {k}", f"{v:.0f} s"] for k, v in timings.items()])
+    return report

@@ -143,3 +143,23 @@ def pixel_metrics(maps: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, 
     del c
     out["aupro"] = aupro(maps, masks)
     return out
+
+
+def sampled(c: Curve, points: int = 101, fpr_limit: float = 1.0) -> list[list[float]]:
+    """(fpr, tpr) on a regular fpr grid up to `fpr_limit`, for plotting; the step at each fpr is kept
+    by taking the highest tpr reached there (curves are monotone)."""
+    grid = np.linspace(0.0, fpr_limit, points)
+    idx = np.searchsorted(c.fpr, grid, side="right") - 1
+    return [[float(x), float(c.tpr[i])] for x, i in zip(grid, idx)]
+
+
+def curves(scores, labels, maps: list[np.ndarray], masks: list[np.ndarray], points: int = 101) -> dict:
+    """Plot-ready image ROC, pixel ROC and PRO (up to PRO_FPR_LIMIT) curves; the same definitions
+    as the metrics above, so the areas under them are the reported numbers."""
+    labels_px = np.concatenate([np.asarray(g, dtype=bool).ravel() for g in masks])
+    scores_px = np.concatenate([np.asarray(m, dtype=np.float32).ravel() for m in maps])
+    bool_masks = [np.asarray(g, dtype=bool) for g in masks]
+    return {"image_roc": sampled(curve(scores, labels), points),
+            "pixel_roc": sampled(curve(scores_px, labels_px), points),
+            "pro": sampled(curve(scores_px, labels_px, region_weights(bool_masks)), points, PRO_FPR_LIMIT)}
+

@@ -7,10 +7,12 @@ RUN/metrics.json  written by `qarad eval`
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__, checkpoint
-from .data.io import write_json
+from .data.io import make_folder, write_json
+from .data.resolution import ResolutionPolicy
 
 CONFIG = "config.json"
 MODEL = "model"
@@ -20,46 +22,90 @@ class RunError(ValueError):
     """A run folder that is missing, foreign, or holds a different run."""
 
 
+# config.json = {"qarad_version", "method", "data", "policy", "detector"}; each part is rebuilt through
+# its dataclass on read, so a misspelt or foreign key is refused instead of silently ignored.
+@dataclass(frozen=True)
+class RunData:
+    root: str
+    category: str
+    max_train_images: int | None
+    seed: int
+
+
+@dataclass(frozen=True)
+class PatchCoreSettings:
+    coreset_ratio: float
+    memory_limit: int | None
+    batch_size: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class QaradSettings:
+    steps: int
+    synth: str | None
+    weighting: str
+    max_normal_views: int
+    batch_size: int
+    seed: int
+
+
+DETECTORS = {"patchcore": PatchCoreSettings, "qarad": QaradSettings}
+TOP_KEYS = {"qarad_version", "method", "data", "policy", "detector"}
+
+
 def prepare(out: Path, config: dict, overwrite: bool = False) -> bool:
     """Create or re-enter `out` for `config`. Returns True when the same run is already complete."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RunError(f"{out}: exists and is not a folder")
+    out = make_folder(out)  # refuses a file in the way or a folder we may not write, before any work
     existing = out / CONFIG
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if any(out.iterdir()) and not overwrite:
         if not existing.is_file():
             raise RunError(f"{out}: folder is not empty and is not a qarad run; choose another --out")
-        old = json.loads(existing.read_text())
+        old = _read_json(existing)
         if {k: v for k, v in old.items() if k != "qarad_version"} != config:
             raise RunError(f"{out}: holds a different run ({existing}); choose another --out or pass --overwrite")
         return (out / f"{MODEL}.safetensors").is_file() and (out / f"{MODEL}.json").is_file()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(existing, {"qarad_version": __version__, **config})
-    except PermissionError as exc:
-        raise RunError(f"{out}: cannot write here ({exc.strerror})") from None
+    write_json(existing, {"qarad_version": __version__, **config})
     return False
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise RunError(f"{path}: must be a JSON object")
+    return config
+
+
 def read_config(run: Path) -> dict:
+    """RUN/config.json, checked key by key at every level (see RunData and DETECTORS)."""
     path = Path(run) / CONFIG
     if not path.is_file():
         raise RunError(f"{run}: not a qarad run folder (no {CONFIG})")
+    config = _read_json(path)
+    if set(config) - TOP_KEYS:
+        raise RunError(f"{path}: unknown keys {sorted(set(config) - TOP_KEYS)}")
+    if TOP_KEYS - {"qarad_version"} - set(config):
+        raise RunError(f"{path}: missing keys {sorted(TOP_KEYS - {'qarad_version'} - set(config))}")
+    if config["method"] not in DETECTORS:
+        raise RunError(f"{path}: unknown method {config['method']!r}; expected one of {sorted(DETECTORS)}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{path}: not valid JSON ({exc})") from None
+        checkpoint.build_config(RunData, config["data"], f"{path} (data)")
+        checkpoint.build_config(ResolutionPolicy, config["policy"], f"{path} (policy)")
+        checkpoint.build_config(DETECTORS[config["method"]], config["detector"], f"{path} (detector)")
+    except checkpoint.CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    return config
 
 
 def load_detector(run: Path, device: str = "cpu"):
     from .detection.patchcore import PatchCore
     from .detection.segmenter import Segmenter
 
-    cfg = read_config(run)
     loaders = {"patchcore": PatchCore.load, "qarad": Segmenter.load}
-    method = cfg.get("method")
-    if method not in loaders:
-        raise RunError(f"{run}: unknown method {method!r} in {CONFIG}")
+    method = read_config(run)["method"]  # one of DETECTORS
     stem = Path(run) / MODEL
     if not stem.with_suffix(".safetensors").is_file():
         raise RunError(f"{run}: no trained model yet (run `qarad train` first)")

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from .. import runs
-from ..data.io import is_image_file, write_image, write_json, write_text
+from ..data.io import (atomic_path, check_output_folder, is_image_file, make_folder, write_image, write_json,
+                       write_text)
 from ..data.mvtec import DatasetError, scan_mvtec, subsample
 from ..data.resolution import ResolutionPolicy
 from ..progress import bar
@@ -24,14 +27,18 @@ def _policy(args) -> ResolutionPolicy:
 
 
 def _train_config(args) -> dict:
-    detector = ({"coreset_ratio": args.coreset_ratio, "memory_limit": args.memory_limit}
-                if args.method == "patchcore" else
-                {"steps": args.steps, "synth": str(Path(args.synth).resolve()) if args.synth else None,
-                 "weighting": args.weighting, "max_normal_views": args.max_normal_views})
-    return {"method": args.method, "data": {"root": str(Path(args.data).resolve()), "category": args.category,
-                                            "max_train_images": args.max_train_images, "seed": args.seed},
-            "policy": _policy(args).to_dict(),
-            "detector": {**detector, "batch_size": args.batch_size, "seed": args.seed}}
+    """config.json, built through the dataclasses runs.read_config checks it against."""
+    if args.method == "patchcore":
+        detector = runs.PatchCoreSettings(coreset_ratio=args.coreset_ratio, memory_limit=args.memory_limit,
+                                          batch_size=args.batch_size, seed=args.seed)
+    else:
+        detector = runs.QaradSettings(steps=args.steps, synth=str(Path(args.synth).resolve()) if args.synth else None,
+                                      weighting=args.weighting, max_normal_views=args.max_normal_views,
+                                      batch_size=args.batch_size, seed=args.seed)
+    data = runs.RunData(root=str(Path(args.data).resolve()), category=args.category,
+                        max_train_images=args.max_train_images, seed=args.seed)
+    return {"method": args.method, "data": asdict(data), "policy": _policy(args).to_dict(),
+            "detector": asdict(detector)}
 
 
 def train(args) -> int:
@@ -98,18 +105,21 @@ def format_table(overall: dict, per_type: dict) -> str:
 
 
 def evaluate_run(run: Path, data_root: Path | None = None, allow_missing_masks: bool = False,
-                 batch_size: int = 8, device: str = "cpu") -> dict:
+                 batch_size: int = 8, device: str = "cpu", curves: bool = False) -> dict:
     from ..detection.evaluate import evaluate
 
     cfg = runs.read_config(run)
+    check_output_folder(run)  # metrics.json goes here: refuse an unwritable run before evaluating
     detector = runs.load_detector(run, device)
     root = Path(data_root or cfg["data"]["root"])
     test = scan_mvtec(root, cfg["data"]["category"], "test", allow_missing_masks=allow_missing_masks)
     with bar(len(test), "eval") as tick:
-        ev = evaluate(detector, test, batch_size, on_image=tick)
+        ev = evaluate(detector, test, batch_size, on_image=tick, curves=curves)
     result = {"method": cfg["method"], "category": cfg["data"]["category"], "policy": cfg["policy"],
               "threshold": detector.threshold_, "overall": ev.overall, "per_type": ev.per_type,
               "test_images_per_s": ev.images_per_s}
+    if curves:
+        result["curves"] = ev.curves
     write_json(Path(run) / "metrics.json", result)
     write_text(Path(run) / "scores.csv", _csv(ev.records))
     return result
@@ -160,10 +170,10 @@ def predict_images(detector, paths: list[Path], out: Path, batch_size: int = 8) 
     from ..detection.inference import score_images
     from ..report.figures import overlay
 
-    out = Path(out)
+    out = check_output_folder(out)  # a file in the way or no permission: refuse before scoring anything
     if out.exists() and any(out.iterdir()) and not (out / "scores.csv").is_file():
         raise runs.RunError(f"{out}: folder is not empty and holds no earlier predictions; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     records = []
     try:
@@ -196,9 +206,40 @@ def predict(args) -> int:
     return 0
 
 
+def _refuse_different(path: Path, data: bytes, overwrite: bool) -> None:
+    if path.exists() and not overwrite and (not path.is_file() or path.read_bytes() != data):
+        raise runs.RunError(f"{path}: already exists and holds something else; choose another --out or pass "
+                            "--overwrite")
+
+
+def export_run(run: Path, out: Path | None = None, overwrite: bool = False) -> Path:
+    """Write RUN's detector as OUT (default RUN/model.onnx) plus the sidecar OUT.json; returns OUT."""
+    from ..detection.export import export_onnx, sidecar
+
+    detector = runs.load_detector(run, "cpu")  # a folder that is not a trained run fails here, naming it
+    out = Path(out or Path(run) / "model.onnx")
+    if out.suffix != ".onnx":
+        raise ValueError(f"{out}: the output file name must end in .onnx")
+    meta = out.with_name(out.name + ".json")  # model.onnx.json: model.json is the run's checkpoint config
+    with atomic_path(out) as tmp:  # renamed onto `out` only if nothing below raises
+        export_onnx(detector, tmp)
+        data = tmp.read_bytes()
+        text = json.dumps(sidecar(detector, data), indent=2) + "\n"
+        _refuse_different(out, data, overwrite)
+        _refuse_different(meta, text.encode("utf-8"), overwrite)
+    write_text(meta, text)
+    return out
+
+
+def export(args) -> int:
+    out = export_run(args.run, args.out, args.overwrite)
+    print(f"ONNX model: {out}\nsidecar (policy, threshold, inputs/outputs): {out}.json")
+    return 0
+
+
 def demo(args) -> int:
     from ..demo import run_demo
 
-    report = run_demo(Path(args.out), seed=args.seed, quick=args.quick)
+    report = run_demo(check_output_folder(args.out), seed=args.seed, quick=args.quick)
     print(f"report: {report}")
     return 0

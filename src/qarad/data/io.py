@@ -31,6 +31,10 @@ class ImageError(ValueError):
         self.problem = problem
 
 
+class OutputError(ValueError):
+    """An output file or folder that cannot be written; the message names it and what is in the way."""
+
+
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
@@ -133,12 +137,38 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """Refuse, before any work is done, an output folder that cannot be created or written into."""
+    path = Path(path)
+    for part in (path, *path.parents):  # the nearest part that exists decides
+        if part.exists():
+            if not part.is_dir():
+                raise OutputError(f"cannot create output folder {path}: {part} is a file, not a folder")
+            if not os.access(part, os.W_OK | os.X_OK):
+                raise OutputError(f"cannot create output folder {path}: no permission to write in {part}")
+            break
+    return path
+
+
+def make_folder(path: str | os.PathLike) -> Path:
+    """mkdir -p, with an error that names the folder and the reason instead of a bare errno."""
+    path = check_output_folder(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # what os.access cannot foresee: a read-only mount, ACLs, a full disk
+        raise OutputError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    make_folder(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
     umask = os.umask(0)  # mkstemp makes 0600 files; give outputs the usual permissions
     os.umask(umask)

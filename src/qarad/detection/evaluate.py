@@ -18,6 +18,7 @@ class Evaluation:
     overall: dict[str, float] = field(default_factory=dict)
     per_type: dict[str, dict[str, float]] = field(default_factory=dict)
     images_per_s: float = 0.0
+    curves: dict = field(default_factory=dict)  # overall image ROC, pixel ROC, PRO; only when asked for
 
 
 def _metrics(scores, labels, maps, masks) -> dict[str, float]:
@@ -34,7 +35,7 @@ def _metrics(scores, labels, maps, masks) -> dict[str, float]:
 
 
 def evaluate(detector: Detector, samples: list[Sample], batch_size: int = 8,
-             on_image: Callable[[], None] | None = None) -> Evaluation:
+             on_image: Callable[[], None] | None = None, curves: bool = False) -> Evaluation:
     import time
 
     ev = Evaluation()
@@ -60,6 +61,13 @@ def evaluate(detector: Detector, samples: list[Sample], batch_size: int = 8,
                         [maps[i] for i in pix], [masks[i] for i in pix])
 
     ev.overall = subset(lambda s: True)
+    if curves:
+        pix = [i for i, m in enumerate(masks) if m is not None]
+        try:
+            ev.curves = M.curves([r["score"] for r in ev.records], [s.label for s in samples],
+                                 [maps[i] for i in pix], [masks[i] for i in pix])
+        except ValueError:  # one class only: nothing to plot
+            ev.curves = {}
     for t in sorted({s.defect_type for s in samples} - {NORMAL}):
         ev.per_type[t] = subset(lambda s, t=t: s.defect_type in (NORMAL, t))
     return ev

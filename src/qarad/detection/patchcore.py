@@ -174,8 +174,9 @@ class PatchCore:
         if set(cfg) != known or cfg["method"] != cls.method:
             raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.json')}: not a PatchCore config "
                                              f"(keys {sorted(cfg)})")
-        model = cls(checkpoint.build_config(PatchCoreConfig, cfg["patchcore"], stem),
-                    checkpoint.build_config(ResolutionPolicy, cfg["policy"], stem))
+        source = Path(stem).with_suffix(".json")
+        model = cls(checkpoint.build_config(PatchCoreConfig, cfg["patchcore"], source),
+                    checkpoint.build_config(ResolutionPolicy, cfg["policy"], source))
         tensors = checkpoint.load_tensors(stem, {"memory": (None, model.embedder.channels), "memory_source": (None,)})
         if len(tensors["memory"]) != len(tensors["memory_source"]):
             raise checkpoint.CheckpointError(f"{stem}: memory and memory_source lengths differ")

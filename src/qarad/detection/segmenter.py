@@ -219,9 +219,14 @@ class Segmenter:
 
     def view_maps(self, views: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
-        maps = self.maps_from_features(self._embedder()(views.to(self.device)))
-        if maps.shape[-2:] != views.shape[-2:]:
-            maps = upsample(maps, tuple(views.shape[-2:]))
+        return self.view_maps_from_features(self._embedder()(views.to(self.device)), tuple(views.shape[-2:]))
+
+    def view_maps_from_features(self, features: torch.Tensor, view_hw: tuple[int, int]) -> torch.Tensor:
+        """`embed` output of views of size view_hw (float16 caches too) -> (n, vh, vw) on the CPU, as
+        `view_maps` gives for those views: scoring cached features cannot drift from scoring images."""
+        maps = self.maps_from_features(features.float())
+        if tuple(maps.shape[-2:]) != tuple(view_hw):
+            maps = upsample(maps, tuple(view_hw))
         return maps.cpu()
 
     def smooth(self, work_map: torch.Tensor) -> torch.Tensor:
@@ -245,8 +250,9 @@ class Segmenter:
         if not isinstance(cfg["threshold"], (int, float)) or not isinstance(cfg["calibration_scores"], list):
             raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.json')}: threshold must be a number and "
                                              "calibration_scores a list")
-        model = cls(checkpoint.build_config(SegmenterConfig, cfg["segmenter"], stem),
-                    checkpoint.build_config(ResolutionPolicy, cfg["policy"], stem), backbone)
+        source = Path(stem).with_suffix(".json")
+        model = cls(checkpoint.build_config(SegmenterConfig, cfg["segmenter"], source),
+                    checkpoint.build_config(ResolutionPolicy, cfg["policy"], source), backbone)
         head = SegmentationHead(model.config)
         rest = checkpoint.load_module(stem, head, prefix="head.")
         if rest:

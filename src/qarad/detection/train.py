@@ -4,19 +4,21 @@ Backbone features of the normal images and of the synthetic samples are computed
 can be reused across weightings and seeds, as the ablation does); only the head is trained.
 Everything follows the run's resolution policy: normal images and synthetic samples are cut
 into the same views as at test time, and synthetic views without any defect pixel are dropped.
+Test images can be cached too (`cache_images`, float32) and scored by many heads with
+`score_cached`, which gives what `inference.score_images` gives without re-running the backbone.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from ..data.io import read_image, read_mask
-from ..data.resolution import ResolutionPolicy
+from ..data.resolution import Layout, ResolutionPolicy
 from ..data.stream import iter_loaded, map_views
 from ..quality.weighting import WeightingConfig, weights
 from ..synthesis.jobs import MANIFEST, read_manifest
@@ -94,3 +96,44 @@ def describe(synth: SynthFeatures, weighting: WeightingConfig) -> str:
     w = sample_weights(synth.scores, weighting)
     return json.dumps({"synthetic_views": len(w), "weight_min": float(w.min()), "weight_mean": float(w.mean()),
                        "weight_max": float(w.max())})
+
+
+@dataclass
+class CachedImage:
+    layout: Layout
+    features: torch.Tensor  # (n_views, 152, h, w) float32: exactly what view_maps computes from the views
+
+
+def cache_images(model: Segmenter, paths: list[Path], batch_size: int = 8,
+                 on_image: Callable[[], None] | None = None) -> list[CachedImage]:
+    """Frozen features of every view of each image, for scoring with many heads (`score_cached`)."""
+    out = []
+    for item, emb in map_views(iter_loaded(paths, model.policy), model.embed, batch_size):
+        out.append(CachedImage(item.layout, emb))
+        if on_image:
+            on_image()
+    return out
+
+
+def score_cached(model: Segmenter, cached: list[CachedImage], batch_size: int = 16
+                 ) -> Iterator[tuple[np.ndarray, float]]:
+    """(anomaly map over the working image, image score) per image, as `score_images` computes them
+    from the views (stitch, smooth, maximum), with the head run on batches of cached features."""
+
+    def batches():
+        batch: list[CachedImage] = []
+        for c in cached:
+            if batch and (c.features.shape[1:] != batch[0].features.shape[1:]
+                          or sum(len(b.features) for b in batch) + len(c.features) > batch_size):
+                yield batch
+                batch = []
+            batch.append(c)
+        if batch:
+            yield batch
+
+    with torch.inference_mode():
+        for batch in batches():
+            maps = model.view_maps_from_features(torch.cat([c.features for c in batch]), batch[0].layout.view_hw)
+            for c, m in zip(batch, maps.split([len(c.features) for c in batch])):
+                work = model.smooth(c.layout.stitch(m.float().cpu()))
+                yield work.numpy().astype(np.float32), float(work.max())

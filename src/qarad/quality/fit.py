@@ -100,7 +100,8 @@ def load_dual_encoder(stem: str | Path) -> DualEncoder:
     if set(cfg) != {"method", "dual_encoder"} or cfg["method"] != METHOD:
         raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.json')}: not a dual encoder config "
                                          f"(keys {sorted(cfg)})")
-    model = DualEncoder(checkpoint.build_config(DualEncoderConfig, cfg["dual_encoder"], stem))
+    model = DualEncoder(checkpoint.build_config(DualEncoderConfig, cfg["dual_encoder"],
+                                                Path(stem).with_suffix(".json")))
     rest = checkpoint.load_module(stem, model)
     if rest:  # load_module with no prefix consumes everything; kept as a guard for the contract
         raise checkpoint.CheckpointError(f"{stem}: unexpected tensors {sorted(rest)[:5]}")

@@ -6,7 +6,6 @@ scored on the same kind of window, cut around its mask at the run's working scal
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.io import read_image, read_mask
+from ..data.io import read_image, read_mask, write_text
 from ..data.resolution import ResolutionPolicy
 from ..synthesis.jobs import MANIFEST, read_manifest
 from ..synthesis.pipeline import crop_window
@@ -48,7 +47,5 @@ def score_folder(synth_dir: Path, model: DualEncoder, policy: ResolutionPolicy, 
         scores.append(entry["score"])
         if on_sample:
             on_sample()
-    tmp = synth_dir / (MANIFEST + ".tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
-    os.replace(tmp, synth_dir / MANIFEST)
+    write_text(synth_dir / MANIFEST, "".join(json.dumps(e) + "\n" for e in entries))
     return scores

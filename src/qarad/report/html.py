@@ -65,6 +65,10 @@ class Report:
                         for img, cap in cards)
         self.parts.append(f"<div class=gallery>{items}</div>")
 
+    def raw(self, markup: str) -> None:
+        """Markup made by this package (e.g. inline SVG plots); never pass user text here unescaped."""
+        self.parts.append(markup)
+
     def render(self) -> str:
         body = "\n".join(self.parts)
         return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"

@@ -30,6 +30,14 @@ class SamplerConfig:
     strength: float = 1.0  # multiplies the blending alpha
     dilate_px: int = 4
     feather_px: int = 3
+    # "residual": add decode(new codes) - decode(old codes) to the source pixels, so texture the
+    # tokenizer cannot reproduce survives wherever the prior kept the material; "replace": paste
+    # the decoded window (the paper's plain decode-and-blend).
+    composite: str = "residual"
+
+    def __post_init__(self):
+        if self.composite not in ("residual", "replace"):
+            raise ValueError(f"composite must be 'residual' or 'replace', got {self.composite!r}")
 
 
 @dataclass

@@ -22,7 +22,7 @@ from ..data.io import read_image, write_json
 from ..data.resolution import ResolutionPolicy
 from ..defects.corpus import CorpusConfig, make_sample
 from ..text import TextEncoder
-from ..training import load_state, optimizer_step, save_state
+from ..training import load_state, optimizer_step, save_state, step_rng
 from .aras import token_mask_from_pixels
 from .prior import Prior, PriorConfig
 from .tokenizer import TokenizerConfig, VQTokenizer
@@ -30,6 +30,7 @@ from .tokenizer import TokenizerConfig, VQTokenizer
 CORPUS = "corpus"
 TOKENIZER = "tokenizer"
 PRIOR = "prior"
+MODEL_CONFIG = "aras"  # MODEL/aras.json: {"fit", "policy", "data"}
 DEAD_CODE_EVERY = 100  # steps between dead-code restarts
 
 
@@ -129,9 +130,13 @@ def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
     model = VQTokenizer(cfg.tokenizer)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.tokenizer_lr, betas=(0.9, 0.95), weight_decay=0.0)
     perceptual = Backbone(BackboneConfig(strides=(8,)))
-    start = load_state(state_stem, model, opt)[0] if state_stem.with_suffix(".safetensors").is_file() else 0
-    model.train()
+    # code usage since the last dead-code restart: part of the train state, so a resume between two
+    # restarts re-seeds the same codes as an uninterrupted fit
     usage = torch.zeros(cfg.tokenizer.codebook_size, dtype=torch.long)
+    start = 0
+    if state_stem.with_suffix(".safetensors").is_file():
+        start = load_state(state_stem, model, opt, buffers={"usage": usage})[0]
+    model.train()
     for step in range(start, cfg.tokenizer_steps):
         idx = _batch(len(corpus.prompts), cfg.batch_size, cfg.seed, step)
         half = cfg.batch_size // 2  # half clean windows, half with defects: the codebook needs both
@@ -139,18 +144,19 @@ def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
         x = _augment(x, cfg.seed, step)
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg.tokenizer_lr, cfg.warmup_steps, cfg.tokenizer_steps)
-        out = model(x)
-        loss = F.l1_loss(out.recon, x) + out.vq_loss
-        if cfg.perceptual_weight:  # LPIPS-style: compare unit-normalised feature vectors
-            f_rec, f_ref = (F.normalize(perceptual(v)[8], dim=1) for v in (out.recon, x))
-            loss = loss + cfg.perceptual_weight * (f_rec - f_ref).pow(2).sum(1).mean()
-        value = optimizer_step(opt, loss, model.parameters())
+        with step_rng(cfg.seed, step):  # no global-RNG draw today; any added later stays resumable
+            out = model(x)
+            loss = F.l1_loss(out.recon, x) + out.vq_loss
+            if cfg.perceptual_weight:  # LPIPS-style: compare unit-normalised feature vectors
+                f_rec, f_ref = (F.normalize(perceptual(v)[8], dim=1) for v in (out.recon, x))
+                loss = loss + cfg.perceptual_weight * (f_rec - f_ref).pow(2).sum(1).mean()
+            value = optimizer_step(opt, loss, model.parameters())
         usage += model.code_usage(out.codes)
         if (step + 1) % DEAD_CODE_EVERY == 0:  # re-seed unused codes with this batch's encoder outputs
             model.restart_dead_codes(out.z_e, usage, generator=torch.Generator().manual_seed(cfg.seed + step))
             usage.zero_()
         if (step + 1) % cfg.checkpoint_every == 0:
-            save_state(state_stem, model, opt, step + 1, {"stage": TOKENIZER})
+            save_state(state_stem, model, opt, step + 1, {"stage": TOKENIZER}, buffers={"usage": usage})
         if on_step:
             on_step(value)
     model.eval()
@@ -183,8 +189,9 @@ def fit_prior(codes: torch.Tensor, token_masks: torch.Tensor, text: torch.Tensor
         drop = torch.rand(len(idx), generator=g) < cfg.prompt_dropout
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg.prior_lr, cfg.warmup_steps, cfg.prior_steps)
-        out = model(codes[idx], token_masks[idx], text[idx], drop)
-        value = optimizer_step(opt, prior_loss(out), model.parameters())
+        with step_rng(cfg.seed, step):  # dropout masks
+            out = model(codes[idx], token_masks[idx], text[idx], drop)
+            value = optimizer_step(opt, prior_loss(out), model.parameters())
         if (step + 1) % cfg.checkpoint_every == 0:
             save_state(state_stem, model, opt, step + 1, {"stage": PRIOR})
         if on_step:
@@ -198,10 +205,38 @@ def config_dict(cfg: FitConfig) -> dict:
 
 
 def config_from_dict(values: dict, source) -> FitConfig:
+    if not isinstance(values, dict):
+        raise checkpoint.CheckpointError(f"{source}: FitConfig must be a JSON object, got {type(values).__name__}")
     values = dict(values)
     tok = checkpoint.build_config(TokenizerConfig, values.pop("tokenizer", {}), source)
     pri = checkpoint.build_config(PriorConfig, values.pop("prior", {}), source)
     return checkpoint.build_config(FitConfig, {**values, "tokenizer": tok, "prior": pri}, source)
+
+
+@dataclass(frozen=True)
+class FitData:
+    """What a model was fitted on (aras.json "data"): provenance only, nothing is rebuilt from it."""
+    root: str | None = None
+    category: str | list[str] | None = None
+    max_train_images: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    fit: FitConfig
+    policy: ResolutionPolicy
+    data: FitData
+
+
+def read_model_config(folder: Path) -> ModelConfig:
+    """MODEL/aras.json, checked at every level: an unknown key anywhere is refused."""
+    path = Path(folder) / f"{MODEL_CONFIG}.json"
+    meta = checkpoint.load_config(path)
+    if set(meta) != {"fit", "policy", "data"}:
+        raise checkpoint.CheckpointError(f"{path}: expected the keys ['data', 'fit', 'policy'], got {sorted(meta)}")
+    return ModelConfig(config_from_dict(meta["fit"], path),
+                       checkpoint.build_config(ResolutionPolicy, meta["policy"], path),
+                       checkpoint.build_config(FitData, meta["data"], path))
 
 
 def write_model_config(folder: Path, cfg: FitConfig, policy: ResolutionPolicy, data: dict) -> None:

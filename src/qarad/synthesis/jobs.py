@@ -21,7 +21,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..data.io import read_image, read_mask, write_image, write_json
+from .. import checkpoint
+from ..data.io import check_output_folder, make_folder, read_image, read_mask, write_image, write_json
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "synth.json"
@@ -74,19 +75,16 @@ def read_manifest(path: Path) -> list[dict]:
 
 
 def prepare_output(out: Path, settings: dict) -> None:
-    out = Path(out)
+    out = check_output_folder(out)  # a file in the way or no permission: refuse before any work
     if out.exists() and any(out.iterdir()):
         path = out / SETTINGS
         if not path.is_file():
             raise ValueError(f"{out}: folder is not empty and is not a qarad synth output; choose another --out")
-        if json.loads(path.read_text()) != settings:
+        if checkpoint.load_config(path) != settings:
             raise ValueError(f"{out}: holds a synth run with different settings ({path}); choose another --out")
         return
-    try:
-        (out / "images").mkdir(parents=True, exist_ok=True)
-        (out / "masks").mkdir(exist_ok=True)
-    except PermissionError as exc:
-        raise ValueError(f"{out}: cannot write here ({exc.strerror})") from None
+    make_folder(out / "images")
+    make_folder(out / "masks")
     write_json(out / SETTINGS, settings)
 
 

@@ -96,21 +96,29 @@ class ARAS:
 
     @classmethod
     def load(cls, folder: str | Path) -> "ARAS":
-        from .fit import PRIOR, TOKENIZER, config_from_dict
+        from .fit import PRIOR, TOKENIZER, read_model_config
         from .prior import PriorConfig
         from .tokenizer import TokenizerConfig
 
         folder = Path(folder)
-        meta = checkpoint.load_config(folder / "aras")
-        cfg = config_from_dict(meta["fit"], folder / "aras.json")
-        policy = checkpoint.build_config(ResolutionPolicy, meta["policy"], folder / "aras.json")
+        meta = read_model_config(folder)
         tok = VQTokenizer(checkpoint.build_config(TokenizerConfig, checkpoint.load_config(folder / TOKENIZER),
                                                   folder / f"{TOKENIZER}.json"))
         checkpoint.load_module(folder / TOKENIZER, tok)
         prior = Prior(checkpoint.build_config(PriorConfig, checkpoint.load_config(folder / PRIOR),
                                               folder / f"{PRIOR}.json"))
         checkpoint.load_module(folder / PRIOR, prior)
-        return cls(tok, prior, policy, cfg.window)
+        return cls(tok, prior, meta.policy, meta.fit.window)
+
+    def _generated(self, cut: _Cut, old: torch.Tensor, new: torch.Tensor, composite: str) -> torch.Tensor:
+        """The crop as the new codes describe it, at source resolution (3, hh, ww) in [0, 1]."""
+        both = torch.stack([new, old]) if composite == "residual" else new[None]
+        decoded = self.tokenizer.decode_codes(both)
+        if composite == "residual":  # only what the prior changed, on top of the real pixels
+            delta = F.interpolate(decoded[:1] - decoded[1:], size=cut.crop.shape[-2:], mode="bilinear",
+                                  align_corners=False)[0]
+            return (cut.crop + delta).clamp(0, 1)
+        return F.interpolate(decoded, size=cut.crop.shape[-2:], mode="bilinear", align_corners=False)[0].clamp(0, 1)
 
     @torch.inference_mode()
     def synthesize(self, image: np.ndarray, mask: np.ndarray, prompt: str, seed: int,
@@ -127,8 +135,7 @@ class ARAS:
         g = torch.Generator().manual_seed(seed)
         res = sample_masked(self.prior, codes, tokens, texts[0], config, g,
                             text_b=texts[1] if prompt_b else None, mix=mix)
-        gen = self.tokenizer.decode_codes(res.codes[None])
-        gen = F.interpolate(gen, size=cut.crop.shape[-2:], mode="bilinear", align_corners=False)[0].clamp(0, 1)
+        gen = self._generated(cut, codes, res.codes, config.composite)
         out = blend(cut.crop, gen, cut.crop_mask, config)
         result = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).clone()
         changed = torch.zeros(h, w, dtype=torch.bool)
