@@ -182,29 +182,19 @@ def score_set(args, key: str, folder: Path) -> dict:
 
 
 # ---- detectors on cached features ----------------------------------------------------------
-def ground_truth(test: list, cached: list) -> list:
-    """Masks over the working image, exactly as evaluate() builds them (None: image metrics only)."""
-    from qarad.data.io import read_mask
-    from qarad.data.mvtec import NORMAL
-
-    out = []
-    for sample, c in zip(test, cached):
-        if sample.mask is not None:
-            out.append(c.layout.mask_to_work(read_mask(sample.mask, c.layout.source_hw)))
-        elif sample.defect_type == NORMAL:
-            out.append(np.zeros(c.layout.work_hw, dtype=bool))
-        else:
-            out.append(None)
-    return out
-
-
-def evaluate_cached(head, cached: list, test: list, masks: list) -> dict:
-    from qarad.detection.evaluate import _metrics  # the function evaluate() computes its metrics with
+def evaluate_cached(head, cached: list, test: list) -> dict:
+    """Metrics exactly as evaluate() grades them (same map/mask pairing, same metric function)."""
+    from qarad.detection.evaluate import _metrics, graded_pair
     from qarad.detection.train import score_cached
 
-    maps, scores = zip(*score_cached(head, cached))
-    pix = [i for i, m in enumerate(masks) if m is not None]
-    return _metrics(list(scores), [s.label for s in test], [maps[i] for i in pix], [masks[i] for i in pix])
+    maps, scores, masks = [], [], []
+    for sample, c, (m, score) in zip(test, cached, score_cached(head, cached)):
+        graded, mask = graded_pair(c.layout, m, sample)
+        if mask is not None:
+            maps.append(graded)
+            masks.append(mask)
+        scores.append(score)
+    return _metrics(scores, [s.label for s in test], maps, masks)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -246,7 +236,6 @@ def run_detectors(args, key: str) -> dict:
     t0 = time.perf_counter()
     with bar(len(test), f"{key}: features, test") as tick:
         cached = cache_images(embedder, [s.image for s in test], FEATURE_BATCH, on_image=tick)
-    masks = ground_truth(test, cached)
     features_s["test"] = time.perf_counter() - t0
 
     methods, speed_head = {}, dataset_dir(args, key) / "speed_head"
@@ -263,7 +252,7 @@ def run_detectors(args, key: str) -> dict:
                                     weighting, on_step=lambda _: tick())
             fit_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            ev = evaluate_cached(head, cached, test, masks)
+            ev = evaluate_cached(head, cached, test)
             runs.append({"seed": seed, **{m: ev[m] for m in METRICS}, "fit_s": fit_s,
                          "eval_s": time.perf_counter() - t0, "threshold": head.threshold_})
             if not methods and len(runs) == 1:

@@ -210,3 +210,18 @@ def test_fit_command_writes_a_model_and_a_rerun_is_a_no_op(tmp_path):
     assert str(out) in message and "other settings" in message
     assert "Traceback" not in other.stderr
     assert _snapshot(out) == before
+
+
+def test_tokenizer_weights_defect_pixels_and_their_edge_only_on_the_defect_half():
+    import torch
+
+    from qarad.synthesis.fit import Corpus, _pixel_weights
+
+    mask = torch.zeros(4, 16, 16, dtype=torch.uint8)
+    mask[:, 8, 8] = 1
+    corpus = Corpus(clean=torch.zeros(4, 16, 16, 3, dtype=torch.uint8), defect=torch.zeros(4, 16, 16, 3, dtype=torch.uint8),
+                    mask=mask, prompts=["a"] * 4, families=["scratch"] * 4)
+    w = _pixel_weights(corpus, torch.arange(4), half=2, defect_weight=10.0)
+    assert w.shape == (4, 1, 16, 16)
+    assert torch.all(w[:2] == 1.0)  # clean windows: plain reconstruction
+    assert torch.all(w[2:, 0, 6:11, 6:11] == 11.0) and w[2:].sum() == 2 * (256 + 25 * 10)

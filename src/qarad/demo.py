@@ -50,7 +50,7 @@ class DemoPlan:
     prior_steps: int = 600
     qaw_steps: int = 300
     n_synth: int = 48  # synthetic defects per category
-    head_steps: int = 600
+    head_steps: int = 500
     weighting: str = "linear"
     seed: int = 0
 

@@ -6,7 +6,6 @@ RUN/metrics.json  written by `qarad eval`
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,13 +69,7 @@ def prepare(out: Path, config: dict, overwrite: bool = False) -> bool:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise RunError(f"{path}: must be a JSON object")
-    return config
+    return checkpoint.load_config(path.with_suffix(""))  # size cap, JSON object, errors name the file
 
 
 def read_config(run: Path) -> dict:

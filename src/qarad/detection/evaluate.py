@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import torch
 
 from .. import metrics as M
 from ..data.io import read_mask
@@ -34,21 +35,31 @@ def _metrics(scores, labels, maps, masks) -> dict[str, float]:
     return out
 
 
+def graded_pair(layout, anomaly_map: np.ndarray, sample: Sample, at_source: bool = True
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The (map, ground-truth mask) pair that pixel metrics grade; mask None = image metrics only."""
+    graded = layout.to_source(torch.from_numpy(anomaly_map)).numpy() if at_source else anomaly_map
+    if sample.mask is not None:
+        mask = read_mask(sample.mask, layout.source_hw)
+        return graded, mask.astype(bool) if at_source else layout.mask_to_work(mask)
+    if sample.defect_type == NORMAL:
+        return graded, np.zeros(graded.shape, dtype=bool)
+    return graded, None  # defect image without mask
+
+
 def evaluate(detector: Detector, samples: list[Sample], batch_size: int = 8,
-             on_image: Callable[[], None] | None = None, curves: bool = False) -> Evaluation:
+             on_image: Callable[[], None] | None = None, curves: bool = False, at_source: bool = True) -> Evaluation:
+    """Pixel metrics are computed at each image's source resolution by default (the map is
+    upsampled, the mask read as it is), so every policy is graded on the same pixels with the same
+    weight per image; `at_source=False` grades the working-resolution maps instead."""
     import time
 
     ev = Evaluation()
     maps, masks = [], []
     start = time.perf_counter()
     for sample, res in zip(samples, score_images(detector, [s.image for s in samples], batch_size, on_image=on_image)):
-        if sample.mask is not None:
-            mask = res.layout.mask_to_work(read_mask(sample.mask, res.layout.source_hw))
-        elif sample.defect_type == NORMAL:
-            mask = np.zeros(res.anomaly_map.shape, dtype=bool)
-        else:
-            mask = None  # defect image without mask: image metrics only
-        maps.append(res.anomaly_map)
+        graded, mask = graded_pair(res.layout, res.anomaly_map, sample, at_source)
+        maps.append(graded)
         masks.append(mask)
         ev.records.append({"path": str(sample.image), "defect_type": sample.defect_type, "score": res.score,
                            "anomalous": bool(res.score > detector.threshold_)})

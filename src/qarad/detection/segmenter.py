@@ -40,7 +40,7 @@ MIN_HOLDOUT = 2  # a standard deviation needs at least two scores
 
 @dataclass(frozen=True)
 class SegmenterConfig:
-    hidden: int = 128
+    hidden: int = 64  # 3x3 convs dominate the cost: 128 channels make every step ~3.5x slower
     focal_gamma: float = 2.0  # 0 gives plain BCE
     lr: float = 1e-3
     steps: int = 1500

@@ -46,6 +46,9 @@ class FitConfig:
     prior_lr: float = 3e-4
     warmup_steps: int = 100
     perceptual_weight: float = 0.5
+    # reconstruction weight of defect pixels relative to the rest: defects cover a few % of a
+    # window, and a codebook fitted to the plain average learns to draw the material, not the defect
+    defect_weight: float = 10.0
     prompt_dropout: float = 0.1
     mask_dilate_px: int = 2
     checkpoint_every: int = 100
@@ -124,6 +127,15 @@ def _augment(x: torch.Tensor, seed: int, step: int) -> torch.Tensor:
     return torch.rot90(x, int(torch.randint(4, (1,), generator=g)), dims=(-2, -1))
 
 
+def _pixel_weights(corpus: Corpus, idx: torch.Tensor, half: int, defect_weight: float) -> torch.Tensor:
+    """(B, 1, S, S) reconstruction weights: 1, and 1 + defect_weight on the (slightly grown)
+    defect masks of the second half of the batch."""
+    masks = corpus.mask[idx[half:]].float()[:, None]
+    grown = F.max_pool2d(masks, 5, stride=1, padding=2)  # the defect's edge is part of the defect
+    clean = torch.zeros(half, *grown.shape[1:])
+    return 1.0 + defect_weight * torch.cat([clean, grown])
+
+
 def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
                   on_step: Callable[[float], None] | None = None) -> VQTokenizer:
     torch.manual_seed(cfg.seed)
@@ -142,11 +154,12 @@ def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
         half = cfg.batch_size // 2  # half clean windows, half with defects: the codebook needs both
         x = torch.cat([corpus.images(idx[:half], "clean"), corpus.images(idx[half:], "defect")])
         x = _augment(x, cfg.seed, step)
+        weight = _augment(_pixel_weights(corpus, idx, half, cfg.defect_weight), cfg.seed, step)
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg.tokenizer_lr, cfg.warmup_steps, cfg.tokenizer_steps)
         with step_rng(cfg.seed, step):  # no global-RNG draw today; any added later stays resumable
             out = model(x)
-            loss = F.l1_loss(out.recon, x) + out.vq_loss
+            loss = (weight * (out.recon - x).abs()).mean() / weight.mean() + out.vq_loss
             if cfg.perceptual_weight:  # LPIPS-style: compare unit-normalised feature vectors
                 f_rec, f_ref = (F.normalize(perceptual(v)[8], dim=1) for v in (out.recon, x))
                 loss = loss + cfg.perceptual_weight * (f_rec - f_ref).pow(2).sum(1).mean()
