@@ -89,11 +89,11 @@ def main_parser() -> argparse.ArgumentParser:
                    help="one category, or several whose normal images are pooled into one model")
     p.add_argument("--out", type=Path, required=True, help="model folder (resumes if it holds the same fit)")
     _add_policy_args(p)
-    p.add_argument("--window", type=int, default=128,
-                   help="working px a side of the local window the prior sees (multiple of 8; default 128)")
+    p.add_argument("--window", type=int, default=64,
+                   help="working px a side of the local window the prior sees (multiple of 8; default 64)")
     p.add_argument("--corpus-size", type=int, default=3000, help="procedural defects rendered for fitting")
-    p.add_argument("--tokenizer-steps", type=int, default=1000)
-    p.add_argument("--prior-steps", type=int, default=1500)
+    p.add_argument("--tokenizer-steps", type=int, default=2000)
+    p.add_argument("--prior-steps", type=int, default=2500)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-train-images", type=int, default=None)
     p.add_argument("--qaw-steps", type=int, default=1500, help="dual-encoder (QAW scorer) training steps")
@@ -114,9 +114,9 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--strength", type=float, default=1.0, help="0..1 blend strength of the new defect")
-    p.add_argument("--composite", choices=["residual", "replace"], default="residual",
-                   help="residual: add the decoded change to the real pixels (keeps texture); "
-                        "replace: paste the decoded window (default residual)")
+    p.add_argument("--composite", choices=["replace", "residual"], default="replace",
+                   help="replace: paste the decoded window; residual: add only the decoded change to the "
+                        "real pixels (keeps texture, subtler defects) (default replace)")
     p.add_argument("--shard", help="i/n: do every n-th sample starting at i (parallel runs)")
     p.add_argument("--workers", type=int, default=1,
                    help="parallel single-threaded processes (e.g. the number of cores; default 1)")

@@ -30,10 +30,11 @@ class SamplerConfig:
     strength: float = 1.0  # multiplies the blending alpha
     dilate_px: int = 4
     feather_px: int = 3
-    # "residual": add decode(new codes) - decode(old codes) to the source pixels, so texture the
-    # tokenizer cannot reproduce survives wherever the prior kept the material; "replace": paste
-    # the decoded window (the paper's plain decode-and-blend).
-    composite: str = "residual"
+    # "replace": paste the decoded window (the paper's decode-and-blend). "residual": add
+    # decode(new codes) - decode(old codes) to the source pixels, keeping the real texture where the
+    # prior kept the material. Replace is the default: on the demo's grass a detector trained on
+    # replace samples scored AUPRO 0.70 vs 0.40 with residual ones (same model and settings).
+    composite: str = "replace"
 
     def __post_init__(self):
         if self.composite not in ("residual", "replace"):

@@ -30,7 +30,7 @@ INIT_STD = 0.02  # GPT-2 / nanoGPT initialisation
 @dataclass(frozen=True)
 class PriorConfig:
     vocab_size: int = 512
-    grid: int = 16  # window side in tokens
+    grid: int = 8  # window side in tokens (FitConfig.window / 8)
     d_model: int = 256
     n_layers: int = 6
     n_heads: int = 8
