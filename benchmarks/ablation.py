@@ -1,7 +1,7 @@
 """Ablation: PatchCore against the detector trained on each kind of synthetic defect, per dataset.
 
     python benchmarks/ablation.py --models magnetic_tile/magnetic_tile=MODEL_DIR [--models KEY=MODEL_DIR ...]
-        [--datasets KEY ...] [--seeds 0 1 2] [--n-synth 300] [--steps 1500] [--work DIR]
+        [--datasets KEY ...] [--seeds 0 1 2] [--n-synth 300] [--steps 500] [--work DIR]
 
 Methods, all with the same backbone, `resize` 256, the same normal images (common.TRAIN_LIMIT)
 and the same seeds:
@@ -408,7 +408,8 @@ def parser() -> argparse.ArgumentParser:
                     help="fitted ARAS model (qarad fit) for a dataset; repeat per dataset")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--n-synth", type=int, default=300, help="synthetic samples per method and dataset")
-    ap.add_argument("--steps", type=int, default=1500, help="head training steps (default: qarad train's)")
+    ap.add_argument("--steps", type=int, default=500,
+                    help="head training steps (default 500: 15 heads per dataset must fit the 2-hour budget)")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="synthetic sets and the speed-check head")
     ap.add_argument("--limit-train", type=int, default=None, help="smoke runs only: at most N normal train images")
     ap.add_argument("--limit-test", type=int, default=None, help="smoke runs only: N test images, half defective")

@@ -70,7 +70,7 @@ def main() -> None:
     report = clone / "runs" / "demo" / "report.html"
     summary = json.loads((clone / "runs" / "demo" / "summary.json").read_text())
     shot = screenshot(report, SCREENSHOT)
-    results = {"wall_minutes": round(minutes, 2), "report": str(report),
+    results = {"wall_minutes": round(minutes, 2), "report": str(report.relative_to(clone)),  # inside the clone
                "screenshot": str(SCREENSHOT.relative_to(common.ROOT)) if shot else None,
                "metrics": {c: {m: v for m, v in s.items() if m in ("qarad", "patchcore")}
                            for c, s in summary.items() if isinstance(s, dict)},

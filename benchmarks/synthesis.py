@@ -122,6 +122,24 @@ def speed(aras, goods: list[str], n_speed: int, n_naive: int, seed: int) -> dict
             "naive_tokens": grid * grid, "n_speed": n_speed, "n_naive": n_naive}
 
 
+def cli_speed(model: Path, goods: list[str], n: int, workers: tuple[int, ...] = (1, 2)) -> dict:
+    """`qarad synth` samples / s as a user runs it (process start and model load included), with 1 and
+    with 2 worker processes over the same n samples, one after the other."""
+    import subprocess
+    import tempfile
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for w in workers:
+            cmd = [sys.executable, "-m", "qarad.cli", "synth", str(model), "--images", *goods[:n], "--prompts",
+                   "a thin dark scratch", "a small round hole", "a large dark stain", "--auto-masks", "--n", str(n),
+                   "--out", str(Path(tmp) / f"w{w}"), "--workers", str(w)]
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            out[f"workers_{w}"] = n / (time.perf_counter() - t0)
+    return out
+
+
 # ---- 2. language control -----------------------------------------------------------------
 def procedural_renders(train: list[str], policy, window: int, n_per_family: int, seed: int):
     """Procedural renders on working-resolution windows of normal train images -> (windows, covers, labels)."""
@@ -347,6 +365,10 @@ def table(res: dict, dataset: str, gallery_rel: str) -> str:
         f"| {r(res['aras_per_s'], 2)} |",
         f"| naive samples / s (all {res['naive_tokens']} tokens, no KV cache) | {r(res['naive_per_s'], 4)} |",
         f"| speed-up | {r(res['speedup'], 1)}x |",
+        f"| `qarad synth` samples / s, 1 process (start-up and model load included) "
+        f"| {r(res['cli_per_s']['workers_1'], 2)} |",
+        f"| `qarad synth --workers 2` samples / s (two single-threaded processes) "
+        f"| {r(res['cli_per_s']['workers_2'], 2)} |",
         f"| language control top-1, {len(res['language_control_types'])} families, {res['n_per_family']} prompts "
         f"each (chance {r(res['language_control_chance'])}) | {r(res['language_control_top1'])} |",
         f"| classifier top-1 on held-out procedural renders (its ceiling) | {r(res['classifier_holdout_top1'])} |",
@@ -373,6 +395,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="magnetic_tile/magnetic_tile", choices=list(common.DATASETS))
     ap.add_argument("--n-speed", type=int, default=20)
     ap.add_argument("--n-naive", type=int, default=2)
+    ap.add_argument("--n-cli", type=int, default=40, help="samples per `qarad synth --workers 1|2` timing")
     ap.add_argument("--n-per-family", type=int, default=12, help="ARAS samples per family for language control")
     ap.add_argument("--n-render", type=int, default=40, help="procedural renders per family to train the classifier")
     ap.add_argument("--n-kid", type=int, default=120)
@@ -404,6 +427,7 @@ def main() -> None:
     embedder = PatchEmbedder(Backbone(BackboneConfig(strides=(8, 16)))).eval()
     gallery: list = []
     results = speed(aras, goods, args.n_speed, args.n_naive, args.seed)
+    results["cli_per_s"] = cli_speed(args.model, goods, args.n_cli)
     results.update(language_control(aras, embedder, goods, train, args, gallery))
     results.update(realism(aras, embedder, goods, defects, args, gallery))
     results["fit_minutes"] = {args.dataset: fit_minutes(args.model)}

@@ -83,12 +83,17 @@ def _fit(plan: DemoPlan, data: Path, model: Path) -> None:
 
 
 def _synthesize(plan: DemoPlan, data: Path, model: Path, category: str, out: Path) -> float:
-    """Synthesize and score one category's defects; returns synthesis throughput (samples / s)."""
+    """Synthesize and score one category's defects; returns synthesis throughput (samples / s),
+    measured when the samples were made (a resumed demo keeps the first measurement)."""
+    speed_file = out.parent / "synth_speed.json"
+    if speed_file.is_file():
+        return json.loads(speed_file.read_text())["samples_per_s"]
     start = time.perf_counter()
     _verb("synth", model, "--images", data / category / "train" / "good", "--prompts", *PROMPTS,
           "--auto-masks", "--n", plan.n_synth, "--out", out, "--seed", plan.seed)
     per_s = plan.n_synth / (time.perf_counter() - start)
     _verb("score", out)
+    write_json(speed_file, {"samples_per_s": per_s})  # last: its presence means synth and score finished
     return per_s
 
 

@@ -38,7 +38,8 @@ def fit(args) -> int:
     train = [s for category in args.category for s in scan_mvtec(args.data, category, "train")]
     paths = [s.image for s in subsample(train, args.max_train_images, args.seed)]
     meta = {"fit": F.config_dict(cfg), "policy": policy.to_dict(),
-            "data": {"root": str(Path(args.data).resolve()), "category": args.category[0] if len(args.category) == 1 else args.category,
+            "data": {"root": str(Path(args.data).resolve()),
+                     "category": args.category[0] if len(args.category) == 1 else args.category,
                      "max_train_images": args.max_train_images}}
     meta = json.loads(json.dumps(meta))  # tuples -> lists, as they will read back
     existing = out / "aras.json"
@@ -258,8 +259,8 @@ def _worker_argv(args, shard: str) -> list[str]:
 def _synth_in_workers(args, total: int, fresh: bool) -> int:
     """Run `--workers` single-threaded shard processes and merge their manifests.
 
-    Decoding is a long chain of tiny matrix products: one thread per process wastes less time on
-    synchronisation than two threads in one, so N processes give close to N times the samples/s.
+    Decoding is a long chain of tiny matrix products that a second thread barely speeds up, so the
+    cores are better spent on separate samples (BENCHMARKS.md, synthesis speed, has the numbers).
     Each shard resumes on its own; the merged manifest is in id order whatever the split.
     """
     import os
