@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from .. import runs
-from ..data.io import (atomic_path, check_output_folder, is_image_file, make_folder, write_image, write_json,
-                       write_text)
+from ..data.io import (atomic_path, check_output_folder, discarded_on_failure, is_image_file, make_folder,
+                       write_image, write_json, write_text)
 from ..data.mvtec import DatasetError, scan_mvtec, subsample
 from ..data.resolution import ResolutionPolicy
 from ..progress import bar
@@ -51,12 +51,8 @@ def train(args) -> int:
         print(f"{args.out}: this run is already trained; nothing to do (pass --overwrite to retrain)")
         return 0
     paths = [s.image for s in train_set]
-    try:
+    with discarded_on_failure(args.out, created=fresh):  # a bad input found mid-fit
         model = _train_patchcore(args, config, paths) if args.method == "patchcore" else _train_qarad(args, config, paths)
-    except Exception:
-        if fresh:  # a bad input found mid-fit: leave no half-made run folder behind
-            shutil.rmtree(args.out, ignore_errors=True)
-        raise
     model.save(Path(args.out) / runs.MODEL)
     print(f"trained {args.method} on {len(train_set)} normal images, threshold {model.threshold_:.4f}\n"
           f"run folder: {args.out}")

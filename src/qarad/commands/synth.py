@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .. import checkpoint
-from ..data.io import check_output_folder, make_folder, write_json
+from ..data.io import check_output_folder, discarded_on_failure, make_folder, write_json
 from ..data.mvtec import scan_mvtec, subsample
 from ..data.resolution import ResolutionPolicy
 from ..progress import bar
@@ -29,8 +29,6 @@ def fit(args) -> int:
 
     out = check_output_folder(args.out)  # a file in the way or no permission: refuse before any work
     policy = _policy(args)
-    if args.window < 32 or args.window % 8:
-        raise ValueError(f"--window must be a multiple of 8 and at least 32, got {args.window}")
     cfg = F.FitConfig(window=args.window, corpus_size=args.corpus_size, tokenizer_steps=args.tokenizer_steps,
                       prior_steps=args.prior_steps, qaw_steps=args.qaw_steps, batch_size=args.batch_size,
                       seed=args.seed,
@@ -63,13 +61,9 @@ def fit(args) -> int:
         corpus = F.load_corpus(corpus_stem)
         timer.restart()
     else:
-        try:
+        with discarded_on_failure(out, created=fresh):  # a bad image found while rendering: nothing fitted yet
             with bar(cfg.corpus_size, "fit 1/4: render fitting corpus", unit="defect") as tick:
                 corpus = F.build_corpus(paths, policy, cfg, on_sample=tick)
-        except Exception:
-            if fresh:  # a bad image found while rendering: nothing fitted yet, leave no half-made model behind
-                shutil.rmtree(out, ignore_errors=True)
-            raise
         F.save_corpus(corpus_stem, corpus)
         timer.lap("corpus")
 
@@ -237,13 +231,9 @@ def synth(args) -> int:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     if shard is None and args.workers > 1:
         return _synth_in_workers(args, total, fresh)
-    try:
-        with bar(total, "synth") as tick:
-            made = jobs.run(work, make, args.out, "aras", settings, shard, on_done=tick)
-    except Exception:
-        if fresh and not jobs.read_manifest(Path(args.out) / jobs.manifest_name(shard)):
-            shutil.rmtree(args.out, ignore_errors=True)  # nothing made yet: leave no partial output
-        raise
+    made_any = lambda: bool(jobs.read_manifest(Path(args.out) / jobs.manifest_name(shard)))  # noqa: E731
+    with discarded_on_failure(args.out, created=fresh, worth_keeping=made_any), bar(total, "synth") as tick:
+        made = jobs.run(work, make, args.out, "aras", settings, shard, on_done=tick)
     print(f"{made} new samples ({total} in total) in {args.out}")
     return 0
 
@@ -289,9 +279,8 @@ def _synth_in_workers(args, total: int, fresh: bool) -> int:
     if failed:
         logs[failed[0]].seek(0)
         message = (logs[failed[0]].read().strip().splitlines() or ["(no output)"])[-1]
-        if fresh and done() == 0:
-            shutil.rmtree(out, ignore_errors=True)  # nothing made yet: leave no partial output
-        raise ValueError(f"synth worker {failed[0]}/{n} failed: {message}")
+        with discarded_on_failure(out, created=fresh, worth_keeping=lambda: done() > 0):
+            raise ValueError(f"synth worker {failed[0]}/{n} failed: {message}")
     jobs.merge_manifests(out)
     print(f"{total} samples in {out} ({n} workers)")
     return 0

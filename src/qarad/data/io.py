@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -158,6 +159,20 @@ def make_folder(path: str | os.PathLike) -> Path:
     except OSError as exc:  # what os.access cannot foresee: a read-only mount, ACLs, a full disk
         raise OutputError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
     return path
+
+
+@contextmanager
+def discarded_on_failure(folder: str | os.PathLike, created: bool,
+                         worth_keeping: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """If the block raises, remove `folder` when this command created it and nothing in it is
+    worth keeping (finished samples are: a rerun resumes from them), so bad input leaves no
+    half-made output. Ctrl-C is not an error here: what was done stays, to be resumed."""
+    try:
+        yield
+    except Exception:
+        if created and not worth_keeping():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 @contextmanager

@@ -60,6 +60,8 @@ class FitConfig:
     prior: PriorConfig = field(default_factory=PriorConfig)
 
     def __post_init__(self):
+        if self.window < 32 or self.window % 8:
+            raise ValueError(f"window must be a multiple of 8 and at least 32 px, got {self.window}")
         if self.prior.grid * 8 != self.window:
             raise ValueError(f"prior grid {self.prior.grid} tokens does not cover the {self.window}-px window "
                              f"(need grid = window / 8 = {self.window / 8:g})")
