@@ -25,7 +25,8 @@ MEMORY_LIMIT = {"resize": None, "keep-aspect": 16384, "tile": 16384}
 METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
 
 
-def run_one(data_root: Path, key: str, policy_name: str, memory_limit: int | None, size: int = 256) -> dict:
+def run_one(data_root: Path, key: str, policy_name: str, memory_limit: int | None, size: int = 256,
+            scale: float = 1.0) -> dict:
     from qarad.data.mvtec import scan_mvtec, subsample
     from qarad.data.resolution import ResolutionPolicy
     from qarad.detection.evaluate import evaluate
@@ -34,7 +35,7 @@ def run_one(data_root: Path, key: str, policy_name: str, memory_limit: int | Non
     root, cat = common.DATASETS[key]
     train = subsample(scan_mvtec(data_root / root, cat, "train"), common.TRAIN_LIMIT.get(key), seed=0)
     test = scan_mvtec(data_root / root, cat, "test")
-    policy = ResolutionPolicy(mode=policy_name, size=size)
+    policy = ResolutionPolicy(mode=policy_name, size=size, scale=scale)
     model = PatchCore(PatchCoreConfig(memory_limit=memory_limit), policy)
     t0 = time.perf_counter()
     model.fit([s.image for s in train])
@@ -72,13 +73,19 @@ def main() -> None:
                          "'detect-cap' section instead of detect.json)")
     ap.add_argument("--size", type=int, default=256,
                     help="working size (a study like --memory-limit when not 256: writes detect_cap.json)")
-    ap.add_argument("--one", nargs="+", metavar="DATASET POLICY CAP [SIZE]", help=argparse.SUPPRESS)
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="tile scale (a separate study when not 1.0: writes detect_scale.json and the "
+                         "'detect-scale' section)")
+    ap.add_argument("--one", nargs="+", metavar="DATASET POLICY CAP [SIZE [SCALE]]", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        key, policy, cap, size = [*args.one, "256"][:4]
-        print(json.dumps(run_one(args.data, key, policy, None if cap == "none" else int(cap), int(size))))
+        key, policy, cap, size, scale = [*args.one, *["256", "1.0"][len(args.one) - 3:]]
+        print(json.dumps(run_one(args.data, key, policy, None if cap == "none" else int(cap), int(size), float(scale))))
         return
-    study = "detect" if args.memory_limit is None and args.size == 256 else "detect_cap"
+    if args.scale != 1.0 and args.policies != ["tile"]:
+        ap.error("--scale applies to the tile policy only: add --policies tile")
+    study = ("detect_scale" if args.scale != 1.0 else
+             "detect" if args.memory_limit is None and args.size == 256 else "detect_cap")
     partial_path = common.RESULTS / f"{study}.partial.json"
     partial = {} if args.fresh or not partial_path.exists() else json.loads(partial_path.read_text())
     results: dict = {}
@@ -88,13 +95,14 @@ def main() -> None:
             continue
         for policy in args.policies:
             cap = MEMORY_LIMIT[policy] if args.memory_limit is None else args.memory_limit
-            tag = f"{key}|{policy}|{cap}|{args.size}"
+            tag = f"{key}|{policy}|{cap}|{args.size}" + ("" if args.scale == 1.0 else f"|{args.scale}")
             if tag not in partial:
                 print(f"== {key} @ {policy} (bank cap {cap}, size {args.size})", file=sys.stderr, flush=True)
                 partial[tag] = common.run_child(["--data", str(args.data), "--one", key, policy, str(cap).lower(),
-                                                 str(args.size)])
+                                                 str(args.size), str(args.scale)])
                 common.write_json(partial_path, partial)
-            suffix = ("" if args.memory_limit is None else f" cap {cap}") + ("" if args.size == 256 else f" size {args.size}")
+            suffix = (("" if args.memory_limit is None else f" cap {cap}") + ("" if args.size == 256 else f" size {args.size}")
+                      + ("" if args.scale == 1.0 else f" scale {args.scale}"))
             results.setdefault(key, {})[f"patchcore@{policy}{suffix}"] = partial[tag]
         if "patchcore@resize" in results.get(key, {}):
             results[key]["patchcore"] = results[key]["patchcore@resize"]
