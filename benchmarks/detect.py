@@ -73,8 +73,8 @@ def main() -> None:
                          "'detect-cap' section instead of detect.json)")
     ap.add_argument("--size", type=int, default=256,
                     help="working size (a study like --memory-limit when not 256: writes detect_cap.json)")
-    ap.add_argument("--scale", type=float, default=1.0,
-                    help="tile scale (a separate study when not 1.0: writes detect_scale.json and the "
+    ap.add_argument("--scale", type=float, nargs="+", default=[1.0],
+                    help="tile scales (a separate study when not just 1.0: writes detect_scale.json and the "
                          "'detect-scale' section)")
     ap.add_argument("--one", nargs="+", metavar="DATASET POLICY CAP [SIZE [SCALE]]", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -82,9 +82,10 @@ def main() -> None:
         key, policy, cap, size, scale = [*args.one, *["256", "1.0"][len(args.one) - 3:]]
         print(json.dumps(run_one(args.data, key, policy, None if cap == "none" else int(cap), int(size), float(scale))))
         return
-    if args.scale != 1.0 and args.policies != ["tile"]:
+    scale_study = args.scale != [1.0]
+    if scale_study and args.policies != ["tile"]:
         ap.error("--scale applies to the tile policy only: add --policies tile")
-    study = ("detect_scale" if args.scale != 1.0 else
+    study = ("detect_scale" if scale_study else
              "detect" if args.memory_limit is None and args.size == 256 else "detect_cap")
     partial_path = common.RESULTS / f"{study}.partial.json"
     partial = {} if args.fresh or not partial_path.exists() else json.loads(partial_path.read_text())
@@ -93,16 +94,16 @@ def main() -> None:
         if not common.available(args.data, key):
             print(f"skip {key}: not found under {args.data}", file=sys.stderr)
             continue
-        for policy in args.policies:
+        for policy, scale in [(p, s) for p in args.policies for s in (args.scale if p == "tile" else [1.0])]:
             cap = MEMORY_LIMIT[policy] if args.memory_limit is None else args.memory_limit
-            tag = f"{key}|{policy}|{cap}|{args.size}" + ("" if args.scale == 1.0 else f"|{args.scale}")
+            tag = f"{key}|{policy}|{cap}|{args.size}" + ("" if scale == 1.0 else f"|{scale}")
             if tag not in partial:
                 print(f"== {key} @ {policy} (bank cap {cap}, size {args.size})", file=sys.stderr, flush=True)
                 partial[tag] = common.run_child(["--data", str(args.data), "--one", key, policy, str(cap).lower(),
-                                                 str(args.size), str(args.scale)])
+                                                 str(args.size), str(scale)])
                 common.write_json(partial_path, partial)
             suffix = (("" if args.memory_limit is None else f" cap {cap}") + ("" if args.size == 256 else f" size {args.size}")
-                      + ("" if args.scale == 1.0 else f" scale {args.scale}"))
+                      + ("" if scale == 1.0 else f" scale {scale}"))
             results.setdefault(key, {})[f"patchcore@{policy}{suffix}"] = partial[tag]
         if "patchcore@resize" in results.get(key, {}):
             results[key]["patchcore"] = results[key]["patchcore@resize"]
