@@ -86,24 +86,6 @@ def test_restart_dead_codes_reseeds_only_unused_entries():
         torch.testing.assert_close(tok.encode_continuous(images()), q.z_e)
 
 
-def test_restart_dead_codes_draws_by_weight():
-    # dead codes are re-seeded only from encoder outputs with weight (e.g. the badly reconstructed
-    # defect tokens), never from the zero-weight ones
-    tok = tiny_tokenizer()
-    q = tok.encode(images())
-    B, _, h, w = q.z_e.shape
-    weights = torch.zeros(B, h, w)
-    weights[0, 0, 0] = 1.0  # one single output carries all the weight
-    usage = torch.zeros(TINY.codebook_size, dtype=torch.long)  # every code dead
-    n = tok.restart_dead_codes(q.z_e, usage, generator=torch.Generator().manual_seed(0), weights=weights)
-    assert n == TINY.codebook_size
-    target = F.normalize(q.z_e[0, :, 0, 0].detach(), dim=0)
-    share = (tok.codebook.weight.detach() - target).norm(dim=1).lt(1e-5).float().mean()
-    assert float(share) > 0.9  # the 1e-6 floor may draw another output, rarely
-    with pytest.raises(ValueError, match="weights hold"):
-        tok.restart_dead_codes(q.z_e, usage, weights=torch.ones(3))
-
-
 def test_vq_training_step_reduces_loss():
     tok = tiny_tokenizer()
     x = images(b=2, h=16, w=16)

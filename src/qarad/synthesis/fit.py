@@ -175,13 +175,8 @@ def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
                 loss = loss + cfg.perceptual_weight * (f_rec - f_ref).pow(2).sum(1).mean()
             value = optimizer_step(opt, loss, model.parameters())
         usage += model.code_usage(out.codes)
-        if (step + 1) % DEAD_CODE_EVERY == 0:  # re-seed unused codes with this batch's encoder outputs,
-            # drawn by their weighted reconstruction error: defects cover ~3% of the corpus's pixels,
-            # so uniform draws re-seed codes with normal texture and defects never get codes of their own
-            error = F.avg_pool2d((weight * (out.recon - x).abs()).mean(1, keepdim=True).detach(),
-                                 model.config.factor)[:, 0]  # (B, h, w): one value per token
-            model.restart_dead_codes(out.z_e, usage, generator=torch.Generator().manual_seed(cfg.seed + step),
-                                     weights=error)
+        if (step + 1) % DEAD_CODE_EVERY == 0:  # re-seed unused codes with this batch's encoder outputs
+            model.restart_dead_codes(out.z_e, usage, generator=torch.Generator().manual_seed(cfg.seed + step))
             usage.zero_()
         if (step + 1) % cfg.checkpoint_every == 0:
             save_state(state_stem, model, opt, step + 1, {"stage": TOKENIZER}, buffers={"usage": usage})

@@ -170,14 +170,10 @@ class VQTokenizer(nn.Module):
 
     @torch.no_grad()
     def restart_dead_codes(self, z_e_samples: torch.Tensor, usage_counts: torch.Tensor,
-                           threshold: int = 1, generator: torch.Generator | None = None,
-                           weights: torch.Tensor | None = None) -> int:
+                           threshold: int = 1, generator: torch.Generator | None = None) -> int:
         """Re-seed codes used fewer than `threshold` times with random encoder outputs.
 
         z_e_samples: (N, code_dim) or (B, code_dim, h, w) encoder outputs; usage_counts: (K,).
-        weights: optional (N,) or (B, h, w) non-negative sampling weights per encoder output (e.g.
-        its reconstruction error): rare content that no code describes yet, such as defects on a
-        batch of mostly normal texture, is then what dead codes are re-seeded with; uniform if None.
         Returns the number of codes restarted. The caller resets its usage counts afterwards.
         """
         if z_e_samples.dim() == 4:
@@ -185,15 +181,8 @@ class VQTokenizer(nn.Module):
         dead = torch.nonzero(usage_counts.to(self.codebook.weight.device) < threshold).flatten()
         if dead.numel() == 0 or z_e_samples.shape[0] == 0:
             return 0
-        device = generator.device if generator is not None else "cpu"
-        if weights is None:
-            pick = torch.randint(z_e_samples.shape[0], (dead.numel(),), generator=generator, device=device)
-        else:
-            w = weights.detach().reshape(-1).float().clamp_min(0).to(device)
-            if w.shape[0] != z_e_samples.shape[0]:
-                raise ValueError(f"weights hold {w.shape[0]} entries for {z_e_samples.shape[0]} encoder outputs")
-            w = w + w.sum() * 1e-6 / w.shape[0] + 1e-12  # every output stays possible; all-zero -> uniform
-            pick = torch.multinomial(w, dead.numel(), replacement=True, generator=generator)
+        pick = torch.randint(z_e_samples.shape[0], (dead.numel(),), generator=generator,
+                             device=generator.device if generator is not None else "cpu")
         samples = F.normalize(z_e_samples.detach().float(), dim=1, eps=NORM_EPS)[pick.to(z_e_samples.device)]
         self.codebook.weight[dead] = samples.to(self.codebook.weight)
         return int(dead.numel())
