@@ -175,7 +175,7 @@ def score_set(args, key: str, folder: Path) -> dict:
     scorer = load_dual_encoder(model_dir / QAW)
     t0 = time.perf_counter()
     with bar(len(entries), f"{key}: QAW scores", unit="sample") as tick:
-        score_folder(folder, scorer, model.policy, model.fit.window, on_sample=tick)
+        score_folder(folder, scorer, model.policy, model.fit.window_rule, on_sample=tick)
     timing["score_s"] = time.perf_counter() - t0
     common.write_json(folder / TIMING, timing)
     return timing

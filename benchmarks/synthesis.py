@@ -57,12 +57,12 @@ def load(path: str) -> tuple[np.ndarray, np.ndarray]:
     return image, foreground_mask(image)
 
 
-def cut(image: np.ndarray, mask: np.ndarray, policy, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+def cut(image: np.ndarray, mask: np.ndarray, policy, rule) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's window around `mask` (3, S, S) and the mask's coverage of it (S, S) in [0, 1]."""
     from qarad.synthesis.pipeline import crop_window
 
-    win, crop_mask = crop_window(image, mask, policy, window)
-    cover = F.interpolate(crop_mask[None, None].float(), size=(window, window), mode="area")[0, 0]
+    win, crop_mask = crop_window(image, mask, policy, rule)
+    cover = F.interpolate(crop_mask[None, None].float(), size=(rule.side, rule.side), mode="area")[0, 0]
     return win, cover
 
 
@@ -159,20 +159,23 @@ def through_tokenizer(tokenizer, window: torch.Tensor, cover: torch.Tensor) -> t
     return torch.where(cover[None] > 0, recon, window)
 
 
-def procedural_renders(train: list[str], policy, window: int, n_per_family: int, seed: int):
-    """Procedural renders on working-resolution windows of normal train images -> (windows, covers, labels)."""
+def procedural_renders(train: list[str], policy, rule, n_per_family: int, seed: int):
+    """Procedural renders on working-resolution windows of normal train images, each re-cut around
+    its mask by the model's window rule, as the fitting corpus is -> (windows, covers, labels)."""
     from qarad.data.io import read_image
     from qarad.defects.corpus import CorpusConfig, make_sample
     from qarad.defects.vocab import FAMILIES
+    from qarad.synthesis.fit import zoom_to_mask
 
-    config, wins, covers, labels = CorpusConfig(window=window), [], [], []
+    config, wins, covers, labels = CorpusConfig(window=rule.side), [], [], []
     for i in tqdm(range(n_per_family * len(FAMILIES)), desc="language: procedural renders", unit="render"):
         image = read_image(train[i % len(train)])
         work = policy.layout(*image.shape[:2]).to_work(image).permute(1, 2, 0).numpy()
         s = make_sample(work, np.random.default_rng([seed, 2, i]), config, family=FAMILIES[i % len(FAMILIES)])
         if s.mask.any():  # a render that changed nothing has no region to describe
-            wins.append(torch.from_numpy(s.defect).permute(2, 0, 1))
-            covers.append(torch.from_numpy(s.mask).float())
+            _, defect, region = zoom_to_mask(s.clean, s.defect, s.mask, rule)
+            wins.append(torch.from_numpy(defect).permute(2, 0, 1))
+            covers.append(torch.from_numpy(region).float())
             labels.append(i % len(FAMILIES))
     return wins, covers, torch.tensor(labels)
 
@@ -200,7 +203,7 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, k: int, seed: int):
 def language_control(aras, embedder, goods, train, args, gallery: list) -> dict:
     from qarad.defects.vocab import FAMILIES
 
-    wins, covers, labels = procedural_renders(train, aras.policy, aras.window, args.n_render, args.seed)
+    wins, covers, labels = procedural_renders(train, aras.policy, aras.rule, args.n_render, args.seed)
     x = features(embedder, wins, covers, side=CLASSIFIER_SIDE)
     held = torch.from_numpy(np.random.default_rng([args.seed, 3]).random(len(labels)) < HOLDOUT)
     predict = fit_logreg(x[~held], labels[~held], len(FAMILIES), args.seed)
@@ -225,7 +228,7 @@ def language_control(aras, embedder, goods, train, args, gallery: list) -> dict:
                 unchanged += 1
                 pred.append(-1)  # nothing changed: counts as a miss
                 continue
-            win, cover = cut(out.image, out.mask, aras.policy, aras.window)
+            win, cover = cut(out.image, out.mask, aras.policy, aras.rule)
             pred.append(int(predict(features(embedder, [win], [cover], side=CLASSIFIER_SIDE))[0]))
             if family not in seen:  # the first changed sample of each family goes to the gallery
                 seen.add(family)
@@ -284,7 +287,7 @@ def real_features(aras, embedder, defects, n: int, seed: int) -> torch.Tensor:
         image = read_image(defects[i].image)
         mask = read_mask(defects[i].mask, image.shape[:2])
         if mask.any():
-            win, cover = cut(image, mask, aras.policy, aras.window)
+            win, cover = cut(image, mask, aras.policy, aras.rule)
             wins.append(win)
             covers.append(cover)
     return features(embedder, wins, covers)
@@ -311,7 +314,7 @@ def synthetic_sets(aras, goods, n: int, seed: int, gallery: list) -> dict:
         perl = perlin_texture(image, np.random.default_rng(key + [2]), foreground=fg)
         for name, res in (("aras", out), ("procedural", proc), ("perlin", perl)):
             if res.mask.any():  # keep only the window: whole images of 3 x n samples add up
-                win, cover = cut(res.image, res.mask, aras.policy, aras.window)
+                win, cover = cut(res.image, res.mask, aras.policy, aras.rule)
                 made[name].append((win, cover, seam(image, res.image, res.mask)))
             else:
                 empty[name] += 1
@@ -342,7 +345,7 @@ def realism(aras, embedder, goods, defects, args, gallery: list) -> dict:
 
 
 # ---- report ------------------------------------------------------------------------------
-def gallery_png(items: list, policy, window: int, path: Path, tile: int = 160) -> None:
+def gallery_png(items: list, policy, rule, path: Path, tile: int = 160) -> None:
     """Rows of (source window | result window, mask outlined in red just outside it), prompt underneath."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -357,7 +360,7 @@ def gallery_png(items: list, policy, window: int, path: Path, tile: int = 160) -
             x0, y0 = c * (cell_w + 2 * pad) + pad, r * (cell_h + pad) + pad
             pics = []
             for img in (before, after):
-                win, cover = cut(img, mask, policy, window)
+                win, cover = cut(img, mask, policy, rule)
                 pics.append(win.permute(1, 2, 0).numpy())
             grown = ndimage.binary_dilation(cover.numpy() > 0, np.ones((3, 3), bool), iterations=2)
             outline = grown ^ ndimage.binary_erosion(grown, np.ones((3, 3), bool))  # just outside the mask
@@ -460,7 +463,7 @@ def main() -> None:
                    runtime_s=round(time.perf_counter() - t0, 1), peak_rss_mb=round(common.peak_rss_mb()))
     gallery_path = args.gallery or args.out_json.with_name(
         "gallery.png" if args.out_json.parent == common.RESULTS else args.out_json.stem + "_gallery.png")
-    gallery_png(gallery, aras.policy, aras.window, gallery_path)
+    gallery_png(gallery, aras.policy, aras.rule, gallery_path)
     common.write_json(args.out_json, common.envelope(results))
     try:
         rel = gallery_path.resolve().relative_to(common.ROOT).as_posix()

@@ -279,7 +279,7 @@ def test_residual_composite_changes_nothing_where_the_codes_are_kept(tmp_path):
     image = np.random.default_rng(0).random((48, 40, 3), dtype=np.float32)
     mask = np.zeros((48, 40), bool)
     mask[10:20, 12:22] = True
-    cut = _cut(image, mask, model.policy, model.window)
+    cut = _cut(image, mask, model.policy, model.rule)
     codes = model.tokenizer.encode(cut.window[None]).codes[0]
     kept = model._generated(cut, codes, codes, "residual")
     assert torch.equal(kept, cut.crop.clamp(0, 1))  # the real texture, not the tokenizer's blurry copy
@@ -297,7 +297,7 @@ def test_residual_composite_adds_exactly_the_decoded_change(tmp_path):
     image = np.full((32, 32, 3), 0.5, np.float32)
     mask = np.zeros((32, 32), bool)
     mask[8:16, 8:16] = True
-    cut = _cut(image, mask, model.policy, model.window)
+    cut = _cut(image, mask, model.policy, model.rule)
     old = model.tokenizer.encode(cut.window[None]).codes[0]
     new = (old + 1) % model.tokenizer.config.codebook_size
     with torch.no_grad():

@@ -124,7 +124,7 @@ def score(args) -> int:
     scorer = load_dual_encoder(Path(model_dir) / QAW)
     n = len(jobs.read_manifest(Path(args.synth_dir) / jobs.MANIFEST))
     with bar(n, "score (QAW)") as tick:
-        scores = score_folder(args.synth_dir, scorer, model.policy, model.fit.window, on_sample=tick)
+        scores = score_folder(args.synth_dir, scorer, model.policy, model.fit.window_rule, on_sample=tick)
     s = np.asarray(scores)
     print(f"scored {len(s)} samples: mean {s.mean():.3f}, min {s.min():.3f}, max {s.max():.3f}\n"
           f"manifest: {Path(args.synth_dir) / jobs.MANIFEST}")

@@ -1,7 +1,8 @@
 """QAW scores for a synthesis output folder: each sample's region vs its prompt (Qian et al. 2508.03539).
 
-The dual encoder was trained on 128 px windows around defects, so each synthetic sample is
-scored on the same kind of window, cut around its mask at the run's working scale.
+The dual encoder was trained on the fitting corpus, windows cut around each defect by the model's
+window rule, so each synthetic sample is scored on the same kind of window, cut around its mask
+by that rule at the run's working scale.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..data.io import read_image, read_mask, write_text
 from ..data.resolution import ResolutionPolicy
 from ..synthesis.jobs import MANIFEST, read_manifest
 from ..synthesis.pipeline import crop_window
+from ..synthesis.window import WindowRule
 from ..text import TextEncoder
 from .dual_encoder import DualEncoder
 from .fit import default_features_fn
@@ -24,13 +26,13 @@ from .fit import default_features_fn
 
 @torch.no_grad()
 def score_sample(model: DualEncoder, features_fn, text: torch.Tensor, image: np.ndarray, mask: np.ndarray,
-                 policy: ResolutionPolicy, window: int) -> float:
-    crop, crop_mask = crop_window(image, mask, policy, window)
-    region = F.interpolate(crop_mask[None, None].float(), size=(window, window), mode="area")[0]
+                 policy: ResolutionPolicy, rule: WindowRule) -> float:
+    crop, crop_mask = crop_window(image, mask, policy, rule)
+    region = F.interpolate(crop_mask[None, None].float(), size=(rule.side, rule.side), mode="area")[0]
     return float(model.score(features_fn(crop[None]), region, text[None])[0])
 
 
-def score_folder(synth_dir: Path, model: DualEncoder, policy: ResolutionPolicy, window: int,
+def score_folder(synth_dir: Path, model: DualEncoder, policy: ResolutionPolicy, rule: WindowRule,
                  on_sample: Callable[[], None] | None = None) -> list[float]:
     """Write a score into every manifest line (atomically: the manifest is replaced at the end)."""
     synth_dir = Path(synth_dir)
@@ -43,7 +45,7 @@ def score_folder(synth_dir: Path, model: DualEncoder, policy: ResolutionPolicy, 
     for entry, t in zip(entries, text):
         image = read_image(synth_dir / entry["image"])
         mask = read_mask(synth_dir / entry["mask"], image.shape[:2])
-        entry["score"] = round(score_sample(model, features_fn, t, image, mask, policy, window), 6)
+        entry["score"] = round(score_sample(model, features_fn, t, image, mask, policy, rule), 6)
         scores.append(entry["score"])
         if on_sample:
             on_sample()

@@ -24,8 +24,10 @@ from ..defects.corpus import CorpusConfig, make_sample
 from ..text import TextEncoder
 from ..training import load_state, optimizer_step, save_state, step_rng
 from .aras import token_mask_from_pixels
+from .pipeline import to_window
 from .prior import Prior, PriorConfig
 from .tokenizer import TokenizerConfig, VQTokenizer
+from .window import LEGACY_MAX_ZOOM, WindowRule
 
 CORPUS = "corpus"
 TOKENIZER = "tokenizer"
@@ -38,8 +40,11 @@ DEAD_CODE_EVERY = 100  # steps between dead-code restarts
 class FitConfig:
     # working px a side; the prior's grid is window / 8 tokens. Token detail is the same at any
     # window (factor 8); 64 px = 8x8 tokens costs a quarter of 128 per step, so the fit affords
-    # more steps in the same time. Masks larger than the window are fitted by scaling the crop.
+    # more steps in the same time. The window is cut around each mask by `window_rule`.
     window: int = 64
+    # window px per working px, at most: small defects are zoomed in until they span half the
+    # window, so they cover several tokens instead of one (window.py)
+    max_zoom: float = 4.0
     corpus_size: int = 3000
     tokenizer_steps: int = 2000
     prior_steps: int = 2500
@@ -62,9 +67,14 @@ class FitConfig:
     def __post_init__(self):
         if self.window < 32 or self.window % 8:
             raise ValueError(f"window must be a multiple of 8 and at least 32 px, got {self.window}")
+        WindowRule(self.window, self.max_zoom)  # checks max_zoom
         if self.prior.grid * 8 != self.window:
             raise ValueError(f"prior grid {self.prior.grid} tokens does not cover the {self.window}-px window "
                              f"(need grid = window / 8 = {self.window / 8:g})")
+
+    @property
+    def window_rule(self) -> WindowRule:
+        return WindowRule(self.window, self.max_zoom)
 
 
 @dataclass
@@ -84,9 +94,25 @@ def _uint8(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8))
 
 
+def zoom_to_mask(clean: np.ndarray, defect: np.ndarray, mask: np.ndarray, rule: WindowRule
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Re-cut a rendered crop (working px) around its mask by `rule`, inside the crop, resized to
+    the window: the view synthesis will have of a mask of that size. An empty mask keeps the crop."""
+    if not mask.any():
+        return clean, defect, mask
+    y0, x0, y1, x1 = rule.box(mask, (1.0, 1.0), limit=True)
+    pair = torch.from_numpy(np.concatenate([clean, defect], axis=2)[y0:y1, x0:x1]).permute(2, 0, 1)
+    pair = torch.cat([to_window(pair[:3], rule.side), to_window(pair[3:], rule.side)])
+    region = F.interpolate(torch.from_numpy(mask[y0:y1, x0:x1])[None, None].float(), size=(rule.side,) * 2,
+                           mode="area")[0, 0] > 0.5
+    out = pair.permute(1, 2, 0).numpy()
+    return out[..., :3], out[..., 3:], region.numpy()
+
+
 def build_corpus(paths: list[Path], policy: ResolutionPolicy, cfg: FitConfig,
                  on_sample: Callable[[], None] | None = None) -> Corpus:
-    """Render `corpus_size` defects on windows of the normal images, a few per image, streaming."""
+    """Render `corpus_size` defects on windows of the normal images, a few per image, streaming,
+    each re-cut around its mask by the model's window rule."""
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(paths))[: cfg.corpus_size]
     per_image = math.ceil(cfg.corpus_size / len(order))
@@ -97,9 +123,10 @@ def build_corpus(paths: list[Path], policy: ResolutionPolicy, cfg: FitConfig,
         work = policy.layout(*image.shape[:2]).to_work(image).permute(1, 2, 0).numpy()
         for _ in range(min(per_image, cfg.corpus_size - len(prompts))):
             s = make_sample(work, rng, ccfg)
-            clean.append(_uint8(s.clean))
-            defect.append(_uint8(s.defect))
-            mask.append(torch.from_numpy(s.mask.astype(np.uint8)))
+            c, d, m = zoom_to_mask(s.clean, s.defect, s.mask, cfg.window_rule)
+            clean.append(_uint8(c))
+            defect.append(_uint8(d))
+            mask.append(torch.from_numpy(m.astype(np.uint8)))
             prompts.append(s.prompt)
             families.append(s.params.family)
             if on_sample:
@@ -231,6 +258,7 @@ def config_from_dict(values: dict, source) -> FitConfig:
     if not isinstance(values, dict):
         raise checkpoint.CheckpointError(f"{source}: FitConfig must be a JSON object, got {type(values).__name__}")
     values = dict(values)
+    values.setdefault("max_zoom", LEGACY_MAX_ZOOM)  # fitted before windows zoomed: keep their view
     tok = checkpoint.build_config(TokenizerConfig, values.pop("tokenizer", {}), source)
     pri = checkpoint.build_config(PriorConfig, values.pop("prior", {}), source)
     return checkpoint.build_config(FitConfig, {**values, "tokenizer": tok, "prior": pri}, source)

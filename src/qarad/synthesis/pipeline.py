@@ -1,8 +1,8 @@
 """ARAS on whole images: cut a local window around the mask, re-sample its masked tokens, blend back.
 
 Only the window around the mask is tokenized, so cost does not depend on image size. The
-window is taken at the run's working scale (its resolution policy), resized to the prior's
-window, and the generated pixels are resized back and blended at the *source* resolution:
+window is sized to the mask (window.py: the mask spans half of it, zoomed in up to
+`max_zoom`) at the run's working scale (its resolution policy), resized to the prior's window, and the generated pixels are resized back and blended at the *source* resolution:
 every pixel outside the dilated mask is bit-identical to the input image.
 """
 from __future__ import annotations
@@ -21,8 +21,7 @@ from ..text import TextEncoder
 from .aras import SamplerConfig, blend, sample_masked, token_mask_from_pixels
 from .prior import Prior
 from .tokenizer import VQTokenizer
-
-CONTEXT_MARGIN = 16  # working px of untouched context kept around the mask inside the window
+from .window import WindowRule
 
 
 @dataclass
@@ -31,21 +30,6 @@ class SynthResult:
     mask: np.ndarray  # (H, W) bool, the pixels that actually changed
     steps: int  # sequential decoding steps (= masked tokens)
     window: tuple[int, int, int, int]  # y0, x0, y1, x1 in source px
-
-
-def _window(mask: np.ndarray, scale_yx: tuple[float, float], side: int) -> tuple[int, int, int, int]:
-    """Source-pixel rectangle of `side` working px (or more, to fit the mask) centred on the mask."""
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
-        raise ValueError("mask is empty: nothing to synthesize")
-    sy, sx = scale_yx
-    need = max(side, (ys.max() - ys.min() + 1) * sy + 2 * CONTEXT_MARGIN,
-               (xs.max() - xs.min() + 1) * sx + 2 * CONTEXT_MARGIN)
-    hh, ww = max(1, round(need / sy)), max(1, round(need / sx))
-    cy, cx = (ys.min() + ys.max() + 1) // 2, (xs.min() + xs.max() + 1) // 2
-    y0 = int(np.clip(cy - hh // 2, 0, max(0, mask.shape[0] - hh)))
-    x0 = int(np.clip(cx - ww // 2, 0, max(0, mask.shape[1] - ww)))
-    return y0, x0, y0 + hh, x0 + ww
 
 
 def _crop(arr: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
@@ -67,31 +51,37 @@ class _Cut:
     window: torch.Tensor  # (3, S, S) crop resized to the prior's window
 
 
-def _cut(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, window: int) -> _Cut:
+def to_window(crop: torch.Tensor, side: int) -> torch.Tensor:
+    """(3, h, w) float crop -> (3, side, side) in [0, 1], the way every window is resized."""
+    return F.interpolate(crop[None].float(), size=(side, side), mode="bilinear", antialias=True,
+                         align_corners=False)[0].clamp(0, 1)
+
+
+def _cut(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, rule: WindowRule) -> _Cut:
     h, w = image.shape[:2]
     if mask.shape != (h, w):
         raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}")
     work_h, work_w = policy.layout(h, w).work_hw
-    box = _window(mask, (work_h / h, work_w / w), window)
+    box = rule.box(mask, (work_h / h, work_w / w))
     crop = _crop(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), box)
-    resized = F.interpolate(crop[None], size=(window, window), mode="bilinear", antialias=True, align_corners=False)
-    return _Cut(box, crop, _crop(torch.from_numpy(mask)[None], box)[0], resized[0].clamp(0, 1))
+    return _Cut(box, crop, _crop(torch.from_numpy(mask)[None], box)[0], to_window(crop, rule.side))
 
 
-def crop_window(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, window: int
+def crop_window(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, rule: WindowRule
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (3, window, window) image crop around `mask` at the policy's working scale, and the
-    mask over that crop at source resolution (as used by the QAW scorer and benchmarks)."""
-    cut = _cut(image, mask, policy, window)
+    """The (3, S, S) image window around `mask` cut by `rule` at the policy's working scale, and
+    the mask over that crop at source resolution (as used by the QAW scorer and benchmarks)."""
+    cut = _cut(image, mask, policy, rule)
     return cut.window, cut.crop_mask
 
 
 class ARAS:
     """A fitted tokenizer + prior with the run's resolution policy; `synthesize` one sample at a time."""
 
-    def __init__(self, tokenizer: VQTokenizer, prior: Prior, policy: ResolutionPolicy, window: int,
+    def __init__(self, tokenizer: VQTokenizer, prior: Prior, policy: ResolutionPolicy, rule: WindowRule,
                  text: TextEncoder | None = None):
-        self.tokenizer, self.prior, self.policy, self.window = tokenizer.eval(), prior.eval(), policy, window
+        self.tokenizer, self.prior, self.policy, self.rule = tokenizer.eval(), prior.eval(), policy, rule
+        self.window = rule.side
         self.text = text or TextEncoder()
 
     @classmethod
@@ -108,7 +98,7 @@ class ARAS:
         prior = Prior(checkpoint.build_config(PriorConfig, checkpoint.load_config(folder / PRIOR),
                                               folder / f"{PRIOR}.json"))
         checkpoint.load_module(folder / PRIOR, prior)
-        return cls(tok, prior, meta.policy, meta.fit.window)
+        return cls(tok, prior, meta.policy, meta.fit.window_rule)
 
     def _generated(self, cut: _Cut, old: torch.Tensor, new: torch.Tensor, composite: str) -> torch.Tensor:
         """The crop as the new codes describe it, at source resolution (3, hh, ww) in [0, 1]."""
@@ -124,7 +114,7 @@ class ARAS:
     def synthesize(self, image: np.ndarray, mask: np.ndarray, prompt: str, seed: int,
                    config: SamplerConfig = SamplerConfig(), prompt_b: str | None = None, mix: float = 0.0) -> SynthResult:
         h, w = image.shape[:2]
-        cut = _cut(image, mask, self.policy, self.window)
+        cut = _cut(image, mask, self.policy, self.rule)
         s = self.window
         m = F.interpolate(cut.crop_mask[None, None].float(), size=(s, s), mode="area")[0, 0] > 0
         # blend dilates by dilate_px *source* px; re-sample every token that blending can reach
