@@ -154,6 +154,16 @@ def test_fit_on_a_bad_image_leaves_no_model_folder(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_fit_refuses_a_zoom_below_one_before_any_work(tmp_path, capsys):
+    from conftest import make_mvtec_tree
+
+    data = make_mvtec_tree(tmp_path / "data", size=(64, 64), n_train=2)
+    out = tmp_path / "model"
+    assert main(["fit", "--data", str(data), "--category", "widget", "--out", str(out), "--max-zoom", "0.5"]) == 2
+    assert "max_zoom must be at least 1" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("where", [(), ("fit",), ("fit", "tokenizer"), ("fit", "prior"), ("policy",), ("data",)])
 def test_aras_json_with_an_unknown_key_is_refused(setup, tmp_path, capsys, where):
     import shutil

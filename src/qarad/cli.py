@@ -91,8 +91,11 @@ def main_parser() -> argparse.ArgumentParser:
     _add_policy_args(p)
     p.add_argument("--window", type=int, default=64,
                    help="working px a side of the local window the prior sees (multiple of 8; default 64)")
+    p.add_argument("--max-zoom", type=float, default=4.0,
+                   help="window px per working px at most: small masks are zoomed in until they span half "
+                        "the window (default 4; 1 = never zoom in)")
     p.add_argument("--corpus-size", type=int, default=3000, help="procedural defects rendered for fitting")
-    p.add_argument("--tokenizer-steps", type=int, default=2000)
+    p.add_argument("--tokenizer-steps", type=int, default=4000)
     p.add_argument("--prior-steps", type=int, default=2500)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-train-images", type=int, default=None)
