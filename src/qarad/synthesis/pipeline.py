@@ -1,9 +1,10 @@
 """ARAS on whole images: cut a local window around the mask, re-sample its masked tokens, blend back.
 
 Only the window around the mask is tokenized, so cost does not depend on image size. The
-window is sized to the mask (window.py: the mask spans half of it, zoomed in up to
-`max_zoom`) at the run's working scale (its resolution policy), resized to the prior's window, and the generated pixels are resized back and blended at the *source* resolution:
-every pixel outside the dilated mask is bit-identical to the input image.
+window is sized to the mask (window.py: the mask spans half of it, zoomed in up to `max_zoom`)
+at the run's working scale (its resolution policy) and resized to the prior's window; the
+generated pixels are resized back and blended at the *source* resolution: every pixel outside
+the dilated mask is bit-identical to the input image.
 """
 from __future__ import annotations
 
