@@ -5,9 +5,10 @@
 MODEL_DIR is a fitted ARAS model (`qarad fit`). Measured, side by side in one process:
 * speed: ARAS.synthesize end to end (cached sampler, masked tokens only) vs the same pipeline
   with `naive_resample` (whole token grid, one uncached forward pass per code), samples / s;
-* language control: a logistic-regression family classifier trained on procedural renders
-  (region_pool of backbone features of the window upsampled to CLASSIFIER_SIDE) labels the
-  region ARAS changed for prompts of each family. Two ceilings are reported with it: the
+* language control: a logistic-regression family classifier trained on procedural renders, cut
+  by the model's window rule as its fitting corpus is (region_pool of backbone features of the
+  window upsampled to CLASSIFIER_SIDE), labels the region ARAS changed for prompts of each
+  family. Two ceilings are reported with it: the
   classifier on held-out renders, and on the same renders after tokenizer encode/decode;
 * realism: KID (cubic polynomial kernel, Binkowski et al. 2018) between real defect regions of
   the test split and each method's synthetic regions, on region_pool features (304-d:
