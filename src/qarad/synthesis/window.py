@@ -3,7 +3,7 @@
 The tokenizer sees the world in 8x8-pixel cells. A defect a few working pixels across fills
 one or two cells, and a factor-8 code cannot carry a scratch or a pit that small: on magnetic
 tile, with windows cut at working scale, the tokenizer's encode/decode kept 0.19 of the defect
-families a classifier recognised (0.43 with this rule; benchmarks/synthesis.py,
+families a classifier recognised (0.44-0.48 with this rule; benchmarks/synthesis.py,
 `tokenizer_ceiling_top1`). So the window is sized to the mask: the mask's bounding box spans
 half the window (a quarter of it stays context on each side), zooming in up to `max_zoom` for
 small masks and out, without limit, for large ones. The fitting corpus is cut with the same rule,
