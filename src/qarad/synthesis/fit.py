@@ -70,7 +70,7 @@ class FitConfig:
     def __post_init__(self):
         if self.window < 32 or self.window % 8:
             raise ValueError(f"window must be a multiple of 8 and at least 32 px, got {self.window}")
-        WindowRule(self.window, self.max_zoom)  # checks max_zoom
+        self.window_rule  # building the rule checks max_zoom
         if self.prior.grid * 8 != self.window:
             raise ValueError(f"prior grid {self.prior.grid} tokens does not cover the {self.window}-px window "
                              f"(need grid = window / 8 = {self.window / 8:g})")
@@ -104,12 +104,14 @@ def zoom_to_mask(clean: np.ndarray, defect: np.ndarray, mask: np.ndarray, rule: 
     if not mask.any():
         return clean, defect, mask
     y0, x0, y1, x1 = rule.box(mask, (1.0, 1.0), limit=True)
-    pair = torch.from_numpy(np.concatenate([clean, defect], axis=2)[y0:y1, x0:x1]).permute(2, 0, 1)
-    pair = torch.cat([to_window(pair[:3], rule.side), to_window(pair[3:], rule.side)])
+
+    def cut(image: np.ndarray) -> np.ndarray:
+        crop = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).permute(2, 0, 1)
+        return to_window(crop, rule.side).permute(1, 2, 0).numpy()
+
     region = F.interpolate(torch.from_numpy(mask[y0:y1, x0:x1])[None, None].float(), size=(rule.side,) * 2,
                            mode="area")[0, 0] > 0.5
-    out = pair.permute(1, 2, 0).numpy()
-    return out[..., :3], out[..., 3:], region.numpy()
+    return cut(clean), cut(defect), region.numpy()
 
 
 def build_corpus(paths: list[Path], policy: ResolutionPolicy, cfg: FitConfig,

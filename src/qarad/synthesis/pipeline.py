@@ -82,8 +82,12 @@ class ARAS:
     def __init__(self, tokenizer: VQTokenizer, prior: Prior, policy: ResolutionPolicy, rule: WindowRule,
                  text: TextEncoder | None = None):
         self.tokenizer, self.prior, self.policy, self.rule = tokenizer.eval(), prior.eval(), policy, rule
-        self.window = rule.side
         self.text = text or TextEncoder()
+
+    @property
+    def window(self) -> int:
+        """Window px a side (the prior's window)."""
+        return self.rule.side
 
     @classmethod
     def load(cls, folder: str | Path) -> "ARAS":
