@@ -24,6 +24,7 @@ import json
 import sys
 import textwrap
 import time
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from unittest import mock
@@ -381,7 +382,8 @@ def table(res: dict, dataset: str, gallery_rel: str) -> str:
     row = lambda label, cells: f"| {label} | " + " | ".join(cells) + " |"  # noqa: E731
     lines = [
         f"Dataset `{dataset}`; ARAS model fitted in {r(fit, 1)} min; run took {res['runtime_s'] / 60:.1f} min "
-        f"with {res['threads']} torch threads.", "",
+        f"with {res['threads']} torch threads; ARAS sampler temperature {res['sampler']['temperature']:g}, "
+        f"CFG {res['sampler']['cfg_scale']:g}.", "",
         "| | ARAS | procedural | perlin (DRAEM-style) |", "|---|---|---|---|",
         row(f"KID vs real defect regions, mean ± std (lower is better; real vs real: {r(res['kid_real_halves'])})",
             [f"{r(res['kid'][m])} ± {r(res['kid_std'][m])}" for m in methods]),
@@ -425,8 +427,8 @@ def main() -> None:
     ap.add_argument("--n-speed", type=int, default=20)
     ap.add_argument("--n-naive", type=int, default=2)
     ap.add_argument("--n-cli", type=int, default=40, help="samples per `qarad synth --workers 1|2` timing")
-    ap.add_argument("--n-per-family", type=int, default=12, help="ARAS samples per family for language control")
-    ap.add_argument("--n-render", type=int, default=40, help="procedural renders per family to train the classifier")
+    ap.add_argument("--n-per-family", type=int, default=20, help="ARAS samples per family for language control")
+    ap.add_argument("--n-render", type=int, default=80, help="procedural renders per family to train the classifier")
     ap.add_argument("--n-kid", type=int, default=120)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--seed", type=int, default=0)
@@ -445,6 +447,7 @@ def main() -> None:
     from qarad.backbone import Backbone, BackboneConfig
     from qarad.data.mvtec import scan_mvtec
     from qarad.detection.patchcore import PatchEmbedder
+    from qarad.synthesis.aras import SamplerConfig
     from qarad.synthesis.pipeline import ARAS
 
     t0 = time.perf_counter()
@@ -460,6 +463,7 @@ def main() -> None:
     results.update(language_control(aras, embedder, goods, train, args, gallery))
     results.update(realism(aras, embedder, goods, defects, args, gallery))
     results["fit_minutes"] = {args.dataset: fit_minutes(args.model)}
+    results["sampler"] = asdict(SamplerConfig())  # what every ARAS sample above was drawn with
     results.update(dataset=args.dataset, model=str(args.model), seed=args.seed, threads=torch.get_num_threads(),
                    runtime_s=round(time.perf_counter() - t0, 1), peak_rss_mb=round(common.peak_rss_mb()))
     gallery_path = args.gallery or args.out_json.with_name(

@@ -133,3 +133,22 @@ def test_run_config_with_an_unknown_key_is_refused(trained, tmp_path, capsys, pa
     err = capsys.readouterr().err
     assert str(copy / "config.json") in err and f"['{key}']" in err and "unknown" in err
     assert not (copy / "metrics.json").exists()
+
+
+def _defaults(command: str) -> dict:
+    from qarad.cli import main_parser
+
+    subs = next(a for a in main_parser()._actions if a.dest == "verb")
+    return {a.dest: a.default for a in subs.choices[command]._actions}
+
+
+def test_fit_and_synth_cli_defaults_are_the_config_defaults():
+    """The CLI spells its defaults out (no torch import for --help); they must not drift from the configs."""
+    from qarad.synthesis.aras import SamplerConfig
+    from qarad.synthesis.fit import FitConfig
+
+    fit, synth, f, s = _defaults("fit"), _defaults("synth"), FitConfig(), SamplerConfig()
+    for name in ("window", "max_zoom", "corpus_size", "tokenizer_steps", "prior_steps", "batch_size", "qaw_steps", "seed"):
+        assert fit[name] == getattr(f, name), name
+    for name in ("cfg_scale", "temperature", "top_k", "top_p", "strength", "composite"):
+        assert synth[name] == getattr(s, name), name

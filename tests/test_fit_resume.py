@@ -27,7 +27,7 @@ def tiny_config(codebook_size: int = 16, **prior_overrides) -> F.FitConfig:
     return F.FitConfig(window=64, corpus_size=16, tokenizer_steps=STEPS, prior_steps=STEPS, batch_size=2,
                        warmup_steps=5, checkpoint_every=EVERY, seed=3,
                        tokenizer=TokenizerConfig(codebook_size=codebook_size, code_dim=8, channels=(8, 16, 16)),
-                       prior=PriorConfig(vocab_size=16, grid=8, d_model=32, n_layers=1, n_heads=2,
+                       prior=PriorConfig(vocab_size=codebook_size, grid=8, d_model=32, n_layers=1, n_heads=2,
                                          **prior_overrides))
 
 

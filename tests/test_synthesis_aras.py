@@ -310,3 +310,17 @@ def test_residual_composite_adds_exactly_the_decoded_change(tmp_path):
 def test_unknown_composite_is_refused():
     with pytest.raises(ValueError, match="composite"):
         SamplerConfig(composite="paste")
+
+
+def test_a_prior_that_does_not_match_the_tokenizer_is_refused(tmp_path):
+    from dataclasses import asdict
+
+    from conftest import make_tiny_aras
+    from qarad import checkpoint
+    from qarad.synthesis.pipeline import ARAS
+
+    folder = make_tiny_aras(tmp_path / "model", window=32)
+    other = PriorConfig(**{**checkpoint.load_config(folder / "prior"), "vocab_size": 32})
+    checkpoint.save(folder / "prior", Prior(other).state_dict(), asdict(other))
+    with pytest.raises(checkpoint.CheckpointError, match="prior.json: vocabulary 32 does not match"):
+        ARAS.load(folder)

@@ -68,3 +68,11 @@ def test_models_fitted_before_the_rule_keep_their_view():
     del values["max_zoom"]
     assert config_from_dict(values, "aras.json").max_zoom == LEGACY_MAX_ZOOM
     assert config_from_dict(config_dict(FitConfig()), "aras.json").window_rule == WindowRule(64, 4.0)
+
+
+def test_a_prior_vocabulary_that_is_not_the_codebook_is_refused():
+    from qarad.synthesis.prior import PriorConfig
+    from qarad.synthesis.tokenizer import TokenizerConfig
+
+    with pytest.raises(ValueError, match="codebook size"):
+        FitConfig(tokenizer=TokenizerConfig(codebook_size=128), prior=PriorConfig(vocab_size=512))

@@ -112,8 +112,9 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=10, help="number of samples (cycles over images and prompts)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cfg-scale", type=float, default=3.0, help="classifier-free guidance (1 = off)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--cfg-scale", type=float, default=4.0, help="classifier-free guidance (1 = off; default 4)")
+    p.add_argument("--temperature", type=float, default=0.5,
+                   help="sampling temperature (0 = greedy; default 0.5: cooler draws keep the prompted type)")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--strength", type=float, default=1.0, help="0..1 blend strength of the new defect")

@@ -29,10 +29,11 @@ def fit(args) -> int:
 
     out = check_output_folder(args.out)  # a file in the way or no permission: refuse before any work
     policy = _policy(args)
+    tok = TokenizerConfig()
     cfg = F.FitConfig(window=args.window, max_zoom=args.max_zoom, corpus_size=args.corpus_size,
                       tokenizer_steps=args.tokenizer_steps, prior_steps=args.prior_steps, qaw_steps=args.qaw_steps,
                       batch_size=args.batch_size, seed=args.seed,
-                      tokenizer=TokenizerConfig(), prior=PriorConfig(grid=args.window // 8))
+                      tokenizer=tok, prior=PriorConfig(grid=args.window // 8, vocab_size=tok.codebook_size))
     train = [s for category in args.category for s in scan_mvtec(args.data, category, "train")]
     paths = [s.image for s in subsample(train, args.max_train_images, args.seed)]
     meta = {"fit": F.config_dict(cfg), "policy": policy.to_dict(),

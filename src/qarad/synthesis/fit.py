@@ -71,6 +71,9 @@ class FitConfig:
         if self.window < 32 or self.window % 8:
             raise ValueError(f"window must be a multiple of 8 and at least 32 px, got {self.window}")
         self.window_rule  # building the rule checks max_zoom
+        if self.prior.vocab_size != self.tokenizer.codebook_size:
+            raise ValueError(f"prior vocabulary ({self.prior.vocab_size}) must equal the tokenizer's codebook size "
+                             f"({self.tokenizer.codebook_size})")
         if self.prior.grid * 8 != self.window:
             raise ValueError(f"prior grid {self.prior.grid} tokens does not cover the {self.window}-px window "
                              f"(need grid = window / 8 = {self.window / 8:g})")

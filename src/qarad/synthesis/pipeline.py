@@ -103,6 +103,10 @@ class ARAS:
         prior = Prior(checkpoint.build_config(PriorConfig, checkpoint.load_config(folder / PRIOR),
                                               folder / f"{PRIOR}.json"))
         checkpoint.load_module(folder / PRIOR, prior)
+        if prior.config.vocab_size != tok.config.codebook_size:  # its codes would index past the codebook
+            raise checkpoint.CheckpointError(
+                f"{folder / PRIOR}.json: vocabulary {prior.config.vocab_size} does not match the tokenizer's "
+                f"{tok.config.codebook_size} codes ({folder / TOKENIZER}.json)")
         return cls(tok, prior, meta.policy, meta.fit.window_rule)
 
     def _generated(self, cut: _Cut, old: torch.Tensor, new: torch.Tensor, composite: str) -> torch.Tensor:

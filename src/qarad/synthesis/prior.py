@@ -29,7 +29,7 @@ INIT_STD = 0.02  # GPT-2 / nanoGPT initialisation
 
 @dataclass(frozen=True)
 class PriorConfig:
-    vocab_size: int = 512
+    vocab_size: int = 128  # = the tokenizer's codebook size
     grid: int = 8  # window side in tokens (FitConfig.window / 8)
     d_model: int = 256
     n_layers: int = 6
