@@ -63,9 +63,7 @@ def cut(image: np.ndarray, mask: np.ndarray, policy, rule) -> tuple[torch.Tensor
     """The model's window around `mask` (3, S, S) and the mask's coverage of it (S, S) in [0, 1]."""
     from qarad.synthesis.pipeline import crop_window
 
-    win, crop_mask = crop_window(image, mask, policy, rule)
-    cover = F.interpolate(crop_mask[None, None].float(), size=(rule.side, rule.side), mode="area")[0, 0]
-    return win, cover
+    return crop_window(image, mask, policy, rule)
 
 
 def features(embedder, windows: list[torch.Tensor], covers: list[torch.Tensor], batch: int = 16,

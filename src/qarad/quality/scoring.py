@@ -12,7 +12,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data.io import read_image, read_mask, write_text
 from ..data.resolution import ResolutionPolicy
@@ -27,9 +26,8 @@ from .fit import default_features_fn
 @torch.no_grad()
 def score_sample(model: DualEncoder, features_fn, text: torch.Tensor, image: np.ndarray, mask: np.ndarray,
                  policy: ResolutionPolicy, rule: WindowRule) -> float:
-    crop, crop_mask = crop_window(image, mask, policy, rule)
-    region = F.interpolate(crop_mask[None, None].float(), size=(rule.side, rule.side), mode="area")[0]
-    return float(model.score(features_fn(crop[None]), region, text[None])[0])
+    crop, region = crop_window(image, mask, policy, rule)
+    return float(model.score(features_fn(crop[None]), region[None], text[None])[0])
 
 
 def score_folder(synth_dir: Path, model: DualEncoder, policy: ResolutionPolicy, rule: WindowRule,

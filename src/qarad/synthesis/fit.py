@@ -24,7 +24,7 @@ from ..defects.corpus import CorpusConfig, make_sample
 from ..text import TextEncoder
 from ..training import load_state, optimizer_step, save_state, step_rng
 from .aras import token_mask_from_pixels
-from .pipeline import to_window
+from .pipeline import coverage, to_window
 from .prior import Prior, PriorConfig
 from .tokenizer import TokenizerConfig, VQTokenizer
 from .window import LEGACY_MAX_ZOOM, WindowRule
@@ -112,8 +112,7 @@ def zoom_to_mask(clean: np.ndarray, defect: np.ndarray, mask: np.ndarray, rule: 
         crop = torch.from_numpy(np.ascontiguousarray(image[y0:y1, x0:x1])).permute(2, 0, 1)
         return to_window(crop, rule.side).permute(1, 2, 0).numpy()
 
-    region = F.interpolate(torch.from_numpy(mask[y0:y1, x0:x1])[None, None].float(), size=(rule.side,) * 2,
-                           mode="area")[0, 0] > 0.5
+    region = coverage(torch.from_numpy(mask[y0:y1, x0:x1]), rule.side) > 0.5
     return cut(clean), cut(defect), region.numpy()
 
 

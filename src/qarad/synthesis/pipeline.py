@@ -58,6 +58,11 @@ def to_window(crop: torch.Tensor, side: int) -> torch.Tensor:
                          align_corners=False)[0].clamp(0, 1)
 
 
+def coverage(mask: torch.Tensor, side: int) -> torch.Tensor:
+    """(h, w) bool crop mask -> (side, side) float share of each window pixel the mask covers."""
+    return F.interpolate(mask[None, None].float(), size=(side, side), mode="area")[0, 0]
+
+
 def _cut(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, rule: WindowRule) -> _Cut:
     h, w = image.shape[:2]
     if mask.shape != (h, w):
@@ -71,9 +76,9 @@ def _cut(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, rule: Wi
 def crop_window(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, rule: WindowRule
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The (3, S, S) image window around `mask` cut by `rule` at the policy's working scale, and
-    the mask over that crop at source resolution (as used by the QAW scorer and benchmarks)."""
+    the mask's (S, S) coverage of it in [0, 1] (as used by the QAW scorer and benchmarks)."""
     cut = _cut(image, mask, policy, rule)
-    return cut.window, cut.crop_mask
+    return cut.window, coverage(cut.crop_mask, rule.side)
 
 
 class ARAS:
@@ -125,7 +130,7 @@ class ARAS:
         h, w = image.shape[:2]
         cut = _cut(image, mask, self.policy, self.rule)
         s = self.window
-        m = F.interpolate(cut.crop_mask[None, None].float(), size=(s, s), mode="area")[0, 0] > 0
+        m = coverage(cut.crop_mask, s) > 0
         # blend dilates by dilate_px *source* px; re-sample every token that blending can reach
         grow = s / min(cut.crop.shape[-2:])  # window px per source px
         tokens = token_mask_from_pixels(m, 8, math.ceil(config.dilate_px * max(grow, 1.0)))
