@@ -99,7 +99,7 @@ def _draw(method: str, image: np.ndarray, fg: np.ndarray, family: str, key: list
         r = procedural(image, rng, family=family, foreground=fg)
         return r.image, r.mask, r.prompt
     # ARAS replays procedural's draws (parameters, then mask) from an identically seeded generator
-    params, prompt = draw_prompt(rng, family)
+    params, prompt = draw_prompt(rng, image, family)
     mask = family_mask(rng, (image, fg), params)
     out = aras.synthesize(image, mask, prompt, int(np.random.default_rng(key + [1]).integers(2**31)))
     return out.image, out.mask, prompt

@@ -24,7 +24,7 @@ import json
 import sys
 import textwrap
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from unittest import mock
@@ -82,11 +82,13 @@ def features(embedder, windows: list[torch.Tensor], covers: list[torch.Tensor], 
     return torch.cat(out).double() if out else torch.zeros(0, 304, dtype=torch.float64)
 
 
-def draw_prompt(rng: np.random.Generator, family: str | None = None):
+def draw_prompt(rng: np.random.Generator, image: np.ndarray, family: str | None = None):
+    """Defect params and prompt for `image`, drawn as the procedural renderer draws them (no hue
+    on a monochrome image)."""
     from qarad.defects.prompts import prompt_for
-    from qarad.defects.renderer import sample_params
+    from qarad.defects.renderer import is_monochrome, sample_params
 
-    params = sample_params(rng, family)
+    params = sample_params(rng, family, coloured=not is_monochrome(image))
     return params, prompt_for(params)
 
 
@@ -114,7 +116,7 @@ def speed(aras, goods: list[str], n_speed: int, n_naive: int, seed: int) -> dict
     jobs = []
     for i in range(n_speed + 1):  # job 0 is the warm-up
         image, fg = load(goods[i % len(goods)])
-        jobs.append((image, propose_mask(rng, image.shape[:2], fg), draw_prompt(rng)[1], int(rng.integers(2**31))))
+        jobs.append((image, propose_mask(rng, image.shape[:2], fg), draw_prompt(rng, image)[1], int(rng.integers(2**31))))
     aras.synthesize(*jobs[0])
     t0, steps = time.perf_counter(), []
     for job in tqdm(jobs[1:], desc="speed: ARAS", unit="sample"):
@@ -151,33 +153,44 @@ def cli_speed(model: Path, goods: list[str], n: int, workers: tuple[int, ...] = 
 
 
 # ---- 2. language control -----------------------------------------------------------------
-def through_tokenizer(tokenizer, window: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
-    """The window with its defect region replaced by the tokenizer's encode/decode of it: the most
+def through_tokenizer(aras, render: "Render", refine: bool) -> torch.Tensor:
+    """The window with its defect region replaced by the tokenizer's encode/decode of it, passed
+    through the model's refiner with the render's clean window and prompt when `refine`: the most
     of the defect any sampler over these codes can reproduce (outside the region: the input)."""
     with torch.inference_mode():
-        recon = tokenizer.decode_codes(tokenizer.encode(window[None]).codes)[0].clamp(0, 1)
-    return torch.where(cover[None] > 0, recon, window)
+        recon = aras.tokenizer.decode_codes(aras.tokenizer.encode(render.window[None]).codes)
+        if refine:
+            recon = aras.refiner(recon, render.clean[None], render.cover[None], aras.text.encode([render.prompt]))
+    return torch.where(render.cover[None] > 0, recon[0].clamp(0, 1), render.window)
+
+
+@dataclass
+class Render:
+    window: torch.Tensor  # (3, S, S) with the defect
+    clean: torch.Tensor  # (3, S, S) the same window before it
+    cover: torch.Tensor  # (S, S) the defect's coverage
+    prompt: str
 
 
 def procedural_renders(train: list[str], policy, rule, n_per_family: int, seed: int):
     """Procedural renders on working-resolution windows of normal train images, each re-cut around
-    its mask by the model's window rule, as the fitting corpus is -> (windows, covers, labels)."""
+    its mask by the model's window rule, as the fitting corpus is -> (renders, labels)."""
     from qarad.data.io import read_image
     from qarad.defects.corpus import CorpusConfig, make_sample
     from qarad.defects.vocab import FAMILIES
     from qarad.synthesis.fit import zoom_to_mask
 
-    config, wins, covers, labels = CorpusConfig(window=rule.side), [], [], []
+    config, renders, labels = CorpusConfig(window=rule.side), [], []
     for i in tqdm(range(n_per_family * len(FAMILIES)), desc="language: procedural renders", unit="render"):
         image = read_image(train[i % len(train)])
         work = policy.layout(*image.shape[:2]).to_work(image).permute(1, 2, 0).numpy()
         s = make_sample(work, np.random.default_rng([seed, 2, i]), config, family=FAMILIES[i % len(FAMILIES)])
         if s.mask.any():  # a render that changed nothing has no region to describe
-            _, defect, region = zoom_to_mask(s.clean, s.defect, s.mask, rule)
-            wins.append(torch.from_numpy(defect).permute(2, 0, 1))
-            covers.append(torch.from_numpy(region).float())
+            clean, defect, region = zoom_to_mask(s.clean, s.defect, s.mask, rule)
+            renders.append(Render(torch.from_numpy(defect).permute(2, 0, 1), torch.from_numpy(clean).permute(2, 0, 1),
+                                  torch.from_numpy(region).float(), s.prompt))
             labels.append(i % len(FAMILIES))
-    return wins, covers, torch.tensor(labels)
+    return renders, torch.tensor(labels)
 
 
 def fit_logreg(x: torch.Tensor, y: torch.Tensor, k: int, seed: int):
@@ -200,18 +213,11 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, k: int, seed: int):
     return lambda q: (((q - mean) / std) @ w + b).argmax(1)
 
 
-def language_control(aras, embedder, goods, train, args, gallery: list) -> dict:
+def aras_predictions(aras, embedder, predict, goods, args, sampler, gallery: list):
+    """ARAS samples for n_per_family prompts of every family, classified -> (truth, predicted,
+    unchanged count); the first changed sample of each family goes to `gallery`."""
     from qarad.defects.vocab import FAMILIES
 
-    wins, covers, labels = procedural_renders(train, aras.policy, aras.rule, args.n_render, args.seed)
-    x = features(embedder, wins, covers, side=CLASSIFIER_SIDE)
-    held = torch.from_numpy(np.random.default_rng([args.seed, 3]).random(len(labels)) < HOLDOUT)
-    predict = fit_logreg(x[~held], labels[~held], len(FAMILIES), args.seed)
-    holdout_top1 = float((predict(x[held]) == labels[held]).double().mean())
-    idx = torch.nonzero(held)[:, 0].tolist()
-    recon = features(embedder, [through_tokenizer(aras.tokenizer, wins[i], covers[i]) for i in idx],
-                     [covers[i] for i in idx], side=CLASSIFIER_SIDE)
-    tokenizer_top1 = float((predict(recon) == labels[held]).double().mean())
     rng = np.random.default_rng([args.seed, 4])
     truth, pred, unchanged, k, seen = [], [], 0, 0, set()
     bar = tqdm(total=len(FAMILIES) * args.n_per_family, desc="language: ARAS", unit="sample")
@@ -219,9 +225,9 @@ def language_control(aras, embedder, goods, train, args, gallery: list) -> dict:
         for _ in range(args.n_per_family):
             src = load(goods[k % len(goods)])
             k += 1
-            params, prompt = draw_prompt(rng, family)
+            params, prompt = draw_prompt(rng, src[0], family)
             mask = family_mask(rng, src, params)
-            out = aras.synthesize(src[0], mask, prompt, int(rng.integers(2**31)))
+            out = aras.synthesize(src[0], mask, prompt, int(rng.integers(2**31)), sampler)
             bar.update()
             truth.append(f)
             if not out.mask.any():
@@ -230,18 +236,46 @@ def language_control(aras, embedder, goods, train, args, gallery: list) -> dict:
                 continue
             win, cover = cut(out.image, out.mask, aras.policy, aras.rule)
             pred.append(int(predict(features(embedder, [win], [cover], side=CLASSIFIER_SIDE))[0]))
-            if family not in seen:  # the first changed sample of each family goes to the gallery
+            if family not in seen:
                 seen.add(family)
                 gallery.append(("ARAS", src[0], out.image, mask, prompt))
     bar.close()
-    truth, pred = np.array(truth), np.array(pred)
+    return np.array(truth), np.array(pred), unchanged
+
+
+def language_control(aras, embedder, goods, train, args, gallery: list) -> dict:
+    from qarad.defects.vocab import FAMILIES
+    from qarad.synthesis.aras import SamplerConfig
+
+    renders, labels = procedural_renders(train, aras.policy, aras.rule, args.n_render, args.seed)
+    x = features(embedder, [r.window for r in renders], [r.cover for r in renders], side=CLASSIFIER_SIDE)
+    held = torch.from_numpy(np.random.default_rng([args.seed, 3]).random(len(labels)) < HOLDOUT)
+    predict = fit_logreg(x[~held], labels[~held], len(FAMILIES), args.seed)
+    holdout_top1 = float((predict(x[held]) == labels[held]).double().mean())
+    idx = torch.nonzero(held)[:, 0].tolist()
+
+    def ceiling(refine: bool) -> float:
+        recon = features(embedder, [through_tokenizer(aras, renders[i], refine) for i in idx],
+                         [renders[i].cover for i in idx], side=CLASSIFIER_SIDE)
+        return float((predict(recon) == labels[held]).double().mean())
+
+    tokenizer_top1 = ceiling(refine=False)
+    refined_top1 = ceiling(refine=True) if aras.refiner is not None else None
+    truth, pred, unchanged = aras_predictions(aras, embedder, predict, goods, args, SamplerConfig(), gallery)
+    # the same prompts, masks and seeds (hence codes) without the refiner: what it adds, side by side
+    unrefined = None
+    if aras.refiner is not None:
+        unrefined = float((aras_predictions(aras, embedder, predict, goods, args, SamplerConfig(refine=False),
+                                            [])[1] == truth).mean())
     per_family = {fam: float((pred[truth == i] == i).mean()) for i, fam in enumerate(FAMILIES)}
     confusion = [[int(((truth == i) & (pred == j)).sum()) for j in range(len(FAMILIES))] for i in range(len(FAMILIES))]
-    return {"language_control_top1": float((pred == truth).mean()), "language_control_types": list(FAMILIES),
+    return {"language_control_top1": float((pred == truth).mean()), "language_control_top1_unrefined": unrefined,
+            "language_control_types": list(FAMILIES),
             "language_control_chance": 1 / len(FAMILIES), "language_control_per_family": per_family,
             "language_control_confusion": confusion, "language_control_unchanged": unchanged,
             "n_per_family": args.n_per_family, "classifier_holdout_top1": holdout_top1,
             "classifier_side_px": CLASSIFIER_SIDE, "tokenizer_ceiling_top1": tokenizer_top1,
+            "refiner_ceiling_top1": refined_top1,
             "classifier_n_train": int((~held).sum()), "classifier_n_holdout": int(held.sum())}
 
 
@@ -306,7 +340,7 @@ def synthetic_sets(aras, goods, n: int, seed: int, gallery: list) -> dict:
         key = [seed, 6, i]
         proc = procedural(image, np.random.default_rng(key), foreground=fg)
         replay = np.random.default_rng(key)
-        params, prompt = draw_prompt(replay)
+        params, prompt = draw_prompt(replay, image)
         mask = family_mask(replay, src, params)
         if (proc.mask & ~mask).any():
             raise RuntimeError("procedural no longer draws params then mask first: masks are not shared")
@@ -398,9 +432,12 @@ def table(res: dict, dataset: str, gallery_rel: str) -> str:
         f"| {r(res['cli_per_s']['workers_2'], 2)} |",
         f"| language control top-1, {len(res['language_control_types'])} families, {res['n_per_family']} prompts "
         f"each (chance {r(res['language_control_chance'])}) | {r(res['language_control_top1'])} |",
+        f"| the same prompts, masks and codes without the refiner | {r(res.get('language_control_top1_unrefined'))} |",
         f"| classifier top-1 on held-out procedural renders (its ceiling) | {r(res['classifier_holdout_top1'])} |",
         f"| classifier top-1 on the same renders after tokenizer encode/decode (the tokenizer's ceiling) "
         f"| {r(res['tokenizer_ceiling_top1'])} |",
+        f"| the same, decoded windows passed through the refiner with each render's clean window and prompt "
+        f"| {r(res.get('refiner_ceiling_top1'))} |",
         "", "Language control per family: "
         + ", ".join(f"{k} {v:.2f}" for k, v in res["language_control_per_family"].items()) + ".",
         "", f"![gallery]({gallery_rel})",
@@ -462,6 +499,7 @@ def main() -> None:
     results.update(realism(aras, embedder, goods, defects, args, gallery))
     results["fit_minutes"] = {args.dataset: fit_minutes(args.model)}
     results["sampler"] = asdict(SamplerConfig())  # what every ARAS sample above was drawn with
+    results["refiner"] = aras.refiner is not None
     results.update(dataset=args.dataset, model=str(args.model), seed=args.seed, threads=torch.get_num_threads(),
                    runtime_s=round(time.perf_counter() - t0, 1), peak_rss_mb=round(common.peak_rss_mb()))
     gallery_path = args.gallery or args.out_json.with_name(

@@ -76,8 +76,10 @@ def mvtec_root(tmp_path: Path) -> Path:
     return make_mvtec_tree(tmp_path / "mvtec")
 
 
-def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0) -> Path:
-    """A randomly initialised ARAS model folder in the layout `qarad fit` writes (for fast tests)."""
+def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0, refiner: bool = True) -> Path:
+    """A randomly initialised ARAS model folder in the layout `qarad fit` writes (for fast tests).
+    Its refiner's output layer is randomised too (a fitted one starts as the identity), so that
+    tests see it change pixels."""
     import json
     from dataclasses import asdict
 
@@ -89,16 +91,23 @@ def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0) -> Path:
     from qarad.quality.fit import save_dual_encoder
     from qarad.synthesis.fit import FitConfig, config_dict
     from qarad.synthesis.prior import Prior, PriorConfig
+    from qarad.synthesis.refiner import Refiner, RefinerConfig
     from qarad.synthesis.tokenizer import TokenizerConfig, VQTokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tok_cfg = TokenizerConfig(codebook_size=16, code_dim=8, channels=(8, 16, 16))
     prior_cfg = PriorConfig(vocab_size=16, grid=window // 8, d_model=32, n_layers=1, n_heads=2)
-    cfg = FitConfig(window=window, tokenizer=tok_cfg, prior=prior_cfg)
+    ref_cfg = RefinerConfig(channels=(8, 16, 16))
+    cfg = FitConfig(window=window, tokenizer=tok_cfg, prior=prior_cfg, refiner=ref_cfg,
+                    refiner_steps=2000 if refiner else 0)
     torch.manual_seed(seed)
     checkpoint.save(folder / "tokenizer", VQTokenizer(tok_cfg).state_dict(), asdict(tok_cfg))
     checkpoint.save(folder / "prior", Prior(prior_cfg).state_dict(), asdict(prior_cfg))
+    if refiner:
+        ref = Refiner(ref_cfg)
+        torch.nn.init.normal_(ref.head.weight, std=0.05)
+        checkpoint.save(folder / "refiner", ref.state_dict(), asdict(ref_cfg))
     save_dual_encoder(folder / "dual_encoder", DualEncoder())
     meta = {"fit": config_dict(cfg), "policy": ResolutionPolicy(size=64).to_dict(), "data": {}}
     (folder / "aras.json").write_text(json.dumps(meta))

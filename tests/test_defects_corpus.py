@@ -8,7 +8,7 @@ from qarad.defects.baselines import perlin, perlin_texture, procedural
 from qarad.defects.corpus import CorpusConfig, iter_corpus, make_sample
 from qarad.defects.masks import AREA_RANGE
 from qarad.defects.prompts import family_of
-from qarad.defects.renderer import CHANGE_THRESHOLD, FAMILIES
+from qarad.defects.renderer import CHANGE_THRESHOLD, FAMILIES, is_monochrome
 from qarad.defects.vocab import BASELINE_FAMILY
 
 
@@ -63,6 +63,24 @@ def test_make_sample_respects_the_object():
     for seed in range(4):
         s = make_sample(image, np.random.default_rng(seed), CorpusConfig(window=96))
         assert not (s.mask & ~fg).any()
+
+
+def test_monochrome_material_gets_no_hues():
+    """A grey camera cannot see a green stain: on grey images the corpus and the procedural
+    baseline draw colourless stains and discolorations (and prompts without hue words); on colour
+    images hues still appear."""
+    grey = material(5)
+    tinted = grey * np.array([1.0, 0.9, 0.8], np.float32)
+    config = CorpusConfig(window=64, families=("stain", "discoloration"))
+    assert is_monochrome(grey) and not is_monochrome(tinted)
+    on_grey = [s.params.colour for s in iter_corpus([grey], 24, config)]
+    on_tint = [s.params.colour for s in iter_corpus([tinted], 24, config)]
+    assert on_grey == [None] * 24
+    assert sum(c is not None for c in on_tint) >= 6
+    assert all(procedural(grey, np.random.default_rng(i), family="stain").params.colour is None for i in range(8))
+    rgb = (grey * 255).astype(np.uint8)
+    rgb[0, 0, 0] += 2  # one pixel off grey by more than 1/255
+    assert not is_monochrome(rgb / 255.0)
 
 
 def test_iter_corpus_is_deterministic_balanced_and_sliceable():

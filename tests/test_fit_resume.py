@@ -8,6 +8,7 @@ The subprocess test runs the real `qarad fit` (default model sizes, 2 steps per 
 """
 import json
 import subprocess
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from conftest import make_mvtec_tree
 from qarad.data.resolution import ResolutionPolicy
 from qarad.synthesis import fit as F
 from qarad.synthesis.prior import PriorConfig
+from qarad.synthesis.refiner import RefinerConfig
 from qarad.synthesis.tokenizer import TokenizerConfig, VQTokenizer
 
 STEPS, EVERY, CRASH_AFTER = 20, 5, 12  # the crash lands after the step-10 checkpoint, before the step-15 one
@@ -172,16 +174,32 @@ def test_prior_with_dropout_resumes_to_the_uninterrupted_weights(prior_inputs, t
     assert_same_weights(whole, resumed)
 
 
+def test_refiner_resumes_to_the_uninterrupted_weights(corpus, tmp_path):
+    cfg = replace(tiny_config(), refiner_steps=STEPS, refiner=RefinerConfig(channels=(8, 16, 16)))
+    torch.manual_seed(0)
+    tokenizer = VQTokenizer(cfg.tokenizer).eval()
+    text = F.text_embeddings(corpus.prompts)
+    whole_steps = Steps()
+    whole = F.fit_refiner(tokenizer, corpus, text, cfg, tmp_path / "whole", on_step=whole_steps)
+    resumed, before, after = crash_then_resume(
+        lambda state, cb: F.fit_refiner(tokenizer, corpus, text, cfg, state, on_step=cb), tmp_path / "crashed")
+    assert before == whole_steps.losses[:CRASH_AFTER]
+    assert after == whole_steps.losses[10:]
+    assert_same_weights(whole, resumed)
+    assert whole_steps.losses[-1] < whole_steps.losses[0]  # it learns: the loss falls over 20 steps
+
+
 # --- the real command, default model sizes, two steps per stage ---------------------------------
 
-MODEL_FILES = ["aras.json", "timings.json"] + [f"{stem}.{ext}" for stem in ("tokenizer", "prior", "dual_encoder")
+MODEL_FILES = ["aras.json", "timings.json"] + [f"{stem}.{ext}" for stem in ("tokenizer", "prior", "refiner",
+                                                                            "dual_encoder")
                                                 for ext in ("safetensors", "json")]
 
 
 def _fit(data: Path, out: Path, prior_steps: int = 2) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "qarad.cli", "fit", "--data", str(data), "--category", "widget",
                            "--out", str(out), "--size", "64", "--corpus-size", "8", "--tokenizer-steps", "2",
-                           "--prior-steps", str(prior_steps), "--qaw-steps", "2"],
+                           "--prior-steps", str(prior_steps), "--refiner-steps", "2", "--qaw-steps", "2"],
                           capture_output=True, text=True, timeout=600)
 
 
@@ -196,12 +214,13 @@ def test_fit_command_writes_a_model_and_a_rerun_is_a_no_op(tmp_path):
     assert first.returncode == 0, first.stderr
     for name in MODEL_FILES:
         assert (out / name).is_file(), f"{name} missing from {sorted(p.name for p in out.iterdir())}"
-    assert set(json.loads((out / "timings.json").read_text())) >= {"corpus", "tokenizer", "prior", "dual_encoder"}
+    assert set(json.loads((out / "timings.json").read_text())) >= {"corpus", "tokenizer", "prior", "refiner",
+                                                                   "dual_encoder"}
     before = _snapshot(out)
 
     again = _fit(data, out)
     assert again.returncode == 0, again.stderr
-    assert "fit 2/4" not in again.stderr and "fit 3/4" not in again.stderr, "a finished fit should not retrain"
+    assert not any(f"fit {i}/5" in again.stderr for i in (2, 3, 4, 5)), "a finished fit should not retrain"
     assert _snapshot(out) == before, "rerunning a finished fit changed files"
 
     other = _fit(data, out, prior_steps=3)

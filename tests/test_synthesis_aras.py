@@ -281,9 +281,10 @@ def test_residual_composite_changes_nothing_where_the_codes_are_kept(tmp_path):
     mask[10:20, 12:22] = True
     cut = _cut(image, mask, model.policy, model.rule)
     codes = model.tokenizer.encode(cut.window[None]).codes[0]
-    kept = model._generated(cut, codes, codes, "residual")
+    cover, text = torch.zeros(model.window, model.window), torch.zeros(384)
+    kept = model._generated(cut, codes, codes, SamplerConfig(composite="residual"), cover, text)
     assert torch.equal(kept, cut.crop.clamp(0, 1))  # the real texture, not the tokenizer's blurry copy
-    replaced = model._generated(cut, codes, codes, "replace")
+    replaced = model._generated(cut, codes, codes, SamplerConfig(composite="replace"), cover, text)
     assert not torch.allclose(replaced, cut.crop, atol=1e-3)
 
 
@@ -303,7 +304,7 @@ def test_residual_composite_adds_exactly_the_decoded_change(tmp_path):
     with torch.no_grad():
         d = model.tokenizer.decode_codes(torch.stack([new, old]))
     delta = F.interpolate(d[:1] - d[1:], size=cut.crop.shape[-2:], mode="bilinear", align_corners=False)[0]
-    out = model._generated(cut, old, new, "residual")
+    out = model._generated(cut, old, new, SamplerConfig(composite="residual"), torch.zeros(32, 32), torch.zeros(384))
     assert torch.allclose(out, (cut.crop + delta).clamp(0, 1), atol=1e-6)
 
 

@@ -97,6 +97,8 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus-size", type=int, default=3000, help="procedural defects rendered for fitting")
     p.add_argument("--tokenizer-steps", type=int, default=4000)
     p.add_argument("--prior-steps", type=int, default=2500)
+    p.add_argument("--refiner-steps", type=int, default=2000,
+                   help="steps of the text-conditioned detail decoder (0 = none; default 2000)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-train-images", type=int, default=None)
     p.add_argument("--qaw-steps", type=int, default=1500, help="dual-encoder (QAW scorer) training steps")
@@ -121,6 +123,8 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--composite", choices=["replace", "residual"], default="replace",
                    help="replace: paste the decoded window; residual: add only the decoded change to the "
                         "real pixels (keeps texture, subtler defects) (default replace)")
+    p.add_argument("--no-refine", dest="refine", action="store_false",
+                   help="paste decoded codes as they are, without the model's refiner")
     p.add_argument("--shard", help="i/n: do every n-th sample starting at i (parallel runs)")
     p.add_argument("--workers", type=int, default=1,
                    help="parallel single-threaded processes (e.g. the number of cores; default 1)")

@@ -1,4 +1,4 @@
-"""The synthesis verbs: `qarad fit` (corpus -> tokenizer -> prior) and `qarad synth`."""
+"""The synthesis verbs: `qarad fit` (corpus -> tokenizer -> prior -> refiner) and `qarad synth`."""
 from __future__ import annotations
 
 import json
@@ -31,7 +31,8 @@ def fit(args) -> int:
     policy = _policy(args)
     tok = TokenizerConfig()
     cfg = F.FitConfig(window=args.window, max_zoom=args.max_zoom, corpus_size=args.corpus_size,
-                      tokenizer_steps=args.tokenizer_steps, prior_steps=args.prior_steps, qaw_steps=args.qaw_steps,
+                      tokenizer_steps=args.tokenizer_steps, prior_steps=args.prior_steps,
+                      refiner_steps=args.refiner_steps, qaw_steps=args.qaw_steps,
                       batch_size=args.batch_size, seed=args.seed,
                       tokenizer=tok, prior=PriorConfig(grid=args.window // 8, vocab_size=tok.codebook_size))
     train = [s for category in args.category for s in scan_mvtec(args.data, category, "train")]
@@ -63,7 +64,7 @@ def fit(args) -> int:
         timer.restart()
     else:
         with discarded_on_failure(out, created=fresh):  # a bad image found while rendering: nothing fitted yet
-            with bar(cfg.corpus_size, "fit 1/4: render fitting corpus", unit="defect") as tick:
+            with bar(cfg.corpus_size, "fit 1/5: render fitting corpus", unit="defect") as tick:
                 corpus = F.build_corpus(paths, policy, cfg, on_sample=tick)
         F.save_corpus(corpus_stem, corpus)
         timer.lap("corpus")
@@ -77,7 +78,7 @@ def fit(args) -> int:
         tokenizer.eval()
         timer.restart()
     else:
-        with _loss_bar(cfg.tokenizer_steps, "fit 2/4: tokenizer", state / F.TOKENIZER, timer, "tokenizer") as tick:
+        with _loss_bar(cfg.tokenizer_steps, "fit 2/5: tokenizer", state / F.TOKENIZER, timer, "tokenizer") as tick:
             tokenizer = F.fit_tokenizer(corpus, cfg, state / F.TOKENIZER, on_step=tick)
         checkpoint.save(tok_stem, tokenizer.state_dict(), json.loads(json.dumps(cfg.tokenizer.__dict__)))
         timer.lap("tokenizer")
@@ -87,10 +88,18 @@ def fit(args) -> int:
     if not prior_stem.with_suffix(".safetensors").is_file():
         codes, token_masks = F.encode_corpus(tokenizer, corpus, cfg)
         text = F.text_embeddings(corpus.prompts)
-        with _loss_bar(cfg.prior_steps, "fit 3/4: prior", state / F.PRIOR, timer, "prior") as tick:
+        with _loss_bar(cfg.prior_steps, "fit 3/5: prior", state / F.PRIOR, timer, "prior") as tick:
             prior = F.fit_prior(codes, token_masks, text, cfg, state / F.PRIOR, on_step=tick)
         checkpoint.save(prior_stem, prior.state_dict(), json.loads(json.dumps(cfg.prior.__dict__)))
         timer.lap("prior")
+
+    refiner_stem = out / F.REFINER
+    if cfg.refiner_steps and not refiner_stem.with_suffix(".safetensors").is_file():
+        text = F.text_embeddings(corpus.prompts) if text is None else text
+        with _loss_bar(cfg.refiner_steps, "fit 4/5: refiner", state / F.REFINER, timer, "refiner") as tick:
+            refiner = F.fit_refiner(tokenizer, corpus, text, cfg, state / F.REFINER, on_step=tick)
+        checkpoint.save(refiner_stem, refiner.state_dict(), json.loads(json.dumps(cfg.refiner.__dict__)))
+        timer.lap("refiner")
 
     qaw_stem = out / QAW
     if not qaw_stem.with_suffix(".safetensors").is_file():
@@ -99,7 +108,7 @@ def fit(args) -> int:
 
         text = F.text_embeddings(corpus.prompts) if text is None else text
         families = torch.tensor([FAMILIES.index(f) for f in corpus.families])
-        with _loss_bar(cfg.qaw_steps, "fit 4/4: QAW dual encoder", state / QAW, timer, "dual_encoder") as tick:
+        with _loss_bar(cfg.qaw_steps, "fit 5/5: QAW dual encoder", state / QAW, timer, "dual_encoder") as tick:
             scorer = fit_dual_encoder(None, corpus.defect.permute(0, 3, 1, 2), corpus.mask, text, families,
                                       steps=cfg.qaw_steps, seed=cfg.seed, on_step=tick)
         save_dual_encoder(qaw_stem, scorer)
@@ -208,7 +217,7 @@ def synth(args) -> int:
         raise ValueError("give --masks (one per image) or --auto-masks to let qarad propose defect regions")
     sampler = SamplerConfig(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, strength=args.strength,
-                            composite=args.composite)
+                            composite=args.composite, refine=args.refine)
     settings = {"model": str(Path(args.model).resolve()), "images": [str(p) for p in images],
                 "masks": [str(p) for p in masks] if masks else None, "prompts": prompts, "n": args.n,
                 "seed": args.seed, "sampler": json.loads(json.dumps(sampler.__dict__)), "method": "aras"}
@@ -244,6 +253,7 @@ def _worker_argv(args, shard: str) -> list[str]:
             "--n", str(args.n), "--out", str(args.out), "--seed", str(args.seed), "--cfg-scale", str(args.cfg_scale),
             "--temperature", str(args.temperature), "--top-k", str(args.top_k), "--top-p", str(args.top_p),
             "--strength", str(args.strength), "--composite", args.composite, "--shard", shard]
+    argv += [] if args.refine else ["--no-refine"]
     return argv + (["--masks", *map(str, args.masks)] if args.masks else ["--auto-masks"])
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from .masks import AREA_RANGE, FAMILY_MASK_KIND, FAMILY_MASK_SCALE, MIN_PIXELS, foreground_mask, propose_mask
-from .renderer import DefectParams, Rendered, finish, render, sample_params
+from .renderer import DefectParams, Rendered, finish, is_monochrome, render, sample_params
 from .vocab import BASELINE_FAMILY, LUMA
 
 BETA_RANGE = (0.3, 1.0)  # opacity of the foreign texture
@@ -84,7 +84,7 @@ def procedural(image: np.ndarray, rng: np.random.Generator, family: str | None =
     """The procedural baseline: propose a mask on the full image and render a defect in it."""
     image = np.asarray(image, np.float32)
     foreground = foreground_mask(image) if foreground is None else foreground
-    params = sample_params(rng, family)
+    params = sample_params(rng, family, coloured=not is_monochrome(image))
     region = propose_mask(rng, image.shape[:2], foreground, kind=FAMILY_MASK_KIND[params.family],
                           scale=FAMILY_MASK_SCALE.get(params.family, 1.0), angle=params.angle)
     return render(image, region, params, rng)

@@ -9,7 +9,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .masks import FAMILY_MASK_KIND, FAMILY_MASK_SCALE, foreground_mask, propose_mask
-from .renderer import DefectParams, render, sample_params
+from .renderer import DefectParams, is_monochrome, render, sample_params
 from .vocab import FAMILIES
 
 
@@ -57,7 +57,7 @@ def make_sample(image: np.ndarray, rng: np.random.Generator, config: CorpusConfi
         raise ValueError(f"image must be (H, W, 3), got shape {image.shape}")
     clean, origin = _crop(image, config.window, rng)
     family = str(rng.choice(config.families)) if family is None else family
-    params = sample_params(rng, family)
+    params = sample_params(rng, family, coloured=not is_monochrome(image))
     region = propose_mask(rng, clean.shape[:2], foreground_mask(clean), kind=FAMILY_MASK_KIND[family],
                           scale=FAMILY_MASK_SCALE.get(family, 1.0), angle=params.angle)
     out = render(clean, region, params, rng)

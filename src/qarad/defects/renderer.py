@@ -18,7 +18,8 @@ from .prompts import prompt_for
 from .vocab import (BASELINE_FAMILY, COLOURED_FAMILIES, COLOURS, CONTRASTS, FAMILIES, FAMILY_SHAPES,
                     ORIENTATIONS, POLARITIES, SHAPES, SIZES, STROKE_FAMILIES)
 
-__all__ = ["FAMILIES", "DefectParams", "Rendered", "sample_params", "resolve_params", "render", "finish"]
+__all__ = ["FAMILIES", "DefectParams", "Rendered", "sample_params", "resolve_params", "render", "finish",
+           "is_monochrome"]
 
 CHANGE_THRESHOLD = 1.0 / 255.0  # a pixel counts as changed (and enters the mask) above this
 # Defect contrast in units of the local luminance std (the brief: faint ~1-2, strong ~3-5 std).
@@ -141,14 +142,22 @@ def resolve_params(params: DefectParams, rng: np.random.Generator) -> DefectPara
     return replace(p, **values)
 
 
-def sample_params(rng: np.random.Generator, family: str | None = None) -> DefectParams:
-    """Random labels (and numbers) for one defect of `family` (any family when None)."""
+def is_monochrome(image: np.ndarray) -> bool:
+    """True when every pixel is grey (channels within 1/255): a monochrome camera's image."""
+    image = np.asarray(image)
+    return image.ndim == 2 or image.shape[-1] == 1 or float(np.ptp(image, axis=-1).max(initial=0.0)) <= CHANGE_THRESHOLD
+
+
+def sample_params(rng: np.random.Generator, family: str | None = None, coloured: bool = True) -> DefectParams:
+    """Random labels (and numbers) for one defect of `family` (any family when None). With
+    `coloured` False no colour is drawn: on a monochrome camera's images a green stain is a grey
+    one, and a prompt naming its hue would describe something no image of that material shows."""
     family = str(rng.choice(FAMILIES)) if family is None else family
     if family not in FAMILIES:
         raise ValueError(f"unknown defect family {family!r}; choose from {', '.join(FAMILIES)}")
     shape = str(rng.choice(FAMILY_SHAPES[family]))
     colour = None
-    if family in COLOURED_FAMILIES:
+    if family in COLOURED_FAMILIES and coloured:
         # a colourless stain is a grey/dark one; colourless discoloration is a brightness shift
         names = list(COLOURS) + [None] * (1 if family == "stain" else 3)
         colour = names[int(rng.integers(len(names)))]

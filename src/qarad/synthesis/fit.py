@@ -1,4 +1,5 @@
-"""Fitting ARAS on a category's normal images: corpus -> tokenizer -> prior (DESIGN.md 4.1-4.3).
+"""Fitting ARAS on a category's normal images: corpus -> tokenizer -> prior -> refiner
+(DESIGN.md 4.1-4.3; the refiner is this project's addition, see refiner.py).
 
 Each stage is resumable: the corpus is stored once, and every `checkpoint_every` steps the
 model and optimizer state are saved; a rerun continues from the last saved step. Batches are
@@ -26,12 +27,14 @@ from ..training import load_state, optimizer_step, save_state, step_rng
 from .aras import token_mask_from_pixels
 from .pipeline import coverage, to_window
 from .prior import Prior, PriorConfig
+from .refiner import Refiner, RefinerConfig
 from .tokenizer import TokenizerConfig, VQTokenizer
 from .window import LEGACY_MAX_ZOOM, WindowRule
 
 CORPUS = "corpus"
 TOKENIZER = "tokenizer"
 PRIOR = "prior"
+REFINER = "refiner"
 MODEL_CONFIG = "aras"  # MODEL/aras.json: {"fit", "policy", "data"}
 DEAD_CODE_EVERY = 100  # steps between dead-code restarts
 
@@ -50,6 +53,7 @@ class FitConfig:
     # tokenizer ceiling 0.44 at 2000, 0.55 at 4000; about 5 min per 2000 steps on 2 cores)
     tokenizer_steps: int = 4000
     prior_steps: int = 2500
+    refiner_steps: int = 2000  # 0: no refiner (decoded codes are pasted as they are)
     qaw_steps: int = 1500  # dual-encoder (QAW scorer) steps, trained on the same corpus
     batch_size: int = 8
     tokenizer_lr: float = 3e-4
@@ -66,6 +70,7 @@ class FitConfig:
     seed: int = 0
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
 
     def __post_init__(self):
         if self.window < 32 or self.window % 8:
@@ -180,6 +185,16 @@ def _pixel_weights(corpus: Corpus, idx: torch.Tensor, half: int, defect_weight: 
     return 1.0 + defect_weight * torch.cat([clean, grown])
 
 
+def _pixel_loss(perceptual: Backbone, out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                cfg: FitConfig) -> torch.Tensor:
+    """Weighted L1 plus an LPIPS-style term (unit-normalised stride-8 feature vectors)."""
+    loss = (weight * (out - target).abs()).mean() / weight.mean()
+    if cfg.perceptual_weight:
+        f_out, f_ref = (F.normalize(perceptual(v)[8], dim=1) for v in (out, target))
+        loss = loss + cfg.perceptual_weight * (f_out - f_ref).pow(2).sum(1).mean()
+    return loss
+
+
 def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
                   on_step: Callable[[float], None] | None = None) -> VQTokenizer:
     torch.manual_seed(cfg.seed)
@@ -203,10 +218,7 @@ def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
             group["lr"] = _lr(step, cfg.tokenizer_lr, cfg.warmup_steps, cfg.tokenizer_steps)
         with step_rng(cfg.seed, step):  # no global-RNG draw today; any added later stays resumable
             out = model(x)
-            loss = (weight * (out.recon - x).abs()).mean() / weight.mean() + out.vq_loss
-            if cfg.perceptual_weight:  # LPIPS-style: compare unit-normalised feature vectors
-                f_rec, f_ref = (F.normalize(perceptual(v)[8], dim=1) for v in (out.recon, x))
-                loss = loss + cfg.perceptual_weight * (f_rec - f_ref).pow(2).sum(1).mean()
+            loss = _pixel_loss(perceptual, out.recon, x, weight, cfg) + out.vq_loss
             value = optimizer_step(opt, loss, model.parameters())
         usage += model.code_usage(out.codes)
         if (step + 1) % DEAD_CODE_EVERY == 0:  # re-seed unused codes with this batch's encoder outputs
@@ -257,6 +269,39 @@ def fit_prior(codes: torch.Tensor, token_masks: torch.Tensor, text: torch.Tensor
     return model
 
 
+def fit_refiner(tokenizer: VQTokenizer, corpus: Corpus, text: torch.Tensor, cfg: FitConfig, state_stem: Path,
+                on_step: Callable[[float], None] | None = None) -> Refiner:
+    """Teach the refiner to turn encode/decode of each corpus render back into the render, given
+    the clean window, the defect's mask and the render's prompt embedding."""
+    torch.manual_seed(cfg.seed)
+    model = Refiner(cfg.refiner)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.tokenizer_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    perceptual = Backbone(BackboneConfig(strides=(8,)))
+    start = load_state(state_stem, model, opt)[0] if state_stem.with_suffix(".safetensors").is_file() else 0
+    tokenizer.eval()
+    model.train()
+    for step in range(start, cfg.refiner_steps):
+        idx = _batch(len(corpus.prompts), cfg.batch_size, cfg.seed + 2, step)
+        target, clean = corpus.images(idx, "defect"), corpus.images(idx, "clean")
+        with torch.no_grad():
+            decoded = tokenizer.decode_codes(tokenizer.encode(target).codes).clamp(0, 1)
+        mask = corpus.mask[idx].float()[:, None]
+        weight = 1.0 + cfg.defect_weight * F.max_pool2d(mask, 5, stride=1, padding=2)
+        target, clean, decoded, mask, weight = (_augment(v, cfg.seed + 2, step)
+                                                for v in (target, clean, decoded, mask, weight))
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg.tokenizer_lr, cfg.warmup_steps, cfg.refiner_steps)
+        with step_rng(cfg.seed, step):
+            out = model(decoded, clean, mask[:, 0], text[idx])
+            value = optimizer_step(opt, _pixel_loss(perceptual, out, target, weight, cfg), model.parameters())
+        if (step + 1) % cfg.checkpoint_every == 0:
+            save_state(state_stem, model, opt, step + 1, {"stage": REFINER})
+        if on_step:
+            on_step(value)
+    model.eval()
+    return model
+
+
 def config_dict(cfg: FitConfig) -> dict:
     return asdict(cfg)
 
@@ -266,9 +311,11 @@ def config_from_dict(values: dict, source) -> FitConfig:
         raise checkpoint.CheckpointError(f"{source}: FitConfig must be a JSON object, got {type(values).__name__}")
     values = dict(values)
     values.setdefault("max_zoom", LEGACY_MAX_ZOOM)  # fitted before windows zoomed: keep their view
+    values.setdefault("refiner_steps", 0)  # fitted before the refiner existed: it has none
     tok = checkpoint.build_config(TokenizerConfig, values.pop("tokenizer", {}), source)
     pri = checkpoint.build_config(PriorConfig, values.pop("prior", {}), source)
-    return checkpoint.build_config(FitConfig, {**values, "tokenizer": tok, "prior": pri}, source)
+    ref = checkpoint.build_config(RefinerConfig, values.pop("refiner", {}), source)
+    return checkpoint.build_config(FitConfig, {**values, "tokenizer": tok, "prior": pri, "refiner": ref}, source)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from .. import checkpoint
 from ..data.resolution import ResolutionPolicy
 from ..text import TextEncoder
-from .aras import SamplerConfig, blend, sample_masked, token_mask_from_pixels
+from .aras import SamplerConfig, blend, mix_prompts, sample_masked, token_mask_from_pixels
 from .prior import Prior
+from .refiner import Refiner
 from .tokenizer import VQTokenizer
 from .window import WindowRule
 
@@ -82,11 +83,13 @@ def crop_window(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, r
 
 
 class ARAS:
-    """A fitted tokenizer + prior with the run's resolution policy; `synthesize` one sample at a time."""
+    """A fitted tokenizer + prior (+ refiner, when the model has one) with the run's resolution
+    policy; `synthesize` one sample at a time."""
 
     def __init__(self, tokenizer: VQTokenizer, prior: Prior, policy: ResolutionPolicy, rule: WindowRule,
-                 text: TextEncoder | None = None):
+                 text: TextEncoder | None = None, refiner: Refiner | None = None):
         self.tokenizer, self.prior, self.policy, self.rule = tokenizer.eval(), prior.eval(), policy, rule
+        self.refiner = refiner.eval() if refiner is not None else None
         self.text = text or TextEncoder()
 
     @property
@@ -96,8 +99,9 @@ class ARAS:
 
     @classmethod
     def load(cls, folder: str | Path) -> "ARAS":
-        from .fit import PRIOR, TOKENIZER, read_model_config
+        from .fit import PRIOR, REFINER, TOKENIZER, read_model_config
         from .prior import PriorConfig
+        from .refiner import RefinerConfig
         from .tokenizer import TokenizerConfig
 
         folder = Path(folder)
@@ -112,16 +116,24 @@ class ARAS:
             raise checkpoint.CheckpointError(
                 f"{folder / PRIOR}.json: vocabulary {prior.config.vocab_size} does not match the tokenizer's "
                 f"{tok.config.codebook_size} codes ({folder / TOKENIZER}.json)")
-        return cls(tok, prior, meta.policy, meta.fit.window_rule)
+        refiner = None
+        if meta.fit.refiner_steps:  # models fitted before the refiner existed have none
+            refiner = Refiner(checkpoint.build_config(RefinerConfig, checkpoint.load_config(folder / REFINER),
+                                                      folder / f"{REFINER}.json"))
+            checkpoint.load_module(folder / REFINER, refiner)
+        return cls(tok, prior, meta.policy, meta.fit.window_rule, refiner=refiner)
 
-    def _generated(self, cut: _Cut, old: torch.Tensor, new: torch.Tensor, composite: str) -> torch.Tensor:
+    def _generated(self, cut: _Cut, old: torch.Tensor, new: torch.Tensor, config: SamplerConfig,
+                   cover: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """The crop as the new codes describe it, at source resolution (3, hh, ww) in [0, 1]."""
-        both = torch.stack([new, old]) if composite == "residual" else new[None]
-        decoded = self.tokenizer.decode_codes(both)
-        if composite == "residual":  # only what the prior changed, on top of the real pixels
+        residual = config.composite == "residual"
+        decoded = self.tokenizer.decode_codes(torch.stack([new, old]) if residual else new[None])
+        if residual:  # only what the prior changed, on top of the real pixels
             delta = F.interpolate(decoded[:1] - decoded[1:], size=cut.crop.shape[-2:], mode="bilinear",
                                   align_corners=False)[0]
             return (cut.crop + delta).clamp(0, 1)
+        if self.refiner is not None and config.refine:
+            decoded = self.refiner(decoded, cut.window[None], cover[None], text[None])
         return F.interpolate(decoded, size=cut.crop.shape[-2:], mode="bilinear", align_corners=False)[0].clamp(0, 1)
 
     @torch.inference_mode()
@@ -130,7 +142,8 @@ class ARAS:
         h, w = image.shape[:2]
         cut = _cut(image, mask, self.policy, self.rule)
         s = self.window
-        m = coverage(cut.crop_mask, s) > 0
+        cover = coverage(cut.crop_mask, s)
+        m = cover > 0
         # blend dilates by dilate_px *source* px; re-sample every token that blending can reach
         grow = s / min(cut.crop.shape[-2:])  # window px per source px
         tokens = token_mask_from_pixels(m, 8, math.ceil(config.dilate_px * max(grow, 1.0)))
@@ -139,7 +152,8 @@ class ARAS:
         g = torch.Generator().manual_seed(seed)
         res = sample_masked(self.prior, codes, tokens, texts[0], config, g,
                             text_b=texts[1] if prompt_b else None, mix=mix)
-        gen = self._generated(cut, codes, res.codes, config.composite)
+        text = mix_prompts(texts[0], texts[1], mix) if prompt_b else texts[0]
+        gen = self._generated(cut, codes, res.codes, config, cover, text)
         out = blend(cut.crop, gen, cut.crop_mask, config)
         result = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).clone()
         changed = torch.zeros(h, w, dtype=torch.bool)
