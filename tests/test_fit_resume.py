@@ -71,6 +71,17 @@ def crash_then_resume(run, state: Path):
     return model, first.losses, second.losses
 
 
+def assert_resumes_exactly(run, tmp_path: Path) -> list[float]:
+    """An uninterrupted run and a crashed-then-resumed one: same losses, same weights. -> losses."""
+    whole_steps = Steps()
+    whole = run(tmp_path / "whole", whole_steps)
+    resumed, before, after = crash_then_resume(run, tmp_path / "crashed")
+    assert before == whole_steps.losses[:CRASH_AFTER]
+    assert after == whole_steps.losses[10:]
+    assert_same_weights(whole, resumed)
+    return whole_steps.losses
+
+
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     root = make_mvtec_tree(tmp_path_factory.mktemp("fit_resume") / "mvtec", size=(64, 64), n_train=4)
@@ -155,13 +166,7 @@ def prior_inputs(corpus):
 def test_prior_resumes_to_the_uninterrupted_weights(prior_inputs, tmp_path):
     codes, token_masks, text = prior_inputs
     cfg = tiny_config()
-    whole_steps = Steps()
-    whole = F.fit_prior(codes, token_masks, text, cfg, tmp_path / "whole", on_step=whole_steps)
-    resumed, before, after = crash_then_resume(
-        lambda state, cb: F.fit_prior(codes, token_masks, text, cfg, state, on_step=cb), tmp_path / "crashed")
-    assert before == whole_steps.losses[:CRASH_AFTER]
-    assert after == whole_steps.losses[10:]
-    assert_same_weights(whole, resumed)
+    assert_resumes_exactly(lambda state, cb: F.fit_prior(codes, token_masks, text, cfg, state, on_step=cb), tmp_path)
 
 
 def test_prior_with_dropout_resumes_to_the_uninterrupted_weights(prior_inputs, tmp_path):
@@ -179,14 +184,9 @@ def test_refiner_resumes_to_the_uninterrupted_weights(corpus, tmp_path):
     torch.manual_seed(0)
     tokenizer = VQTokenizer(cfg.tokenizer).eval()
     text = F.text_embeddings(corpus.prompts)
-    whole_steps = Steps()
-    whole = F.fit_refiner(tokenizer, corpus, text, cfg, tmp_path / "whole", on_step=whole_steps)
-    resumed, before, after = crash_then_resume(
-        lambda state, cb: F.fit_refiner(tokenizer, corpus, text, cfg, state, on_step=cb), tmp_path / "crashed")
-    assert before == whole_steps.losses[:CRASH_AFTER]
-    assert after == whole_steps.losses[10:]
-    assert_same_weights(whole, resumed)
-    assert whole_steps.losses[-1] < whole_steps.losses[0]  # it learns: the loss falls over 20 steps
+    losses = assert_resumes_exactly(
+        lambda state, cb: F.fit_refiner(tokenizer, corpus, text, cfg, state, on_step=cb), tmp_path)
+    assert losses[-1] < losses[0]  # it learns: the loss falls over 20 steps
 
 
 # --- the real command, default model sizes, two steps per stage ---------------------------------

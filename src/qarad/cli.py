@@ -97,8 +97,9 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus-size", type=int, default=3000, help="procedural defects rendered for fitting")
     p.add_argument("--tokenizer-steps", type=int, default=4000)
     p.add_argument("--prior-steps", type=int, default=2500)
-    p.add_argument("--refiner-steps", type=int, default=2000,
-                   help="steps of the text-conditioned detail decoder (0 = none; default 2000)")
+    p.add_argument("--refiner-steps", type=int, default=0,
+                   help="steps of the text-conditioned detail decoder: more realistic samples, weaker "
+                        "detector training on the demo (e.g. 2000; default 0 = none)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-train-images", type=int, default=None)
     p.add_argument("--qaw-steps", type=int, default=1500, help="dual-encoder (QAW scorer) training steps")

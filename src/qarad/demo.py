@@ -48,7 +48,6 @@ class DemoPlan:
     corpus_size: int = 800
     tokenizer_steps: int = 600
     prior_steps: int = 600
-    refiner_steps: int = 300
     qaw_steps: int = 300
     n_synth: int = 48  # synthetic defects per category
     head_steps: int = 500
@@ -59,8 +58,8 @@ class DemoPlan:
 def demo_plan(seed: int, quick: bool) -> DemoPlan:
     if quick:  # seconds, for tests: proves the wiring, not the quality
         data = DemoConfig(categories=("brick",), size=64, n_train=6, n_test_good=3, n_test_defect=3, seed=seed)
-        return DemoPlan(data, window=32, corpus_size=16, tokenizer_steps=4, prior_steps=4, refiner_steps=4,
-                        qaw_steps=4, n_synth=4, head_steps=4, seed=seed)
+        return DemoPlan(data, window=32, corpus_size=16, tokenizer_steps=4, prior_steps=4, qaw_steps=4,
+                        n_synth=4, head_steps=4, seed=seed)
     return DemoPlan(DemoConfig(seed=seed), seed=seed)
 
 
@@ -80,8 +79,7 @@ def _size_args(plan: DemoPlan) -> list:
 def _fit(plan: DemoPlan, data: Path, model: Path) -> None:
     _verb("fit", "--data", data, "--category", *plan.data.categories, "--out", model, *_size_args(plan),
           "--window", plan.window, "--corpus-size", plan.corpus_size, "--tokenizer-steps", plan.tokenizer_steps,
-          "--prior-steps", plan.prior_steps, "--refiner-steps", plan.refiner_steps, "--qaw-steps", plan.qaw_steps,
-          "--seed", plan.seed)
+          "--prior-steps", plan.prior_steps, "--qaw-steps", plan.qaw_steps, "--seed", plan.seed)
 
 
 def _synthesize(plan: DemoPlan, data: Path, model: Path, category: str, out: Path) -> float:
