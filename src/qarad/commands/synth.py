@@ -58,13 +58,19 @@ def fit(args) -> int:
     state.mkdir(exist_ok=True)
 
     timer = _StageTimer(out / "timings.json")
+    stages = ["render fitting corpus", "tokenizer", "prior", "refiner", "QAW dual encoder"]
+    if not cfg.refiner_steps:
+        stages.remove("refiner")
+
+    def label(stage: str) -> str:
+        return f"fit {stages.index(stage) + 1}/{len(stages)}: {stage}"
     corpus_stem = out / F.CORPUS
     if corpus_stem.with_suffix(".json").is_file():
         corpus = F.load_corpus(corpus_stem)
         timer.restart()
     else:
         with discarded_on_failure(out, created=fresh):  # a bad image found while rendering: nothing fitted yet
-            with bar(cfg.corpus_size, "fit 1/5: render fitting corpus", unit="defect") as tick:
+            with bar(cfg.corpus_size, label("render fitting corpus"), unit="defect") as tick:
                 corpus = F.build_corpus(paths, policy, cfg, on_sample=tick)
         F.save_corpus(corpus_stem, corpus)
         timer.lap("corpus")
@@ -78,7 +84,7 @@ def fit(args) -> int:
         tokenizer.eval()
         timer.restart()
     else:
-        with _loss_bar(cfg.tokenizer_steps, "fit 2/5: tokenizer", state / F.TOKENIZER, timer, "tokenizer") as tick:
+        with _loss_bar(cfg.tokenizer_steps, label("tokenizer"), state / F.TOKENIZER, timer, "tokenizer") as tick:
             tokenizer = F.fit_tokenizer(corpus, cfg, state / F.TOKENIZER, on_step=tick)
         checkpoint.save(tok_stem, tokenizer.state_dict(), json.loads(json.dumps(cfg.tokenizer.__dict__)))
         timer.lap("tokenizer")
@@ -88,7 +94,7 @@ def fit(args) -> int:
     if not prior_stem.with_suffix(".safetensors").is_file():
         codes, token_masks = F.encode_corpus(tokenizer, corpus, cfg)
         text = F.text_embeddings(corpus.prompts)
-        with _loss_bar(cfg.prior_steps, "fit 3/5: prior", state / F.PRIOR, timer, "prior") as tick:
+        with _loss_bar(cfg.prior_steps, label("prior"), state / F.PRIOR, timer, "prior") as tick:
             prior = F.fit_prior(codes, token_masks, text, cfg, state / F.PRIOR, on_step=tick)
         checkpoint.save(prior_stem, prior.state_dict(), json.loads(json.dumps(cfg.prior.__dict__)))
         timer.lap("prior")
@@ -96,7 +102,7 @@ def fit(args) -> int:
     refiner_stem = out / F.REFINER
     if cfg.refiner_steps and not refiner_stem.with_suffix(".safetensors").is_file():
         text = F.text_embeddings(corpus.prompts) if text is None else text
-        with _loss_bar(cfg.refiner_steps, "fit 4/5: refiner", state / F.REFINER, timer, "refiner") as tick:
+        with _loss_bar(cfg.refiner_steps, label("refiner"), state / F.REFINER, timer, "refiner") as tick:
             refiner = F.fit_refiner(tokenizer, corpus, text, cfg, state / F.REFINER, on_step=tick)
         checkpoint.save(refiner_stem, refiner.state_dict(), json.loads(json.dumps(cfg.refiner.__dict__)))
         timer.lap("refiner")
@@ -108,7 +114,7 @@ def fit(args) -> int:
 
         text = F.text_embeddings(corpus.prompts) if text is None else text
         families = torch.tensor([FAMILIES.index(f) for f in corpus.families])
-        with _loss_bar(cfg.qaw_steps, "fit 5/5: QAW dual encoder", state / QAW, timer, "dual_encoder") as tick:
+        with _loss_bar(cfg.qaw_steps, label("QAW dual encoder"), state / QAW, timer, "dual_encoder") as tick:
             scorer = fit_dual_encoder(None, corpus.defect.permute(0, 3, 1, 2), corpus.mask, text, families,
                                       steps=cfg.qaw_steps, seed=cfg.seed, on_step=tick)
         save_dual_encoder(qaw_stem, scorer)

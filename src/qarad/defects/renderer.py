@@ -145,7 +145,9 @@ def resolve_params(params: DefectParams, rng: np.random.Generator) -> DefectPara
 def is_monochrome(image: np.ndarray) -> bool:
     """True when every pixel is grey (channels within 1/255): a monochrome camera's image."""
     image = np.asarray(image)
-    return image.ndim == 2 or image.shape[-1] == 1 or float(np.ptp(image, axis=-1).max(initial=0.0)) <= CHANGE_THRESHOLD
+    if image.ndim == 2 or image.shape[-1] == 1:
+        return True
+    return float(np.ptp(image, axis=-1).max(initial=0.0)) <= CHANGE_THRESHOLD
 
 
 def sample_params(rng: np.random.Generator, family: str | None = None, coloured: bool = True) -> DefectParams:

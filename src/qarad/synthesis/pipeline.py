@@ -117,7 +117,7 @@ class ARAS:
                 f"{folder / PRIOR}.json: vocabulary {prior.config.vocab_size} does not match the tokenizer's "
                 f"{tok.config.codebook_size} codes ({folder / TOKENIZER}.json)")
         refiner = None
-        if meta.fit.refiner_steps:  # models fitted before the refiner existed have none
+        if meta.fit.refiner_steps:  # fitted without one (the default, and every model older than it)
             refiner = Refiner(checkpoint.build_config(RefinerConfig, checkpoint.load_config(folder / REFINER),
                                                       folder / f"{REFINER}.json"))
             checkpoint.load_module(folder / REFINER, refiner)

@@ -3,10 +3,13 @@
 A factor-8 code grid with a small codebook keeps a defect's layout (where, how large, dark or
 bright) but loses what tells defect types apart at the pixel level: a stain's tide line, a dent's
 light-dark shading, a fray's fibres come back as plain blobs and strokes (BENCHMARKS.md, the
-tokenizer's ceiling). Like the text-conditioned super-resolution stage of Muse (Chang et al.
-2023), this small U-Net takes the decoded window, the mask and the prompt embedding and adds a
-residual; it is fitted on the corpus to map encode/decode of a render back to the render. It
-sees only the window; blending outside the mask is left to `aras.blend`. No file I/O here.
+tokenizer's ceiling), and the material's own texture under the mask comes back smoothed. Like
+the text-conditioned super-resolution stage of Muse (Chang et al. 2023), this small U-Net takes
+the decoded window, the window as it was before synthesis, the mask and the prompt embedding and
+adds a residual; it is fitted on the corpus to map encode/decode of a render back to the render.
+It sees only the window; blending outside the mask is left to `aras.blend`. Optional (`qarad fit
+--refiner-steps`): its samples are more realistic, but a detector learned less from them on the
+demo (README, Architecture). No file I/O here.
 """
 from __future__ import annotations
 
