@@ -415,7 +415,7 @@ def table(res: dict, dataset: str, gallery_rel: str) -> str:
     lines = [
         f"Dataset `{dataset}`; ARAS model fitted in {r(fit, 1)} min; run took {res['runtime_s'] / 60:.1f} min "
         f"with {res['threads']} torch threads; ARAS sampler temperature {res['sampler']['temperature']:g}, "
-        f"CFG {res['sampler']['cfg_scale']:g}.", "",
+        f"CFG {res['sampler']['cfg_scale']:g}; {'with' if res.get('refiner') else 'no'} refiner.", "",
         "| | ARAS | procedural | perlin (DRAEM-style) |", "|---|---|---|---|",
         row(f"KID vs real defect regions, mean ± std (lower is better; real vs real: {r(res['kid_real_halves'])})",
             [f"{r(res['kid'][m])} ± {r(res['kid_std'][m])}" for m in methods]),
@@ -432,12 +432,13 @@ def table(res: dict, dataset: str, gallery_rel: str) -> str:
         f"| {r(res['cli_per_s']['workers_2'], 2)} |",
         f"| language control top-1, {len(res['language_control_types'])} families, {res['n_per_family']} prompts "
         f"each (chance {r(res['language_control_chance'])}) | {r(res['language_control_top1'])} |",
-        f"| the same prompts, masks and codes without the refiner | {r(res.get('language_control_top1_unrefined'))} |",
+        *([f"| the same prompts, masks and codes without the refiner | {r(res['language_control_top1_unrefined'])} |"]
+          if res.get("refiner") else []),
         f"| classifier top-1 on held-out procedural renders (its ceiling) | {r(res['classifier_holdout_top1'])} |",
         f"| classifier top-1 on the same renders after tokenizer encode/decode (the tokenizer's ceiling) "
         f"| {r(res['tokenizer_ceiling_top1'])} |",
-        f"| the same, decoded windows passed through the refiner with each render's clean window and prompt "
-        f"| {r(res.get('refiner_ceiling_top1'))} |",
+        *([f"| the same, decoded windows passed through the refiner with each render's clean window and prompt "
+           f"| {r(res['refiner_ceiling_top1'])} |"] if res.get("refiner") else []),
         "", "Language control per family: "
         + ", ".join(f"{k} {v:.2f}" for k, v in res["language_control_per_family"].items()) + ".",
         "", f"![gallery]({gallery_rel})",
@@ -503,7 +504,7 @@ def main() -> None:
     results.update(dataset=args.dataset, model=str(args.model), seed=args.seed, threads=torch.get_num_threads(),
                    runtime_s=round(time.perf_counter() - t0, 1), peak_rss_mb=round(common.peak_rss_mb()))
     gallery_path = args.gallery or args.out_json.with_name(
-        "gallery.png" if args.out_json.parent == common.RESULTS else args.out_json.stem + "_gallery.png")
+        "gallery.png" if args.out_json == common.RESULTS / "synthesis.json" else args.out_json.stem + "_gallery.png")
     gallery_png(gallery, aras.policy, aras.rule, gallery_path)
     common.write_json(args.out_json, common.envelope(results))
     try:
