@@ -193,13 +193,18 @@ def _augment(x: torch.Tensor, seed: int, step: int) -> torch.Tensor:
     return torch.rot90(x, int(torch.randint(4, (1,), generator=g)), dims=(-2, -1))
 
 
+def _defect_weights(masks: torch.Tensor, defect_weight: float) -> torch.Tensor:
+    """(B, S, S) defect masks -> (B, 1, S, S) reconstruction weights: 1, and 1 + defect_weight on
+    the slightly grown masks (the defect's edge is part of the defect)."""
+    return 1.0 + defect_weight * F.max_pool2d(masks.float()[:, None], 5, stride=1, padding=2)
+
+
 def _pixel_weights(corpus: Corpus, idx: torch.Tensor, half: int, defect_weight: float) -> torch.Tensor:
-    """(B, 1, S, S) reconstruction weights: 1, and 1 + defect_weight on the (slightly grown)
-    defect masks of the second half of the batch."""
-    masks = corpus.mask[idx[half:]].float()[:, None]
-    grown = F.max_pool2d(masks, 5, stride=1, padding=2)  # the defect's edge is part of the defect
-    clean = torch.zeros(half, *grown.shape[1:])
-    return 1.0 + defect_weight * torch.cat([clean, grown])
+    """(B, 1, S, S) tokenizer weights: the first half of the batch is clean windows (weight 1), the
+    second half defect windows (`_defect_weights`)."""
+    masks = corpus.mask[idx].clone()
+    masks[:half] = 0
+    return _defect_weights(masks, defect_weight)
 
 
 def _pixel_loss(perceptual: Backbone, out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
@@ -295,7 +300,7 @@ def fit_refiner(tokenizer: VQTokenizer, corpus: Corpus, text: torch.Tensor, cfg:
         with torch.no_grad():
             decoded = tokenizer.decode_codes(tokenizer.encode(target).codes).clamp(0, 1)
         mask = corpus.mask[idx].float()[:, None]
-        weight = 1.0 + cfg.defect_weight * F.max_pool2d(mask, 5, stride=1, padding=2)
+        weight = _defect_weights(corpus.mask[idx], cfg.defect_weight)
         target, clean, decoded, mask, weight = (_augment(v, cfg.seed + 2, step)
                                                 for v in (target, clean, decoded, mask, weight))
         _set_lr(opt, step, cfg.tokenizer_lr, cfg, cfg.refiner_steps)
