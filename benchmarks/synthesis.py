@@ -158,7 +158,10 @@ def through_tokenizer(aras, render: "Render", refine: bool) -> torch.Tensor:
     through the model's refiner with the render's clean window and prompt when `refine`: the most
     of the defect any sampler over these codes can reproduce (outside the region: the input)."""
     with torch.inference_mode():
-        recon = aras.tokenizer.decode_codes(aras.tokenizer.encode(render.window[None]).codes)
+        from qarad.synthesis.aras import SamplerConfig, token_mask_from_pixels
+
+        edit = token_mask_from_pixels(render.cover > 0, 8, SamplerConfig().dilate_px)[None]  # as synthesis re-samples
+        recon = aras.tokenizer(render.window[None], render.clean[None], edit).recon
         if refine:
             recon = aras.refiner(recon, render.clean[None], render.cover[None], aras.text.encode([render.prompt]))
     return torch.where(render.cover[None] > 0, recon[0].clamp(0, 1), render.window)

@@ -76,10 +76,11 @@ def mvtec_root(tmp_path: Path) -> Path:
     return make_mvtec_tree(tmp_path / "mvtec")
 
 
-def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0, refiner: bool = True) -> Path:
+def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0, refiner: bool = True,
+                   source_conditioned: bool = True) -> Path:
     """A randomly initialised ARAS model folder in the layout `qarad fit` writes (for fast tests).
-    Its refiner's output layer is randomised too (a fitted one starts as the identity), so that
-    tests see it change pixels."""
+    The output layers of its refiner and of a source-conditioned decoder are randomised too
+    (fitted ones start as the identity), so that tests see them change pixels."""
     import json
     from dataclasses import asdict
 
@@ -96,13 +97,16 @@ def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0, refiner: bool 
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tok_cfg = TokenizerConfig(codebook_size=16, code_dim=8, channels=(8, 16, 16))
+    tok_cfg = TokenizerConfig(codebook_size=16, code_dim=8, channels=(8, 16, 16), source_conditioned=source_conditioned)
     prior_cfg = PriorConfig(vocab_size=16, grid=window // 8, d_model=32, n_layers=1, n_heads=2)
     ref_cfg = RefinerConfig(channels=(8, 16, 16))
     cfg = FitConfig(window=window, tokenizer=tok_cfg, prior=prior_cfg, refiner=ref_cfg,
                     refiner_steps=2000 if refiner else 0)
     torch.manual_seed(seed)
-    checkpoint.save(folder / "tokenizer", VQTokenizer(tok_cfg).state_dict(), asdict(tok_cfg))
+    tok = VQTokenizer(tok_cfg)
+    if source_conditioned:
+        torch.nn.init.normal_(tok.decoder.body[-1].weight, std=0.05)
+    checkpoint.save(folder / "tokenizer", tok.state_dict(), asdict(tok_cfg))
     checkpoint.save(folder / "prior", Prior(prior_cfg).state_dict(), asdict(prior_cfg))
     if refiner:
         ref = Refiner(ref_cfg)

@@ -28,7 +28,8 @@ STEPS, EVERY, CRASH_AFTER = 20, 5, 12  # the crash lands after the step-10 check
 def tiny_config(codebook_size: int = 16, **prior_overrides) -> F.FitConfig:
     return F.FitConfig(window=64, corpus_size=16, tokenizer_steps=STEPS, prior_steps=STEPS, batch_size=2,
                        warmup_steps=5, checkpoint_every=EVERY, seed=3,
-                       tokenizer=TokenizerConfig(codebook_size=codebook_size, code_dim=8, channels=(8, 16, 16)),
+                       tokenizer=TokenizerConfig(codebook_size=codebook_size, code_dim=8, channels=(8, 16, 16),
+                                                 source_conditioned=True),
                        prior=PriorConfig(vocab_size=codebook_size, grid=8, d_model=32, n_layers=1, n_heads=2,
                                          **prior_overrides))
 
@@ -111,7 +112,7 @@ def test_tokenizer_resumes_to_the_uninterrupted_weights(corpus, tmp_path, monkey
     # 100): usage counts are zeroed at each restart, so a resume from a checkpoint loses none of them.
     # One restart falls on the resume point itself (step 10).
     monkeypatch.setattr(F, "DEAD_CODE_EVERY", 10)
-    cfg = tiny_config()
+    cfg = tiny_config(codebook_size=64)  # more codes than these windows use: some die and restart
     whole_steps = Steps()
     whole = F.fit_tokenizer(corpus, cfg, tmp_path / "whole", on_step=whole_steps)
     assert len(whole_steps.losses) == STEPS

@@ -280,7 +280,7 @@ def test_residual_composite_changes_nothing_where_the_codes_are_kept(tmp_path):
     mask = np.zeros((48, 40), bool)
     mask[10:20, 12:22] = True
     cut = _cut(image, mask, model.policy, model.rule)
-    codes = model.tokenizer.encode(cut.window[None]).codes[0]
+    codes = model.tokenizer.encode(cut.window[None], cut.window[None]).codes[0]
     cover, text = torch.zeros(model.window, model.window), torch.zeros(384)
     kept = model._generated(cut, codes, codes, SamplerConfig(composite="residual"), cover, text)
     assert torch.equal(kept, cut.crop.clamp(0, 1))  # the real texture, not the tokenizer's blurry copy
@@ -299,13 +299,33 @@ def test_residual_composite_adds_exactly_the_decoded_change(tmp_path):
     mask = np.zeros((32, 32), bool)
     mask[8:16, 8:16] = True
     cut = _cut(image, mask, model.policy, model.rule)
-    old = model.tokenizer.encode(cut.window[None]).codes[0]
+    old = model.tokenizer.encode(cut.window[None], cut.window[None]).codes[0]
     new = (old + 1) % model.tokenizer.config.codebook_size
     with torch.no_grad():
-        d = model.tokenizer.decode_codes(torch.stack([new, old]))
+        d = model.tokenizer.decode_codes(torch.stack([new, old]), cut.window[None].expand(2, -1, -1, -1))
     delta = F.interpolate(d[:1] - d[1:], size=cut.crop.shape[-2:], mode="bilinear", align_corners=False)[0]
     out = model._generated(cut, old, new, SamplerConfig(composite="residual"), torch.zeros(32, 32), torch.zeros(384))
     assert torch.allclose(out, (cut.crop + delta).clamp(0, 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("conditioned", [True, False])
+def test_synthesize_keeps_outside_pixels_with_either_tokenizer(tmp_path, conditioned):
+    """Source-conditioned (the default) and unconditioned (older models) tokenizers both write a
+    change, and only inside the dilated mask."""
+    import numpy as np
+
+    from conftest import make_tiny_aras
+    from qarad.synthesis.pipeline import ARAS
+
+    model = ARAS.load(make_tiny_aras(tmp_path / "model", window=32, refiner=False, source_conditioned=conditioned))
+    assert model.tokenizer.config.source_conditioned is conditioned
+    image = np.random.default_rng(1).random((40, 56, 3), dtype=np.float32)
+    mask = np.zeros((40, 56), bool)
+    mask[14:22, 20:30] = True
+    out = model.synthesize(image, mask, "a thin dark scratch", seed=3)
+    outside = ~dilate(torch.from_numpy(mask), SamplerConfig().dilate_px).numpy()
+    assert np.array_equal(out.image[outside], image[outside])
+    assert out.mask.any() and not (out.mask & outside).any()
 
 
 def test_unknown_composite_is_refused():

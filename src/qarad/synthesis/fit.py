@@ -71,7 +71,9 @@ class FitConfig:
     mask_dilate_px: int = 2
     checkpoint_every: int = 100
     seed: int = 0
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    # source-conditioned: codes carry the defect, the decoder takes the texture from the source
+    # (magnetic tile language control 0.xx vs 0.47 unconditioned; BENCHMARKS.md)
+    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(source_conditioned=True))
     prior: PriorConfig = field(default_factory=PriorConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
 
@@ -207,6 +209,14 @@ def _pixel_weights(corpus: Corpus, idx: torch.Tensor, half: int, defect_weight: 
     return _defect_weights(masks, defect_weight)
 
 
+def _edit_tokens(masks: torch.Tensor, half: int, cfg: FitConfig) -> torch.Tensor:
+    """(B, G, G) tokens a sampler would re-sample for these (B, S, S) defect masks: the clean first
+    half of a tokenizer batch is all editable (it is its own source)."""
+    edit = torch.stack([token_mask_from_pixels(m.bool(), 8, cfg.mask_dilate_px) for m in masks])
+    edit[:half] = True
+    return edit
+
+
 def _pixel_loss(perceptual: Backbone, out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
                 cfg: FitConfig) -> torch.Tensor:
     """Weighted L1 plus an LPIPS-style term (unit-normalised stride-8 feature vectors)."""
@@ -233,12 +243,14 @@ def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
     for step in range(start, cfg.tokenizer_steps):
         idx = _batch(len(corpus.prompts), cfg.batch_size, cfg.seed, step)
         half = cfg.batch_size // 2  # half clean windows, half with defects: the codebook needs both
-        x = torch.cat([corpus.images(idx[:half], "clean"), corpus.images(idx[half:], "defect")])
-        x = _augment(x, cfg.seed, step)
+        source = corpus.images(idx, "clean")
+        x = torch.cat([source[:half], corpus.images(idx[half:], "defect")])
+        x, source = _augment(x, cfg.seed, step), _augment(source, cfg.seed, step)
+        edit = _edit_tokens(_augment(corpus.mask[idx], cfg.seed, step), half, cfg)
         weight = _augment(_pixel_weights(corpus, idx, half, cfg.defect_weight), cfg.seed, step)
         _set_lr(opt, step, cfg.tokenizer_lr, cfg, cfg.tokenizer_steps)
         with step_rng(cfg.seed, step):  # no global-RNG draw today; any added later stays resumable
-            out = model(x)
+            out = model(x, source, edit)  # `source` and `edit` are ignored by an unconditioned tokenizer
             loss = _pixel_loss(perceptual, out.recon, x, weight, cfg) + out.vq_loss
             value = optimizer_step(opt, loss, model.parameters())
         usage += model.code_usage(out.codes)
@@ -256,8 +268,9 @@ def encode_corpus(tokenizer: VQTokenizer, corpus: Corpus, cfg: FitConfig) -> tup
     codes, masks = [], []
     for s in range(0, len(corpus.prompts), 32):
         idx = torch.arange(s, min(s + 32, len(corpus.prompts)))
-        codes.append(tokenizer.encode(corpus.images(idx, "defect")).codes)
-        masks.append(torch.stack([token_mask_from_pixels(corpus.mask[i].bool(), 8, cfg.mask_dilate_px) for i in idx]))
+        edit = _edit_tokens(corpus.mask[idx], 0, cfg)
+        codes.append(tokenizer(corpus.images(idx, "defect"), corpus.images(idx, "clean"), edit).codes)
+        masks.append(edit)
     return torch.cat(codes), torch.cat(masks)
 
 
@@ -298,7 +311,7 @@ def fit_refiner(tokenizer: VQTokenizer, corpus: Corpus, text: torch.Tensor, cfg:
         idx = _batch(len(corpus.prompts), cfg.batch_size, cfg.seed + 2, step)
         target, clean = corpus.images(idx, "defect"), corpus.images(idx, "clean")
         with torch.no_grad():
-            decoded = tokenizer.decode_codes(tokenizer.encode(target).codes).clamp(0, 1)
+            decoded = tokenizer(target, clean, _edit_tokens(corpus.mask[idx], 0, cfg)).recon.clamp(0, 1)
         mask = corpus.mask[idx].float()[:, None]
         weight = _defect_weights(corpus.mask[idx], cfg.defect_weight)
         target, clean, decoded, mask, weight = (_augment(v, cfg.seed + 2, step)

@@ -127,7 +127,8 @@ class ARAS:
                    cover: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """The crop as the new codes describe it, at source resolution (3, hh, ww) in [0, 1]."""
         residual = config.composite == "residual"
-        decoded = self.tokenizer.decode_codes(torch.stack([new, old]) if residual else new[None])
+        source = cut.window[None].expand(2 if residual else 1, -1, -1, -1)
+        decoded = self.tokenizer.decode_codes(torch.stack([new, old]) if residual else new[None], source)
         if residual:  # only what the prior changed, on top of the real pixels
             delta = F.interpolate(decoded[:1] - decoded[1:], size=cut.crop.shape[-2:], mode="bilinear",
                                   align_corners=False)[0]
@@ -147,7 +148,7 @@ class ARAS:
         # blend dilates by dilate_px *source* px; re-sample every token that blending can reach
         grow = s / min(cut.crop.shape[-2:])  # window px per source px
         tokens = token_mask_from_pixels(m, 8, math.ceil(config.dilate_px * max(grow, 1.0)))
-        codes = self.tokenizer.encode(cut.window[None]).codes[0]
+        codes = self.tokenizer.encode(cut.window[None], cut.window[None]).codes[0]  # the source is the window
         texts = self.text.encode([prompt] + ([prompt_b] if prompt_b else []))
         g = torch.Generator().manual_seed(seed)
         res = sample_masked(self.prior, codes, tokens, texts[0], config, g,

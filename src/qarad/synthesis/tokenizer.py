@@ -6,6 +6,12 @@ The quantizer looks codes up by cosine similarity (l2-normalised encoder outputs
 as in ViT-VQGAN / LlamaGen), which keeps codebook usage high; `restart_dead_codes` re-seeds
 unused entries from encoder outputs. Losses other than the VQ terms (L1, perceptual, GAN) belong
 to the training loop. No file I/O here.
+
+Source-conditioned (`TokenizerConfig.source_conditioned`, this project's addition): ARAS always
+writes into a known normal image, so the encoder sees the window and its change from the normal
+`source` window, and the decoder draws the change on top of the source (a residual in logit
+space, with the source's features fed in at every resolution). The codes then carry the defect,
+not the material's texture, which the decoder takes from the real pixels.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from torch import nn
 
 NORM_GROUPS = 8  # GroupNorm groups (channels must be divisible by it)
 NORM_EPS = 1e-6  # eps of F.normalize on codes and codebook
+SOURCE_EPS = 1e-3  # the source is clamped to [eps, 1 - eps] before its logit (0 and 1 have none)
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,9 @@ class TokenizerConfig:
     channels: tuple[int, ...] = (32, 64, 128)  # one stride-2 stage per entry: 3 stages => factor 8
     res_blocks: int = 1
     beta: float = 0.25  # commitment weight
+    # encode the change from a normal source window and decode on top of it (module docstring).
+    # False for models fitted before it existed; `qarad fit` sets True.
+    source_conditioned: bool = False
 
     @property
     def factor(self) -> int:
@@ -78,7 +88,8 @@ class Encoder(nn.Module):
     def __init__(self, config: TokenizerConfig):
         super().__init__()
         chs = config.channels
-        layers: list[nn.Module] = [nn.Conv2d(3, chs[0], 3, stride=2, padding=1)]
+        c_in = 6 if config.source_conditioned else 3  # the window, and its change from the source
+        layers: list[nn.Module] = [nn.Conv2d(c_in, chs[0], 3, stride=2, padding=1)]
         c = chs[0]
         for i, ch in enumerate(chs):
             for _ in range(config.res_blocks):
@@ -90,31 +101,81 @@ class Encoder(nn.Module):
                    nn.Conv2d(c, config.code_dim, 1)]
         self.body = nn.Sequential(*layers)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(images * 2 - 1)  # [0, 1] -> [-1, 1]
+    def forward(self, images: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        x = images if source is None else torch.cat([images, images - source], dim=1)
+        return self.body(x * 2 - 1)  # [0, 1] -> [-1, 1]
+
+
+def _decoder_widths(config: TokenizerConfig) -> list[int]:
+    """Decoder channels at the token resolution, then after each x2 upsampling."""
+    chs = config.channels
+    return [chs[-1]] + [chs[i - 1] if i > 0 else max(chs[0] // 2, NORM_GROUPS) for i in reversed(range(len(chs)))]
+
+
+class SourcePyramid(nn.Module):
+    """Features of the normal source window at every decoder resolution, finest first, each
+    projected to the decoder's width there by a zero-initialised 1x1 conv (the decoder starts
+    out as if unconditioned)."""
+
+    def __init__(self, config: TokenizerConfig):
+        super().__init__()
+        widths = _decoder_widths(config)[::-1]  # full resolution first
+        self.stem = nn.Conv2d(3, widths[0], 3, padding=1)
+        self.down = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(widths, widths[1:]))
+        self.proj = nn.ModuleList(nn.Conv2d(w, w, 1) for w in widths)
+        for p in self.proj:
+            nn.init.zeros_(p.weight)
+            nn.init.zeros_(p.bias)
+
+    def forward(self, source: torch.Tensor) -> list[torch.Tensor]:
+        h = F.silu(self.stem(source * 2 - 1))
+        feats = [h]
+        for down in self.down:
+            h = F.silu(down(h))
+            feats.append(h)
+        return [p(f) for p, f in zip(self.proj, feats)]
 
 
 class Decoder(nn.Module):
     """Mirror of the encoder: extra capacity sits at the token resolution (cheap per parameter);
-    each x2 upsampling conv also halves the width; a light head works at full resolution."""
+    each x2 upsampling conv also halves the width; a light head works at full resolution.
+
+    With a source, its features are added at the token resolution and after every upsampling,
+    and the output is the source plus a residual in logit space."""
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
         chs = config.channels
         c = chs[-1]
         layers: list[nn.Module] = [nn.Conv2d(config.code_dim, c, 3, padding=1)]
+        self._taps = [0]  # layer indices after which the source features of the next resolution join
         layers += [ResBlock(c, c) for _ in range(3)]
         for i in reversed(range(len(chs))):
             layers += [ResBlock(c, c) for _ in range(config.res_blocks)]
             out = chs[i - 1] if i > 0 else max(chs[0] // 2, NORM_GROUPS)
             layers += [nn.GroupNorm(NORM_GROUPS, c), nn.SiLU()] if i == 0 else []
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, out, 3, padding=1)]
+            self._taps.append(len(layers) - 1)
             c = out
         layers += [nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1)]
-        self.body = nn.Sequential(*layers)
+        self.body = nn.Sequential(*layers)  # one Sequential: the parameter names of older models
+        self.source = None
+        if config.source_conditioned:
+            self.source = SourcePyramid(config)
+            nn.init.zeros_(layers[-1].weight)  # no change drawn yet: the output starts as the source
+            nn.init.zeros_(layers[-1].bias)
 
-    def forward(self, z_q: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.body(z_q))
+    def forward(self, z_q: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        if self.source is None:
+            return torch.sigmoid(self.body(z_q))
+        skips = self.source(source)[::-1]  # coarsest first, as the decoder meets them
+        h, taps = z_q, dict(zip(self._taps, skips))
+        for i, layer in enumerate(self.body):
+            h = layer(h)
+            if i in taps:
+                h = h + taps[i]
+        # the source's logit plus the change: zero change reproduces the source (up to SOURCE_EPS)
+        return torch.sigmoid(torch.logit(source, eps=SOURCE_EPS) + h)
 
 
 class VQTokenizer(nn.Module):
@@ -129,16 +190,28 @@ class VQTokenizer(nn.Module):
     def normalized_codebook(self) -> torch.Tensor:
         return F.normalize(self.codebook.weight, dim=1, eps=NORM_EPS)  # (K, code_dim)
 
-    def encode_continuous(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) in [0, 1], H and W divisible by 8 -> z_e (B, code_dim, H/8, W/8), unit length."""
+    def _source(self, source: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """The source windows a source-conditioned tokenizer needs, checked against the images'
+        (B, 3, H, W) `shape`; None for an unconditioned one (it ignores any source handed in)."""
+        if not self.config.source_conditioned:
+            return None
+        if source is None:
+            raise ValueError("this tokenizer is source-conditioned: pass the normal source window(s) as `source`")
+        if tuple(source.shape) != tuple(shape):
+            raise ValueError(f"source {tuple(source.shape)} must have the images' shape {tuple(shape)}")
+        return source
+
+    def encode_continuous(self, images: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1], H and W divisible by 8 (and, for a source-conditioned
+        tokenizer, the normal `source` windows of the same shape) -> z_e (B, code_dim, H/8, W/8), unit length."""
         f = self.config.factor
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] % f or images.shape[3] % f:
             raise ValueError(f"expected images (B, 3, H, W) with H, W divisible by {f}, got {tuple(images.shape)}")
-        return F.normalize(self.encoder(images), dim=1, eps=NORM_EPS)
+        return F.normalize(self.encoder(images, self._source(source, images.shape)), dim=1, eps=NORM_EPS)
 
-    def encode(self, images: torch.Tensor) -> Quantized:
+    def encode(self, images: torch.Tensor, source: torch.Tensor | None = None) -> Quantized:
         """images (B, 3, H, W) in [0, 1] -> nearest codes by cosine similarity (see encode_continuous)."""
-        z_e = self.encode_continuous(images)  # (B, D, h, w)
+        z_e = self.encode_continuous(images, source)  # (B, D, h, w)
         B, D, h, w = z_e.shape
         flat = z_e.permute(0, 2, 3, 1).reshape(-1, D)  # (B*h*w, D)
         codebook = self.normalized_codebook()
@@ -152,20 +225,32 @@ class VQTokenizer(nn.Module):
                          loss=codebook_loss + self.config.beta * commitment,
                          perplexity=perplexity, z_e=z_e)
 
-    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        """(B, code_dim, h, w) -> images (B, 3, 8h, 8w) in [0, 1]."""
-        return self.decoder(z_q)
+    def decode(self, z_q: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, code_dim, h, w) [+ source (B, 3, 8h, 8w)] -> images (B, 3, 8h, 8w) in [0, 1]."""
+        f = self.config.factor
+        return self.decoder(z_q, self._source(source, (z_q.shape[0], 3, z_q.shape[2] * f, z_q.shape[3] * f)))
 
     def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, h, w) long -> (B, code_dim, h, w) unit codebook vectors."""
         return self.normalized_codebook()[codes].permute(0, 3, 1, 2)
 
-    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.codes_to_latents(codes))
+    def decode_codes(self, codes: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(self.codes_to_latents(codes), source)
 
-    def forward(self, images: torch.Tensor) -> TokenizerOutput:
-        q = self.encode(images)
-        return TokenizerOutput(recon=self.decode(q.z_q), codes=q.codes, vq_loss=q.loss,
+    def forward(self, images: torch.Tensor, source: torch.Tensor | None = None,
+                edit: torch.Tensor | None = None) -> TokenizerOutput:
+        """Encode and decode. `edit` (B, h, w) bool, source-conditioned only: decode the images'
+        codes where True and the source's own codes elsewhere, as synthesis does (it re-samples
+        only the masked tokens). Without it, the encoder spreads a defect over every code whose
+        receptive field sees it, and codes kept from the source would cut part of it away."""
+        q = self.encode(images, source)
+        z_q, codes = q.z_q, q.codes
+        if edit is not None and self.config.source_conditioned:
+            with torch.no_grad():
+                kept = self.encode(source, source)
+            z_q = torch.where(edit[:, None], z_q, kept.z_q)
+            codes = torch.where(edit, codes, kept.codes)
+        return TokenizerOutput(recon=self.decode(z_q, source), codes=codes, vq_loss=q.loss,
                                perplexity=q.perplexity, z_e=q.z_e)
 
     def code_usage(self, codes: torch.Tensor) -> torch.Tensor:
