@@ -53,7 +53,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     prior = Prior(PriorConfig()).eval()
-    tok = VQTokenizer(TokenizerConfig(source_conditioned=True)).eval()  # as `qarad fit` makes it
+    tok = VQTokenizer(TokenizerConfig()).eval()
     g = prior.config.grid
     cfg = SamplerConfig()
     codes = torch.randint(prior.config.vocab_size, (g, g))
@@ -96,9 +96,9 @@ def main() -> None:
     def anomalies(n: int):
         images = torch.rand(n, 3, size, size)
         with torch.inference_mode():
-            window_codes = tok.encode(images, images).codes
+            window_codes = tok.encode(images).codes
             sample = sample_masked_batch(prior, window_codes, tokens, text, cfg, gen)
-            generated = tok.decode_codes(sample.codes, images)
+            generated = tok.decode_codes(sample.codes)
             return [blend(images[i], generated[i], pixel_mask, cfg) for i in range(n)]
     e2e = timed(lambda: anomalies(1), args.repeats)
     e2e_batch = timed(lambda: anomalies(args.batch), max(args.repeats // 2, 1))

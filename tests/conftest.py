@@ -77,7 +77,7 @@ def mvtec_root(tmp_path: Path) -> Path:
 
 
 def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0, refiner: bool = True,
-                   source_conditioned: bool = True) -> Path:
+                   source_conditioned: bool = False) -> Path:
     """A randomly initialised ARAS model folder in the layout `qarad fit` writes (for fast tests).
     The output layers of its refiner and of a source-conditioned decoder are randomised too
     (fitted ones start as the identity), so that tests see them change pixels."""

@@ -197,10 +197,10 @@ MODEL_FILES = ["aras.json", "timings.json"] + [f"{stem}.{ext}" for stem in ("tok
                                                 for ext in ("safetensors", "json")]
 
 
-def _fit(data: Path, out: Path, prior_steps: int = 2) -> subprocess.CompletedProcess:
+def _fit(data: Path, out: Path, prior_steps: int = 2, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "qarad.cli", "fit", "--data", str(data), "--category", "widget",
                            "--out", str(out), "--size", "64", "--corpus-size", "8", "--tokenizer-steps", "2",
-                           "--prior-steps", str(prior_steps), "--refiner-steps", "2", "--qaw-steps", "2"],
+                           "--prior-steps", str(prior_steps), "--refiner-steps", "2", "--qaw-steps", "2", *extra],
                           capture_output=True, text=True, timeout=600)
 
 
@@ -230,6 +230,26 @@ def test_fit_command_writes_a_model_and_a_rerun_is_a_no_op(tmp_path):
     assert str(out) in message and "other settings" in message
     assert "Traceback" not in other.stderr
     assert _snapshot(out) == before
+
+
+def test_fit_source_conditioned_makes_a_model_that_synthesizes_locally(tmp_path):
+    import numpy as np
+    import torch
+
+    from qarad.synthesis.aras import SamplerConfig, dilate
+    from qarad.synthesis.pipeline import ARAS
+
+    data = make_mvtec_tree(tmp_path / "mvtec", size=(64, 64), n_train=4)
+    run = _fit(data, tmp_path / "model", 2, "--source-conditioned")
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "model" / "tokenizer.json").read_text())["source_conditioned"] is True
+    model = ARAS.load(tmp_path / "model")
+    image = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
+    mask = np.zeros((64, 64), bool)
+    mask[20:30, 24:40] = True
+    out = model.synthesize(image, mask, "a thin dark scratch", seed=0)
+    outside = ~dilate(torch.from_numpy(mask), SamplerConfig().dilate_px).numpy()
+    assert np.array_equal(out.image[outside], image[outside])
 
 
 def test_tokenizer_weights_defect_pixels_and_their_edge_only_on_the_defect_half():

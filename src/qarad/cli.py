@@ -100,6 +100,10 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--refiner-steps", type=int, default=0,
                    help="steps of the text-conditioned detail decoder: more realistic samples, weaker "
                         "detector training on the demo (e.g. 2000; default 0 = none)")
+    p.add_argument("--source-conditioned", action="store_true",
+                   help="tokenizer that encodes a defect as a change of the normal image and decodes it on "
+                        "top of the real pixels: much more realistic samples after a full fit, but it needs "
+                        "one (near-invisible defects after a short fit such as the demo's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-train-images", type=int, default=None)
     p.add_argument("--qaw-steps", type=int, default=1500, help="dual-encoder (QAW scorer) training steps")

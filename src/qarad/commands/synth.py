@@ -25,10 +25,11 @@ def _policy(args) -> ResolutionPolicy:
 def fit(args) -> int:
     from ..synthesis import fit as F
     from ..synthesis.prior import PriorConfig
+    from ..synthesis.tokenizer import TokenizerConfig
 
     out = check_output_folder(args.out)  # a file in the way or no permission: refuse before any work
     policy = _policy(args)
-    tok = F.FitConfig().tokenizer  # the default tokenizer (source-conditioned)
+    tok = TokenizerConfig(source_conditioned=args.source_conditioned)
     cfg = F.FitConfig(window=args.window, max_zoom=args.max_zoom, corpus_size=args.corpus_size,
                       tokenizer_steps=args.tokenizer_steps, prior_steps=args.prior_steps,
                       refiner_steps=args.refiner_steps, qaw_steps=args.qaw_steps,

@@ -71,9 +71,7 @@ class FitConfig:
     mask_dilate_px: int = 2
     checkpoint_every: int = 100
     seed: int = 0
-    # source-conditioned: codes carry the defect, the decoder takes the texture from the source
-    # (magnetic tile language control 0.xx vs 0.47 unconditioned; BENCHMARKS.md)
-    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(source_conditioned=True))
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
 

@@ -37,8 +37,9 @@ class TokenizerConfig:
     channels: tuple[int, ...] = (32, 64, 128)  # one stride-2 stage per entry: 3 stages => factor 8
     res_blocks: int = 1
     beta: float = 0.25  # commitment weight
-    # encode the change from a normal source window and decode on top of it (module docstring).
-    # False for models fitted before it existed; `qarad fit` sets True.
+    # encode the change from a normal source window and decode on top of it (module docstring);
+    # `qarad fit --source-conditioned`. Off by default: realistic after a full fit (magnetic tile
+    # KID 0.67 vs 1.05), near-invisible defects after a short one (the demo; BENCHMARKS.md)
     source_conditioned: bool = False
 
     @property
@@ -114,8 +115,8 @@ def _decoder_widths(config: TokenizerConfig) -> list[int]:
 
 class SourcePyramid(nn.Module):
     """Features of the normal source window at every decoder resolution, finest first, each
-    projected to the decoder's width there by a zero-initialised 1x1 conv (the decoder starts
-    out as if unconditioned)."""
+    projected to the decoder's width there by a zero-initialised 1x1 conv (they join the
+    decoder gradually as it learns)."""
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
