@@ -156,11 +156,13 @@ def cli_speed(model: Path, goods: list[str], n: int, workers: tuple[int, ...] = 
 def through_tokenizer(aras, render: "Render", refine: bool) -> torch.Tensor:
     """The window with its defect region replaced by the tokenizer's encode/decode of it, passed
     through the model's refiner with the render's clean window and prompt when `refine`: the most
-    of the defect any sampler over these codes can reproduce (outside the region: the input)."""
-    with torch.inference_mode():
-        from qarad.synthesis.aras import SamplerConfig, token_mask_from_pixels
+    of the defect any sampler over these codes can reproduce (outside the region: the input). A
+    source-conditioned tokenizer gets the clean window as its source, and the clean window's own
+    codes outside the tokens synthesis would re-sample."""
+    from qarad.synthesis.aras import SamplerConfig, token_mask_from_pixels
 
-        edit = token_mask_from_pixels(render.cover > 0, 8, SamplerConfig().dilate_px)[None]  # as synthesis re-samples
+    edit = token_mask_from_pixels(render.cover > 0, 8, SamplerConfig().dilate_px)[None]
+    with torch.inference_mode():
         recon = aras.tokenizer(render.window[None], render.clean[None], edit).recon
         if refine:
             recon = aras.refiner(recon, render.clean[None], render.cover[None], aras.text.encode([render.prompt]))

@@ -118,6 +118,24 @@ def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0, refiner: bool 
     return folder
 
 
+def assert_synthesizes_locally(model, shape: tuple[int, int], box: tuple[int, int, int, int], seed: int = 0):
+    """`model.synthesize` on a random image with a rectangular mask (y0, x0, y1, x1): every pixel
+    outside the dilated mask is bit-identical to the input. -> the SynthResult."""
+    import numpy as np
+    import torch
+
+    from qarad.synthesis.aras import SamplerConfig, dilate
+
+    image = np.random.default_rng(seed).random((*shape, 3), dtype=np.float32)
+    mask = np.zeros(shape, bool)
+    mask[box[0]:box[2], box[1]:box[3]] = True
+    out = model.synthesize(image, mask, "a thin dark scratch", seed=seed)
+    outside = ~dilate(torch.from_numpy(mask), SamplerConfig().dilate_px).numpy()
+    assert np.array_equal(out.image[outside], image[outside])
+    assert not (out.mask & outside).any()
+    return out
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models are dominated by per-op overhead; extra threads only add sync cost (and the

@@ -233,23 +233,14 @@ def test_fit_command_writes_a_model_and_a_rerun_is_a_no_op(tmp_path):
 
 
 def test_fit_source_conditioned_makes_a_model_that_synthesizes_locally(tmp_path):
-    import numpy as np
-    import torch
-
-    from qarad.synthesis.aras import SamplerConfig, dilate
+    from conftest import assert_synthesizes_locally
     from qarad.synthesis.pipeline import ARAS
 
     data = make_mvtec_tree(tmp_path / "mvtec", size=(64, 64), n_train=4)
     run = _fit(data, tmp_path / "model", 2, "--source-conditioned")
     assert run.returncode == 0, run.stderr
     assert json.loads((tmp_path / "model" / "tokenizer.json").read_text())["source_conditioned"] is True
-    model = ARAS.load(tmp_path / "model")
-    image = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
-    mask = np.zeros((64, 64), bool)
-    mask[20:30, 24:40] = True
-    out = model.synthesize(image, mask, "a thin dark scratch", seed=0)
-    outside = ~dilate(torch.from_numpy(mask), SamplerConfig().dilate_px).numpy()
-    assert np.array_equal(out.image[outside], image[outside])
+    assert_synthesizes_locally(ARAS.load(tmp_path / "model"), (64, 64), (20, 24, 30, 40))
 
 
 def test_tokenizer_weights_defect_pixels_and_their_edge_only_on_the_defect_half():
