@@ -267,7 +267,7 @@ def encode_corpus(tokenizer: VQTokenizer, corpus: Corpus, cfg: FitConfig) -> tup
     for s in range(0, len(corpus.prompts), 32):
         idx = torch.arange(s, min(s + 32, len(corpus.prompts)))
         edit = _edit_tokens(corpus.mask[idx], 0, cfg)
-        codes.append(tokenizer(corpus.images(idx, "defect"), corpus.images(idx, "clean"), edit).codes)
+        codes.append(tokenizer.encode_edited(corpus.images(idx, "defect"), corpus.images(idx, "clean"), edit).codes)
         masks.append(edit)
     return torch.cat(codes), torch.cat(masks)
 

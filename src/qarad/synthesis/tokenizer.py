@@ -15,7 +15,7 @@ not the material's texture, which the decoder takes from the real pixels.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -238,20 +238,25 @@ class VQTokenizer(nn.Module):
     def decode_codes(self, codes: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
         return self.decode(self.codes_to_latents(codes), source)
 
+    def encode_edited(self, images: torch.Tensor, source: torch.Tensor | None = None,
+                      edit: torch.Tensor | None = None) -> Quantized:
+        """`encode`, but with `edit` (B, h, w) bool on a source-conditioned tokenizer: the images'
+        codes where True and the source's own codes elsewhere, as synthesis has them (it
+        re-samples only the masked tokens). Without it, the encoder spreads a defect over every
+        code whose receptive field sees it, and codes kept from the source would cut part of it
+        away. Loss, perplexity and z_e stay those of the images' own encoding."""
+        q = self.encode(images, source)
+        if edit is None or not self.config.source_conditioned:
+            return q
+        with torch.no_grad():
+            kept = self.encode(source, source)
+        return replace(q, z_q=torch.where(edit[:, None], q.z_q, kept.z_q), codes=torch.where(edit, q.codes, kept.codes))
+
     def forward(self, images: torch.Tensor, source: torch.Tensor | None = None,
                 edit: torch.Tensor | None = None) -> TokenizerOutput:
-        """Encode and decode. `edit` (B, h, w) bool, source-conditioned only: decode the images'
-        codes where True and the source's own codes elsewhere, as synthesis does (it re-samples
-        only the masked tokens). Without it, the encoder spreads a defect over every code whose
-        receptive field sees it, and codes kept from the source would cut part of it away."""
-        q = self.encode(images, source)
-        z_q, codes = q.z_q, q.codes
-        if edit is not None and self.config.source_conditioned:
-            with torch.no_grad():
-                kept = self.encode(source, source)
-            z_q = torch.where(edit[:, None], z_q, kept.z_q)
-            codes = torch.where(edit, codes, kept.codes)
-        return TokenizerOutput(recon=self.decode(z_q, source), codes=codes, vq_loss=q.loss,
+        """Encode (`encode_edited`) and decode."""
+        q = self.encode_edited(images, source, edit)
+        return TokenizerOutput(recon=self.decode(q.z_q, source), codes=q.codes, vq_loss=q.loss,
                                perplexity=q.perplexity, z_e=q.z_e)
 
     def code_usage(self, codes: torch.Tensor) -> torch.Tensor:
