@@ -122,6 +122,10 @@ def speed(aras, goods: list[str], n_speed: int, n_naive: int, seed: int) -> dict
     for job in tqdm(jobs[1:], desc="speed: ARAS", unit="sample"):
         steps.append(aras.synthesize(*job).steps)
     aras_s = (time.perf_counter() - t0) / n_speed
+    out = {"aras_per_s": 1 / aras_s, "aras_s_per_sample": aras_s, "mean_masked_tokens": float(np.mean(steps)),
+           "n_speed": n_speed}
+    if not n_naive:  # ARAS alone
+        return out
     grid = aras.prior.config.grid
     t0 = time.perf_counter()
     with mock.patch.object(pipeline, "sample_masked", naive_sampler):
@@ -129,9 +133,8 @@ def speed(aras, goods: list[str], n_speed: int, n_naive: int, seed: int) -> dict
             if aras.synthesize(*job).steps != grid * grid:
                 raise RuntimeError("the naive sampler was not used: pipeline no longer calls sample_masked")
     naive_s = (time.perf_counter() - t0) / n_naive
-    return {"aras_per_s": 1 / aras_s, "naive_per_s": 1 / naive_s, "speedup": naive_s / aras_s,
-            "aras_s_per_sample": aras_s, "naive_s_per_sample": naive_s, "mean_masked_tokens": float(np.mean(steps)),
-            "naive_tokens": grid * grid, "n_speed": n_speed, "n_naive": n_naive}
+    return {**out, "naive_per_s": 1 / naive_s, "speedup": naive_s / aras_s, "naive_s_per_sample": naive_s,
+            "naive_tokens": grid * grid, "n_naive": n_naive}
 
 
 def cli_speed(model: Path, goods: list[str], n: int, workers: tuple[int, ...] = (1, 2)) -> dict:
@@ -482,6 +485,8 @@ def main() -> None:
         return
     if not (args.model / "aras.json").is_file():
         ap.error(f"{args.model}: not an ARAS model folder (no aras.json); fit one with `qarad fit`")
+    if args.n_naive < 1 or args.n_speed < 1:
+        ap.error("--n-speed and --n-naive must be at least 1 (the speed-up compares them)")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
