@@ -463,11 +463,27 @@ def fit_minutes(model: Path) -> float | None:
     return round(sum(json.loads(path.read_text()).values()) / 60.0, 2)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """--model, --data and --dataset, as every benchmark of a fitted ARAS model takes them."""
     ap.add_argument("--model", type=Path, required=True, help="fitted ARAS model folder (qarad fit)")
     ap.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
     ap.add_argument("--dataset", default="magnetic_tile/magnetic_tile", choices=list(common.DATASETS))
+
+
+def ready(ap: argparse.ArgumentParser, args) -> bool:
+    """False (having said so) when the dataset is absent: the benchmark skips; a --model that is
+    not a fitted model is a usage error."""
+    if not common.available(args.data, args.dataset):
+        print(f"skip: {args.dataset} not found under {args.data}", file=sys.stderr)
+        return False
+    if not (args.model / "aras.json").is_file():
+        ap.error(f"{args.model}: not an ARAS model folder (no aras.json); fit one with `qarad fit`")
+    return True
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(ap)
     ap.add_argument("--n-speed", type=int, default=20)
     ap.add_argument("--n-naive", type=int, default=2)
     ap.add_argument("--n-cli", type=int, default=40, help="samples per `qarad synth --workers 1|2` timing")
@@ -480,11 +496,8 @@ def main() -> None:
     ap.add_argument("--gallery", type=Path, default=None, help="default: gallery.png next to --out-json")
     ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args()
-    if not common.available(args.data, args.dataset):
-        print(f"skip: {args.dataset} not found under {args.data}", file=sys.stderr)
+    if not ready(ap, args):
         return
-    if not (args.model / "aras.json").is_file():
-        ap.error(f"{args.model}: not an ARAS model folder (no aras.json); fit one with `qarad fit`")
     if args.n_naive < 1 or args.n_speed < 1:
         ap.error("--n-speed and --n-naive must be at least 1 (the speed-up compares them)")
     if args.threads:

@@ -92,7 +92,7 @@ def step_seconds(model_dir: Path, side: int, paths: list[str]) -> dict:
     corpus = F.build_corpus([Path(p) for p in paths], meta.policy, base)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        def timed(stage: str, run) -> float:
+        def timed(stage: str, run):  # -> the model fitted in the timed run
             run(replace(base, **{f"{stage}_steps": 1}), Path(tmp) / f"{stage}_warm")
             t0 = time.perf_counter()
             model = run(replace(base, **{f"{stage}_steps": TIMED_STEPS}), Path(tmp) / stage)
@@ -134,9 +134,7 @@ def table(res: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, required=True, help="fitted ARAS model folder (qarad fit)")
-    ap.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
-    ap.add_argument("--dataset", default="magnetic_tile/magnetic_tile", choices=list(common.DATASETS))
+    synthesis.add_model_args(ap)
     ap.add_argument("--sides", type=int, nargs="+", default=[64, 96, 128])
     ap.add_argument("--n-render", type=int, default=60, help="procedural renders per family per side")
     ap.add_argument("--n-speed", type=int, default=20)
@@ -144,11 +142,8 @@ def main() -> None:
     ap.add_argument("--out-json", type=Path, default=common.RESULTS / "token_budget.json")
     ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args()
-    if not common.available(args.data, args.dataset):
-        print(f"skip: {args.dataset} not found under {args.data}", file=sys.stderr)
+    if not synthesis.ready(ap, args):
         return
-    if not (args.model / "aras.json").is_file():
-        ap.error(f"{args.model}: not an ARAS model folder (no aras.json); fit one with `qarad fit`")
     if args.n_speed < 1 or args.n_render < 4:
         ap.error("--n-speed must be at least 1 and --n-render at least 4 (a quarter of them is held out)")
     bad = [s for s in args.sides if s < 32 or s % 8]
