@@ -39,7 +39,8 @@ class TokenizerConfig:
     beta: float = 0.25  # commitment weight
     # encode the change from a normal source window and decode on top of it (module docstring);
     # `qarad fit --source-conditioned`. Off by default: realistic after a full fit (magnetic tile
-    # KID 0.67 vs 1.05), near-invisible defects after a short one (the demo; BENCHMARKS.md)
+    # KID 0.67 vs 1.05) yet a worse detector trained on it (AUPRO 0.46 vs 0.56), near-invisible
+    # defects after a short one (the demo; BENCHMARKS.md)
     source_conditioned: bool = False
 
     @property
