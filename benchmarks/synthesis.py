@@ -24,6 +24,7 @@ import json
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -251,15 +252,36 @@ def aras_predictions(aras, embedder, predict, goods, args, sampler, gallery: lis
     return np.array(truth), np.array(pred), unchanged
 
 
+@dataclass
+class FamilyClassifier:
+    renders: list[Render]
+    labels: torch.Tensor  # (n,) family index of each render
+    x: torch.Tensor  # (n, 304) their features at CLASSIFIER_SIDE
+    held: torch.Tensor  # (n,) bool: held out from training
+    predict: Callable[[torch.Tensor], torch.Tensor]  # features -> family index
+
+    @property
+    def holdout_top1(self) -> float:
+        return float((self.predict(self.x[self.held]) == self.labels[self.held]).double().mean())
+
+
+def family_classifier(embedder, train: list[str], policy, rule, n_render: int, seed: int) -> FamilyClassifier:
+    """The language-control judge: logistic regression on procedural renders cut by `rule`,
+    HOLDOUT of them held out."""
+    from qarad.defects.vocab import FAMILIES
+
+    renders, labels = procedural_renders(train, policy, rule, n_render, seed)
+    x = features(embedder, [r.window for r in renders], [r.cover for r in renders], side=CLASSIFIER_SIDE)
+    held = torch.from_numpy(np.random.default_rng([seed, 3]).random(len(labels)) < HOLDOUT)
+    return FamilyClassifier(renders, labels, x, held, fit_logreg(x[~held], labels[~held], len(FAMILIES), seed))
+
+
 def language_control(aras, embedder, goods, train, args, gallery: list) -> dict:
     from qarad.defects.vocab import FAMILIES
     from qarad.synthesis.aras import SamplerConfig
 
-    renders, labels = procedural_renders(train, aras.policy, aras.rule, args.n_render, args.seed)
-    x = features(embedder, [r.window for r in renders], [r.cover for r in renders], side=CLASSIFIER_SIDE)
-    held = torch.from_numpy(np.random.default_rng([args.seed, 3]).random(len(labels)) < HOLDOUT)
-    predict = fit_logreg(x[~held], labels[~held], len(FAMILIES), args.seed)
-    holdout_top1 = float((predict(x[held]) == labels[held]).double().mean())
+    judge = family_classifier(embedder, train, aras.policy, aras.rule, args.n_render, args.seed)
+    renders, labels, held, predict = judge.renders, judge.labels, judge.held, judge.predict
     idx = torch.nonzero(held)[:, 0].tolist()
 
     def ceiling(refine: bool) -> float:
@@ -281,7 +303,7 @@ def language_control(aras, embedder, goods, train, args, gallery: list) -> dict:
             "language_control_types": list(FAMILIES),
             "language_control_chance": 1 / len(FAMILIES), "language_control_per_family": per_family,
             "language_control_confusion": confusion, "language_control_unchanged": unchanged,
-            "n_per_family": args.n_per_family, "classifier_holdout_top1": holdout_top1,
+            "n_per_family": args.n_per_family, "classifier_holdout_top1": judge.holdout_top1,
             "classifier_side_px": CLASSIFIER_SIDE, "tokenizer_ceiling_top1": tokenizer_top1,
             "refiner_ceiling_top1": refined_top1,
             "classifier_n_train": int((~held).sum()), "classifier_n_holdout": int(held.sum())}

@@ -45,22 +45,17 @@ def ceilings(aras, embedder, train: list[str], rule, n_render: int, seed: int) -
     """Classifier top-1 on held-out renders, raw and after encode/decode, at `rule`'s side."""
     from qarad.defects.vocab import FAMILIES
 
-    renders, labels = synthesis.procedural_renders(train, aras.policy, rule, n_render, seed)
-    covers = [r.cover for r in renders]
-    side = synthesis.CLASSIFIER_SIDE
-    x = synthesis.features(embedder, [r.window for r in renders], covers, side=side)
-    recon = synthesis.features(embedder, [synthesis.through_tokenizer(aras, r, False) for r in renders], covers,
-                               side=side)
-    held = torch.from_numpy(np.random.default_rng([seed, 3]).random(len(labels)) < synthesis.HOLDOUT)
-    y = labels[held]
-    on_renders = synthesis.fit_logreg(x[~held], labels[~held], len(FAMILIES), seed)
-    on_recon = synthesis.fit_logreg(recon[~held], labels[~held], len(FAMILIES), seed)
+    judge = synthesis.family_classifier(embedder, train, aras.policy, rule, n_render, seed)
+    held, y = judge.held, judge.labels[judge.held]
+    recon = synthesis.features(embedder, [synthesis.through_tokenizer(aras, r, False) for r in judge.renders],
+                               [r.cover for r in judge.renders], side=synthesis.CLASSIFIER_SIDE)
+    on_recon = synthesis.fit_logreg(recon[~held], judge.labels[~held], len(FAMILIES), seed)
 
     def top1(predict, feats) -> float:
         return float((predict(feats[held]) == y).double().mean())
 
-    pred = on_renders(recon[held])
-    return {"classifier_holdout_top1": top1(on_renders, x), "tokenizer_ceiling_top1": top1(on_renders, recon),
+    pred = judge.predict(recon[held])
+    return {"classifier_holdout_top1": judge.holdout_top1, "tokenizer_ceiling_top1": top1(judge.predict, recon),
             "recon_trained_ceiling_top1": top1(on_recon, recon),
             "tokenizer_ceiling_per_family": {f: float((pred[y == j] == j).double().mean())
                                              for j, f in enumerate(FAMILIES)},
@@ -82,11 +77,11 @@ def at_side(aras, side: int):
                 refiner=aras.refiner), prior is aras.prior
 
 
-def step_seconds(model_dir: Path, side: int, paths: list[str]) -> dict:
-    """Seconds per step of the tokenizer and prior fit loops at `side` (TIMED_STEPS each)."""
+def step_seconds(meta, side: int, paths: list[str]) -> dict:
+    """Seconds per step of the tokenizer and prior fit loops at `side` (TIMED_STEPS each), with the
+    fit settings of `meta` (the model's ModelConfig) but that side's window."""
     from qarad.synthesis import fit as F
 
-    meta = F.read_model_config(model_dir)
     base = replace(meta.fit, window=side, corpus_size=TIMING_CORPUS, checkpoint_every=10**9,
                    prior=replace(meta.fit.prior, grid=side // 8))
     corpus = F.build_corpus([Path(p) for p in paths], meta.policy, base)
@@ -106,13 +101,16 @@ def step_seconds(model_dir: Path, side: int, paths: list[str]) -> dict:
     return out
 
 
-def projected_fit_minutes(model_dir: Path, per_step: dict) -> float:
-    from qarad.synthesis import fit as F
+def fixed_stage_seconds(model_dir: Path) -> float:
+    """The model's measured corpus and QAW stage seconds (they do not depend on the window)."""
+    path = model_dir / "timings.json"
+    timings = json.loads(path.read_text()) if path.is_file() else {}
+    return timings.get("corpus", 0.0) + timings.get("dual_encoder", 0.0)
 
-    fit = F.read_model_config(model_dir).fit
-    timings = json.loads((model_dir / "timings.json").read_text()) if (model_dir / "timings.json").is_file() else {}
-    fixed = timings.get("corpus", 0.0) + timings.get("dual_encoder", 0.0)
-    return (per_step["tokenizer"] * fit.tokenizer_steps + per_step["prior"] * fit.prior_steps + fixed) / 60.0
+
+def projected_fit_minutes(fit, per_step: dict, fixed_s: float) -> float:
+    """`fit` (FitConfig) step counts times the timed seconds per step, plus the fixed stages."""
+    return (per_step["tokenizer"] * fit.tokenizer_steps + per_step["prior"] * fit.prior_steps + fixed_s) / 60.0
 
 
 def table(res: dict) -> str:
@@ -152,6 +150,7 @@ def main() -> None:
     from qarad.backbone import Backbone, BackboneConfig
     from qarad.data.mvtec import scan_mvtec
     from qarad.detection.patchcore import PatchEmbedder
+    from qarad.synthesis.fit import read_model_config
     from qarad.synthesis.pipeline import ARAS
 
     t0 = time.perf_counter()
@@ -159,6 +158,7 @@ def main() -> None:
     goods = [str(s.image) for s in scan_mvtec(args.data / root, cat, "test") if s.label == 0]
     train = [str(s.image) for s in scan_mvtec(args.data / root, cat, "train")]
     model = ARAS.load(args.model)
+    meta, fixed_s = read_model_config(args.model), fixed_stage_seconds(args.model)
     embedder = PatchEmbedder(Backbone(BackboneConfig(strides=(8, 16)))).eval()
     sides = []
     for side in args.sides:
@@ -167,8 +167,8 @@ def main() -> None:
         row.update(ceilings(aras, embedder, train, aras.rule, args.n_render, args.seed))
         speed = synthesis.speed(aras, goods, args.n_speed, 0, args.seed)
         row.update({k: speed[k] for k in ("aras_per_s", "mean_masked_tokens")})
-        row["fit_s_per_step"] = step_seconds(args.model, side, train)
-        row["projected_fit_minutes"] = projected_fit_minutes(args.model, row["fit_s_per_step"])
+        row["fit_s_per_step"] = step_seconds(meta, side, train)
+        row["projected_fit_minutes"] = projected_fit_minutes(meta.fit, row["fit_s_per_step"], fixed_s)
         sides.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "tokenizer_ceiling_per_family"}), flush=True)
     results = {"dataset": args.dataset, "model": str(args.model), "n_render": args.n_render, "n_speed": args.n_speed,
