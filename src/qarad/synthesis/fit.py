@@ -244,11 +244,13 @@ def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
         source = corpus.images(idx, "clean")
         x = torch.cat([source[:half], corpus.images(idx[half:], "defect")])
         x, source = _augment(x, cfg.seed, step), _augment(source, cfg.seed, step)
-        edit = _edit_tokens(_augment(corpus.mask[idx], cfg.seed, step), half, cfg)
+        edit = None  # an unconditioned tokenizer encodes every token of its own window
+        if cfg.tokenizer.source_conditioned:
+            edit = _edit_tokens(_augment(corpus.mask[idx], cfg.seed, step), half, cfg)
         weight = _augment(_pixel_weights(corpus, idx, half, cfg.defect_weight), cfg.seed, step)
         _set_lr(opt, step, cfg.tokenizer_lr, cfg, cfg.tokenizer_steps)
         with step_rng(cfg.seed, step):  # no global-RNG draw today; any added later stays resumable
-            out = model(x, source, edit)  # `source` and `edit` are ignored by an unconditioned tokenizer
+            out = model(x, source, edit)  # an unconditioned tokenizer ignores `source`
             loss = _pixel_loss(perceptual, out.recon, x, weight, cfg) + out.vq_loss
             value = optimizer_step(opt, loss, model.parameters())
         usage += model.code_usage(out.codes)
@@ -309,7 +311,8 @@ def fit_refiner(tokenizer: VQTokenizer, corpus: Corpus, text: torch.Tensor, cfg:
         idx = _batch(len(corpus.prompts), cfg.batch_size, cfg.seed + 2, step)
         target, clean = corpus.images(idx, "defect"), corpus.images(idx, "clean")
         with torch.no_grad():
-            decoded = tokenizer(target, clean, _edit_tokens(corpus.mask[idx], 0, cfg)).recon.clamp(0, 1)
+            edit = _edit_tokens(corpus.mask[idx], 0, cfg) if tokenizer.config.source_conditioned else None
+            decoded = tokenizer(target, clean, edit).recon.clamp(0, 1)
         mask = corpus.mask[idx].float()[:, None]
         weight = _defect_weights(corpus.mask[idx], cfg.defect_weight)
         target, clean, decoded, mask, weight = (_augment(v, cfg.seed + 2, step)
