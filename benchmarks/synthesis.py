@@ -527,7 +527,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     from qarad.backbone import Backbone, BackboneConfig
     from qarad.data.mvtec import scan_mvtec
-    from qarad.detection.patchcore import PatchEmbedder
+    from qarad.backbone import PatchEmbedder
     from qarad.synthesis.aras import SamplerConfig
     from qarad.synthesis.pipeline import ARAS
 

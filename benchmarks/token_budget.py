@@ -149,7 +149,7 @@ def main() -> None:
         ap.error(f"--sides must be multiples of 8 and at least 32, got {bad}")
     from qarad.backbone import Backbone, BackboneConfig
     from qarad.data.mvtec import scan_mvtec
-    from qarad.detection.patchcore import PatchEmbedder
+    from qarad.backbone import PatchEmbedder
     from qarad.synthesis.fit import read_model_config
     from qarad.synthesis.pipeline import ARAS
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # ImageNet statistics the Lite0 weights were trained with (RGB, [0, 1] input).
@@ -17,6 +18,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 TAP_BLOCKS = {8: 4, 16: 10, 32: 15}  # stride -> index of the block whose output is tapped
 TAP_CHANNELS = {8: 40, 16: 112, 32: 320}
+PATCH_STRIDE = 8  # the finest tap: one patch feature per 8x8 working pixels
 
 
 @dataclass(frozen=True)
@@ -84,3 +86,22 @@ class Backbone(nn.Module):
             if idx in wanted:
                 feats[wanted[idx]] = x
         return feats
+
+
+class PatchEmbedder(nn.Module):
+    """(B, 3, H, W) in [0, 1] -> (B, C, H/8, W/8): 3x3-averaged taps, stride 16 upsampled to 8."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    @property
+    def channels(self) -> int:
+        return sum(self.backbone.channels().values())
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone(views)
+        size = feats[PATCH_STRIDE].shape[-2:]
+        pooled = [F.avg_pool2d(f, 3, stride=1, padding=1) for _, f in sorted(feats.items())]
+        return torch.cat([p if p.shape[-2:] == size else
+                          F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pooled], 1)

@@ -21,7 +21,8 @@ from torch import nn
 from .. import __version__
 from ..data.resolution import ResolutionPolicy
 from .anomaly_map import gaussian_blur, upsample
-from .patchcore import PATCH_STRIDE, PatchCore, PatchEmbedder
+from ..backbone import PATCH_STRIDE, PatchEmbedder
+from .patchcore import PatchCore
 from .segmenter import Segmenter
 
 OPSET = 17  # within what the TorchScript exporter and the pinned onnxruntime support

@@ -17,13 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import checkpoint
-from ..backbone import Backbone, BackboneConfig
+from ..backbone import PATCH_STRIDE, Backbone, BackboneConfig, PatchEmbedder
 from ..data.resolution import ResolutionPolicy
 from ..data.stream import iter_loaded, map_views
 from .anomaly_map import gaussian_blur, upsample
 from .coreset import CoresetSampler
 
-PATCH_STRIDE = 8
 THRESHOLD_SIGMAS = 3.0  # decision threshold = mean + 3 std of held-out normal image scores
 
 
@@ -37,25 +36,6 @@ class PatchCoreConfig:
     calibration_images: int = 50  # normal training images scored leave-one-out for the threshold
     batch_size: int = 8
     seed: int = 0
-
-
-class PatchEmbedder(nn.Module):
-    """(B, 3, H, W) in [0, 1] -> (B, C, H/8, W/8): 3x3-averaged taps, stride 16 upsampled to 8."""
-
-    def __init__(self, backbone: Backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    @property
-    def channels(self) -> int:
-        return sum(self.backbone.channels().values())
-
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        feats = self.backbone(views)
-        size = feats[PATCH_STRIDE].shape[-2:]
-        pooled = [F.avg_pool2d(f, 3, stride=1, padding=1) for _, f in sorted(feats.items())]
-        return torch.cat([p if p.shape[-2:] == size else
-                          F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pooled], 1)
 
 
 def nearest_distance(queries: torch.Tensor, memory: torch.Tensor, memory_sq: torch.Tensor,
@@ -72,7 +52,7 @@ def nearest_distance(queries: torch.Tensor, memory: torch.Tensor, memory_sq: tor
     return out
 
 
-def _patch_valid(valid: torch.Tensor) -> torch.Tensor:
+def patch_valid(valid: torch.Tensor) -> torch.Tensor:
     """(n, vh, vw) pixel validity -> (n, vh/8, vw/8): a patch counts if its centre pixel is real."""
     c = PATCH_STRIDE // 2
     return valid[:, c::PATCH_STRIDE, c::PATCH_STRIDE]
@@ -114,7 +94,7 @@ class PatchCore:
                                  cfg.memory_limit)
         with torch.inference_mode():
             for item, emb in map_views(iter_loaded(paths, self.policy), self._embed, cfg.batch_size):
-                keep = _patch_valid(item.layout.valid())  # (n, h, w)
+                keep = patch_valid(item.layout.valid())  # (n, h, w)
                 feats = emb.permute(0, 2, 3, 1)[keep]  # (patches, C), on CPU
                 sampler.add(feats, torch.full((len(feats),), item.index, dtype=torch.int32))
                 if on_image:

@@ -26,7 +26,7 @@ FeaturesFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, S, S) in [0, 1] ->
 def default_features_fn() -> FeaturesFn:
     """The detector's own features: stride-8 + stride-16 taps, 3x3-aggregated (152 channels)."""
     from ..backbone import Backbone, BackboneConfig
-    from ..detection.patchcore import PatchEmbedder
+    from ..backbone import PatchEmbedder
 
     return PatchEmbedder(Backbone(BackboneConfig(strides=(8, 16))))
 
