@@ -36,10 +36,10 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
 
 from common import RESULTS, envelope, update_section, write_json  # noqa: E402
-from conftest import make_mvtec_tree, make_tiny_aras, texture  # noqa: E402
+
+from qarad.testing import make_mvtec_tree, make_tiny_aras, texture  # noqa: E402
 
 CATEGORY = "widget"
 SIZE = 64

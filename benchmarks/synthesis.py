@@ -62,7 +62,7 @@ def load(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def cut(image: np.ndarray, mask: np.ndarray, policy, rule) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's window around `mask` (3, S, S) and the mask's coverage of it (S, S) in [0, 1]."""
-    from qarad.synthesis.pipeline import crop_window
+    from qarad.synthesis.window import crop_window
 
     return crop_window(image, mask, policy, rule)
 
@@ -477,7 +477,9 @@ def table(res: dict, dataset: str, gallery_rel: str) -> str:
 
 
 def fit_minutes(model: Path) -> float | None:
-    path = model / "timings.json"
+    from qarad.synthesis.model import TIMINGS
+
+    path = model / TIMINGS
     if not path.is_file():
         print(f"note: {path} not found (model fitted before stage timings existed): fit_minutes is null",
               file=sys.stderr)
@@ -498,7 +500,9 @@ def ready(ap: argparse.ArgumentParser, args) -> bool:
     if not common.available(args.data, args.dataset):
         print(f"skip: {args.dataset} not found under {args.data}", file=sys.stderr)
         return False
-    if not (args.model / "aras.json").is_file():
+    from qarad.synthesis.model import CONFIG
+
+    if not (args.model / CONFIG).is_file():
         ap.error(f"{args.model}: not an ARAS model folder (no aras.json); fit one with `qarad fit`")
     return True
 

@@ -103,8 +103,9 @@ def step_seconds(meta, side: int, paths: list[str]) -> dict:
 
 def fixed_stage_seconds(model_dir: Path) -> float:
     """The model's measured corpus and QAW stage seconds (they do not depend on the window)."""
-    path = model_dir / "timings.json"
-    timings = json.loads(path.read_text()) if path.is_file() else {}
+    from qarad.synthesis.model import read_timings
+
+    timings = read_timings(model_dir)
     return timings.get("corpus", 0.0) + timings.get("dual_encoder", 0.0)
 
 
@@ -150,7 +151,7 @@ def main() -> None:
     from qarad.backbone import Backbone, BackboneConfig
     from qarad.data.mvtec import scan_mvtec
     from qarad.backbone import PatchEmbedder
-    from qarad.synthesis.fit import read_model_config
+    from qarad.synthesis.model import read_config
     from qarad.synthesis.pipeline import ARAS
 
     t0 = time.perf_counter()
@@ -158,7 +159,7 @@ def main() -> None:
     goods = [str(s.image) for s in scan_mvtec(args.data / root, cat, "test") if s.label == 0]
     train = [str(s.image) for s in scan_mvtec(args.data / root, cat, "train")]
     model = ARAS.load(args.model)
-    meta, fixed_s = read_model_config(args.model), fixed_stage_seconds(args.model)
+    meta, fixed_s = read_config(args.model), fixed_stage_seconds(args.model)
     embedder = PatchEmbedder(Backbone(BackboneConfig(strides=(8, 16)))).eval()
     sides = []
     for side in args.sides:

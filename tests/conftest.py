@@ -3,119 +3,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import settings
-from PIL import Image
+
+# the fake data and models live in the library, so benchmarks can use them too; re-exported for the tests
+from qarad.testing import DEFECT_TYPES, defect_box, make_mvtec_tree, make_tiny_aras, texture  # noqa: F401
 
 # Same examples on every run, no example database written into the checkout, no flaky deadlines.
 settings.register_profile("qarad", derandomize=True, database=None, deadline=None, max_examples=60)
 settings.load_profile("qarad")
-
-DEFECT_TYPES = ("crack", "scratch")  # defect image i goes to DEFECT_TYPES[i % 2]
-
-
-def texture(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) uint8 grey noise texture, never brighter than 200 so a defect of 255 stands out."""
-    h, w = size
-    noise = rng.normal(0.45, 0.08, (h, w, 1)) + rng.normal(0.0, 0.02, (h, w, 3))
-    return (np.clip(noise, 0.0, 200 / 255) * 255).astype(np.uint8)
-
-
-def defect_box(i: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) of the bright square in defect image i: side a quarter of the shorter side."""
-    h, w = size
-    side = max(2, min(h, w) // 4)
-    y0 = (3 + 5 * i) % (h - side)
-    x0 = (7 + 11 * i) % (w - side)
-    return y0, y0 + side, x0, x0 + side
-
-
-def make_mvtec_tree(root: Path, category: str = "widget", n_train: int = 6, n_good: int = 3, n_defect: int = 3,
-                    size: tuple[int, int] = (48, 64)) -> Path:
-    """Write a tiny MVTec AD tree under `root` (created if needed) and return `root`.
-
-    root/CATEGORY/train/good/000.png ...             n_train normal images
-    root/CATEGORY/test/good/000.png ...              n_good normal images
-    root/CATEGORY/test/<type>/000.png ...            n_defect images over DEFECT_TYPES, round robin
-    root/CATEGORY/ground_truth/<type>/000_mask.png   0/255 mask of the bright square (see defect_box)
-
-    `size` is (height, width) of every image. RGB 8-bit PNGs; deterministic for given arguments.
-    Calling it again with another category adds that category beside the first.
-    """
-    root = Path(root)
-    cat = root / category
-    rng = np.random.default_rng([n_train, n_good, n_defect, *size, *category.encode()])
-    folders = {"train": cat / "train" / "good", "good": cat / "test" / "good"}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n_train):
-        Image.fromarray(texture(rng, size)).save(folders["train"] / f"{i:03d}.png")
-    for i in range(n_good):
-        Image.fromarray(texture(rng, size)).save(folders["good"] / f"{i:03d}.png")
-    counters = {t: 0 for t in DEFECT_TYPES}
-    for i in range(n_defect):
-        kind = DEFECT_TYPES[i % len(DEFECT_TYPES)]
-        stem = f"{counters[kind]:03d}"
-        counters[kind] += 1
-        image = texture(rng, size)
-        mask = np.zeros(size, dtype=np.uint8)
-        y0, y1, x0, x1 = defect_box(i, size)
-        image[y0:y1, x0:x1] = 255
-        mask[y0:y1, x0:x1] = 255
-        (cat / "test" / kind).mkdir(parents=True, exist_ok=True)
-        (cat / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(cat / "test" / kind / f"{stem}.png")
-        Image.fromarray(mask).save(cat / "ground_truth" / kind / f"{stem}_mask.png")
-    return root
 
 
 @pytest.fixture
 def mvtec_root(tmp_path: Path) -> Path:
     """A default fake MVTec tree with category "widget"."""
     return make_mvtec_tree(tmp_path / "mvtec")
-
-
-def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0, refiner: bool = True,
-                   source_conditioned: bool = False) -> Path:
-    """A randomly initialised ARAS model folder in the layout `qarad fit` writes (for fast tests).
-    The output layers of its refiner and of a source-conditioned decoder are randomised too
-    (fitted ones start as the identity), so that tests see them change pixels."""
-    import json
-    from dataclasses import asdict
-
-    import torch
-
-    from qarad import checkpoint
-    from qarad.data.resolution import ResolutionPolicy
-    from qarad.quality.dual_encoder import DualEncoder
-    from qarad.quality.fit import save_dual_encoder
-    from qarad.synthesis.fit import FitConfig, config_dict
-    from qarad.synthesis.prior import Prior, PriorConfig
-    from qarad.synthesis.refiner import Refiner, RefinerConfig
-    from qarad.synthesis.tokenizer import TokenizerConfig, VQTokenizer
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tok_cfg = TokenizerConfig(codebook_size=16, code_dim=8, channels=(8, 16, 16), source_conditioned=source_conditioned)
-    prior_cfg = PriorConfig(vocab_size=16, grid=window // 8, d_model=32, n_layers=1, n_heads=2)
-    ref_cfg = RefinerConfig(channels=(8, 16, 16))
-    cfg = FitConfig(window=window, tokenizer=tok_cfg, prior=prior_cfg, refiner=ref_cfg,
-                    refiner_steps=2000 if refiner else 0)
-    torch.manual_seed(seed)
-    tok = VQTokenizer(tok_cfg)
-    if source_conditioned:
-        torch.nn.init.normal_(tok.decoder.body[-1].weight, std=0.05)
-    checkpoint.save(folder / "tokenizer", tok.state_dict(), asdict(tok_cfg))
-    checkpoint.save(folder / "prior", Prior(prior_cfg).state_dict(), asdict(prior_cfg))
-    if refiner:
-        ref = Refiner(ref_cfg)
-        torch.nn.init.normal_(ref.head.weight, std=0.05)
-        checkpoint.save(folder / "refiner", ref.state_dict(), asdict(ref_cfg))
-    save_dual_encoder(folder / "dual_encoder", DualEncoder())
-    meta = {"fit": config_dict(cfg), "policy": ResolutionPolicy(size=64).to_dict(), "data": {}}
-    (folder / "aras.json").write_text(json.dumps(meta))
-    return folder
 
 
 def assert_synthesizes_locally(model, shape: tuple[int, int], box: tuple[int, int, int, int], seed: int = 0):

@@ -273,13 +273,13 @@ def _tiny_pipeline(tmp_path):
 def test_residual_composite_changes_nothing_where_the_codes_are_kept(tmp_path):
     import numpy as np
 
-    from qarad.synthesis.pipeline import _cut
+    from qarad.synthesis.window import window_cut
 
     model = _tiny_pipeline(tmp_path)
     image = np.random.default_rng(0).random((48, 40, 3), dtype=np.float32)
     mask = np.zeros((48, 40), bool)
     mask[10:20, 12:22] = True
-    cut = _cut(image, mask, model.policy, model.rule)
+    cut = window_cut(image, mask, model.policy, model.rule)
     codes = model.tokenizer.encode(cut.window[None], cut.window[None]).codes[0]
     cover, text = torch.zeros(model.window, model.window), torch.zeros(384)
     kept = model._generated(cut, codes, codes, SamplerConfig(composite="residual"), cover, text)
@@ -292,13 +292,13 @@ def test_residual_composite_adds_exactly_the_decoded_change(tmp_path):
     import numpy as np
     import torch.nn.functional as F
 
-    from qarad.synthesis.pipeline import _cut
+    from qarad.synthesis.window import window_cut
 
     model = _tiny_pipeline(tmp_path)
     image = np.full((32, 32, 3), 0.5, np.float32)
     mask = np.zeros((32, 32), bool)
     mask[8:16, 8:16] = True
-    cut = _cut(image, mask, model.policy, model.rule)
+    cut = window_cut(image, mask, model.policy, model.rule)
     old = model.tokenizer.encode(cut.window[None], cut.window[None]).codes[0]
     new = (old + 1) % model.tokenizer.config.codebook_size
     with torch.no_grad():

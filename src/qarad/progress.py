@@ -15,3 +15,20 @@ def bar(total: int | None, desc: str, unit: str = "img") -> Iterator[Callable[[]
     with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
               leave=True, disable=os.environ.get("QARAD_PROGRESS") == "0") as t:
         yield lambda: t.update(1)
+
+
+@contextmanager
+def loss_bar(total: int, desc: str, start: int = 0) -> Iterator[Callable[[float], None]]:
+    """Yield a callback that advances a bar over training steps by one and shows a running loss;
+    a resumed stage's bar starts at `start`."""
+    with tqdm(total=total, initial=start, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True,
+              mininterval=0.5) as t:
+        avg = None
+
+        def tick(loss: float) -> None:
+            nonlocal avg
+            avg = loss if avg is None else 0.98 * avg + 0.02 * loss
+            t.set_postfix(loss=f"{avg:.4f}", refresh=False)
+            t.update(1)
+
+        yield tick

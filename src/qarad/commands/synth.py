@@ -2,20 +2,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import checkpoint
-from ..data.io import check_output_folder, discarded_on_failure, make_folder, write_json
-from ..data.mvtec import scan_mvtec, subsample
+from ..data.io import check_output_folder, discarded_on_failure
 from ..data.resolution import ResolutionPolicy
-from ..progress import bar
-
-QAW = "dual_encoder"
-TIME_EVERY = 25  # training steps between updates of MODEL/timings.json
+from ..progress import bar, loss_bar
 
 
 def _policy(args) -> ResolutionPolicy:
@@ -24,110 +18,42 @@ def _policy(args) -> ResolutionPolicy:
 
 def fit(args) -> int:
     from ..synthesis import fit as F
+    from ..synthesis.model import FitConfig, FitData, ModelConfig
     from ..synthesis.prior import PriorConfig
     from ..synthesis.tokenizer import TokenizerConfig
 
     out = check_output_folder(args.out)  # a file in the way or no permission: refuse before any work
     policy = _policy(args)
     tok = TokenizerConfig(source_conditioned=args.source_conditioned)
-    cfg = F.FitConfig(window=args.window, max_zoom=args.max_zoom, corpus_size=args.corpus_size,
-                      tokenizer_steps=args.tokenizer_steps, prior_steps=args.prior_steps,
-                      refiner_steps=args.refiner_steps, qaw_steps=args.qaw_steps,
-                      batch_size=args.batch_size, seed=args.seed,
-                      tokenizer=tok, prior=PriorConfig(grid=args.window // 8, vocab_size=tok.codebook_size))
-    train = [s for category in args.category for s in scan_mvtec(args.data, category, "train")]
-    paths = [s.image for s in subsample(train, args.max_train_images, args.seed)]
-    meta = {"fit": F.config_dict(cfg), "policy": policy.to_dict(),
-            "data": {"root": str(Path(args.data).resolve()),
-                     "category": args.category[0] if len(args.category) == 1 else args.category,
-                     "max_train_images": args.max_train_images}}
-    meta = json.loads(json.dumps(meta))  # tuples -> lists, as they will read back
-    existing = out / "aras.json"
-    if existing.is_file():
-        if checkpoint.load_config(existing) != meta:
-            if not args.overwrite:
-                raise ValueError(f"{out}: holds an ARAS model fitted with other settings; choose another --out "
-                                 "or pass --overwrite")
-            shutil.rmtree(out)  # other settings: nothing in there can be reused
-    elif out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out}: folder is not empty and is not an ARAS model; choose another --out")
-    fresh = not out.exists()
-    make_folder(out)
-    write_json(existing, meta)
-    state = out / "state"
-    state.mkdir(exist_ok=True)
-
-    timer = _StageTimer(out / "timings.json")
-    stages = ["render fitting corpus", "tokenizer", "prior", "refiner", "QAW dual encoder"]
-    if not cfg.refiner_steps:
-        stages.remove("refiner")
-
-    def label(stage: str) -> str:
-        return f"fit {stages.index(stage) + 1}/{len(stages)}: {stage}"
-    corpus_stem = out / F.CORPUS
-    if corpus_stem.with_suffix(".json").is_file():
-        corpus = F.load_corpus(corpus_stem)
-        timer.restart()
-    else:
-        with discarded_on_failure(out, created=fresh):  # a bad image found while rendering: nothing fitted yet
-            with bar(cfg.corpus_size, label("render fitting corpus"), unit="defect") as tick:
-                corpus = F.build_corpus(paths, policy, cfg, on_sample=tick)
-        F.save_corpus(corpus_stem, corpus)
-        timer.lap("corpus")
-
-    tok_stem = out / F.TOKENIZER
-    from ..synthesis.tokenizer import VQTokenizer
-
-    if tok_stem.with_suffix(".safetensors").is_file():
-        tokenizer = VQTokenizer(cfg.tokenizer)
-        checkpoint.load_module(tok_stem, tokenizer)
-        tokenizer.eval()
-        timer.restart()
-    else:
-        with _loss_bar(cfg.tokenizer_steps, label("tokenizer"), state / F.TOKENIZER, timer, "tokenizer") as tick:
-            tokenizer = F.fit_tokenizer(corpus, cfg, state / F.TOKENIZER, on_step=tick)
-        checkpoint.save(tok_stem, tokenizer.state_dict(), json.loads(json.dumps(cfg.tokenizer.__dict__)))
-        timer.lap("tokenizer")
-
-    prior_stem = out / F.PRIOR
-    text = None
-    if not prior_stem.with_suffix(".safetensors").is_file():
-        codes, token_masks = F.encode_corpus(tokenizer, corpus, cfg)
-        text = F.text_embeddings(corpus.prompts)
-        with _loss_bar(cfg.prior_steps, label("prior"), state / F.PRIOR, timer, "prior") as tick:
-            prior = F.fit_prior(codes, token_masks, text, cfg, state / F.PRIOR, on_step=tick)
-        checkpoint.save(prior_stem, prior.state_dict(), json.loads(json.dumps(cfg.prior.__dict__)))
-        timer.lap("prior")
-
-    refiner_stem = out / F.REFINER
-    if cfg.refiner_steps and not refiner_stem.with_suffix(".safetensors").is_file():
-        text = F.text_embeddings(corpus.prompts) if text is None else text
-        with _loss_bar(cfg.refiner_steps, label("refiner"), state / F.REFINER, timer, "refiner") as tick:
-            refiner = F.fit_refiner(tokenizer, corpus, text, cfg, state / F.REFINER, on_step=tick)
-        checkpoint.save(refiner_stem, refiner.state_dict(), json.loads(json.dumps(cfg.refiner.__dict__)))
-        timer.lap("refiner")
-
-    qaw_stem = out / QAW
-    if not qaw_stem.with_suffix(".safetensors").is_file():
-        from ..defects.renderer import FAMILIES
-        from ..quality.fit import fit_dual_encoder, save_dual_encoder
-
-        text = F.text_embeddings(corpus.prompts) if text is None else text
-        families = torch.tensor([FAMILIES.index(f) for f in corpus.families])
-        with _loss_bar(cfg.qaw_steps, label("QAW dual encoder"), state / QAW, timer, "dual_encoder") as tick:
-            scorer = fit_dual_encoder(None, corpus.defect.permute(0, 3, 1, 2), corpus.mask, text, families,
-                                      steps=cfg.qaw_steps, seed=cfg.seed, on_step=tick)
-        save_dual_encoder(qaw_stem, scorer)
-        timer.lap("dual_encoder")
-    print(f"ARAS model: {out} (fit time {timer.total() / 60:.1f} min)")
+    cfg = FitConfig(window=args.window, max_zoom=args.max_zoom, corpus_size=args.corpus_size,
+                    tokenizer_steps=args.tokenizer_steps, prior_steps=args.prior_steps,
+                    refiner_steps=args.refiner_steps, qaw_steps=args.qaw_steps,
+                    batch_size=args.batch_size, seed=args.seed,
+                    tokenizer=tok, prior=PriorConfig(grid=args.window // 8, vocab_size=tok.codebook_size))
+    data = FitData(root=str(Path(args.data).resolve()),
+                   category=args.category[0] if len(args.category) == 1 else args.category,
+                   max_train_images=args.max_train_images)
+    images = F.normal_images(args.data, args.category, args.max_train_images, args.seed)
+    seconds = F.fit_model(out, ModelConfig(cfg, policy, data), images, overwrite=args.overwrite,
+                          progress=_FitBars())
+    print(f"ARAS model: {out} (fit time {seconds / 60:.1f} min)")
     return 0
 
 
+class _FitBars:
+    """`qarad fit`'s progress (a synthesis.fit.FitProgress): a bar over the rendered corpus, then one per stage with its running loss."""
+
+    def corpus(self, label: str, total: int):
+        return bar(total, label, unit="defect")
+
+    def steps(self, label: str, total: int, start: int):
+        return loss_bar(total, label, start)
+
+
 def score(args) -> int:
-    from ..quality.fit import load_dual_encoder
     from ..quality.scoring import score_folder
-    from ..synthesis import fit as F
     from ..synthesis import jobs
+    from ..synthesis import model as M
 
     settings_path = Path(args.synth_dir) / jobs.SETTINGS
     if not settings_path.is_file():
@@ -136,8 +62,8 @@ def score(args) -> int:
     model_dir = args.model or checkpoint.load_config(settings_path).get("model")
     if not model_dir:
         raise ValueError(f"{settings_path}: names no ARAS model; pass --model")
-    model = F.read_model_config(Path(model_dir))
-    scorer = load_dual_encoder(Path(model_dir) / QAW)
+    model = M.read_config(model_dir)
+    scorer = M.load_dual_encoder(model_dir)
     n = len(jobs.read_manifest(Path(args.synth_dir) / jobs.MANIFEST))
     with bar(n, "score (QAW)") as tick:
         scores = score_folder(args.synth_dir, scorer, model.policy, model.fit.window_rule, on_sample=tick)
@@ -145,62 +71,6 @@ def score(args) -> int:
     print(f"scored {len(s)} samples: mean {s.mean():.3f}, min {s.min():.3f}, max {s.max():.3f}\n"
           f"manifest: {Path(args.synth_dir) / jobs.MANIFEST}")
     return 0
-
-
-class _StageTimer:
-    """Wall seconds per fit stage, kept in MODEL/timings.json; a resumed stage adds to its time."""
-
-    def __init__(self, path: Path):
-        import time
-
-        self.path, self.clock = path, time.perf_counter
-        self.times = json.loads(path.read_text()) if path.is_file() else {}
-        self.start = self.clock()
-
-    def restart(self) -> None:
-        """Do not count what happened since the last lap (loading a finished stage)."""
-        self.start = self.clock()
-
-    def lap(self, stage: str) -> None:
-        now = self.clock()
-        self.times[stage] = round(self.times.get(stage, 0.0) + now - self.start, 1)
-        self.start = now
-        write_json(self.path, self.times)
-
-    def total(self) -> float:
-        return sum(self.times.values())
-
-
-class _loss_bar:
-    """Progress bar over training steps that shows a running loss and starts at a resumed step."""
-
-    def __init__(self, total: int, desc: str, state_stem: Path, timer: _StageTimer, stage: str):
-        self.total, self.desc, self.timer, self.stage = total, desc, timer, stage
-        start = 0
-        if state_stem.with_suffix(".json").is_file():
-            start = int(checkpoint.load_config(state_stem).get("step", 0))
-        self.start = start
-
-    def __enter__(self):
-        import sys
-
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=self.total, initial=self.start, desc=self.desc, unit="step", file=sys.stderr,
-                        dynamic_ncols=True, mininterval=0.5)
-        self.avg = None
-
-        def tick(loss: float):
-            self.avg = loss if self.avg is None else 0.98 * self.avg + 0.02 * loss
-            self.bar.set_postfix(loss=f"{self.avg:.4f}", refresh=False)
-            self.bar.update(1)
-            if self.bar.n % TIME_EVERY == 0:  # a killed fit loses at most TIME_EVERY steps of timing
-                self.timer.lap(self.stage)
-
-        return tick
-
-    def __exit__(self, *exc):
-        self.bar.close()
 
 
 def _expand_images(items: list[Path]) -> list[Path]:

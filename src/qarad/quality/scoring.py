@@ -16,7 +16,7 @@ import torch
 from ..data.io import read_image, read_mask, write_text
 from ..data.resolution import ResolutionPolicy
 from ..synthesis.jobs import MANIFEST, read_manifest
-from ..synthesis.pipeline import crop_window
+from ..synthesis.window import crop_window
 from ..synthesis.window import WindowRule
 from ..text import TextEncoder
 from .dual_encoder import DualEncoder

@@ -4,14 +4,17 @@
 Each stage is resumable: the corpus is stored once, and every `checkpoint_every` steps the
 model and optimizer state are saved; a rerun continues from the last saved step. Batches are
 drawn from a generator seeded by (seed, step), so a resumed fit sees the same batches as an
-uninterrupted one.
+uninterrupted one. `fit_model` runs the stages in order into a model folder (model.py), skipping
+those it already holds.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 import torch
@@ -19,76 +22,24 @@ import torch.nn.functional as F
 
 from .. import checkpoint
 from ..backbone import Backbone, BackboneConfig
-from ..data.io import read_image, write_json
+from ..data.io import discarded_on_failure, read_image, write_json
+from ..data.mvtec import scan_mvtec, subsample
 from ..data.resolution import ResolutionPolicy
 from ..defects.corpus import CorpusConfig, make_sample
+from ..defects.renderer import FAMILIES
+from ..quality.fit import fit_dual_encoder
 from ..text import TextEncoder
 from ..training import load_state, optimizer_step, save_state, step_rng
 from .aras import token_mask_from_pixels
-from .pipeline import coverage, to_window
-from .prior import Prior, PriorConfig
-from .refiner import Refiner, RefinerConfig
-from .tokenizer import TokenizerConfig, VQTokenizer
-from .window import LEGACY_MAX_ZOOM, WindowRule
+from . import model as M
+from .model import CORPUS, DUAL_ENCODER, PRIOR, REFINER, STATE, TIMINGS, TOKENIZER, FitConfig, ModelConfig
+from .prior import Prior
+from .refiner import Refiner
+from .tokenizer import VQTokenizer
+from .window import WindowRule, coverage, to_window
 
-CORPUS = "corpus"
-TOKENIZER = "tokenizer"
-PRIOR = "prior"
-REFINER = "refiner"
-MODEL_CONFIG = "aras"  # MODEL/aras.json: {"fit", "policy", "data"}
 DEAD_CODE_EVERY = 100  # steps between dead-code restarts
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    # working px a side; the prior's grid is window / 8 tokens. Token detail is the same at any
-    # window (factor 8); 64 px = 8x8 tokens costs a quarter of 128 per step, so the fit affords
-    # more steps in the same time. The window is cut around each mask by `window_rule`.
-    window: int = 64
-    # window px per working px, at most: small defects are zoomed in until they span half the
-    # window, so they cover several tokens instead of one (window.py)
-    max_zoom: float = 4.0
-    corpus_size: int = 3000
-    # with zoomed windows the tokenizer keeps learning defects past 2000 steps (magnetic tile,
-    # tokenizer ceiling 0.44 at 2000, 0.55 at 4000; about 5 min per 2000 steps on 2 cores)
-    tokenizer_steps: int = 4000
-    prior_steps: int = 2500
-    # 0: no refiner, decoded codes are pasted as they are. Off by default: its samples are more
-    # realistic (magnetic tile KID 0.80 vs 1.05) but on the demo a detector trained on them found
-    # the test defects less well (AUPRO 0.79-0.91 vs 0.88-0.99; BENCHMARKS.md)
-    refiner_steps: int = 0
-    qaw_steps: int = 1500  # dual-encoder (QAW scorer) steps, trained on the same corpus
-    batch_size: int = 8
-    tokenizer_lr: float = 3e-4
-    prior_lr: float = 3e-4
-    warmup_steps: int = 100
-    perceptual_weight: float = 0.5
-    # reconstruction weight of defect pixels relative to the rest: defects cover a few % of a
-    # window, and a codebook fitted to the plain average learns to draw the material, not the defect
-    # (tokenizer ceiling on magnetic tile, 2000 steps: 0.44 at weight 10, 0.50 at 30)
-    defect_weight: float = 30.0
-    prompt_dropout: float = 0.1
-    mask_dilate_px: int = 2
-    checkpoint_every: int = 100
-    seed: int = 0
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    prior: PriorConfig = field(default_factory=PriorConfig)
-    refiner: RefinerConfig = field(default_factory=RefinerConfig)
-
-    def __post_init__(self):
-        if self.window < 32 or self.window % 8:
-            raise ValueError(f"window must be a multiple of 8 and at least 32 px, got {self.window}")
-        self.window_rule  # building the rule checks max_zoom
-        if self.prior.vocab_size != self.tokenizer.codebook_size:
-            raise ValueError(f"prior vocabulary ({self.prior.vocab_size}) must equal the tokenizer's codebook size "
-                             f"({self.tokenizer.codebook_size})")
-        if self.prior.grid * 8 != self.window:
-            raise ValueError(f"prior grid {self.prior.grid} tokens does not cover the {self.window}-px window "
-                             f"(need grid = window / 8 = {self.window / 8:g})")
-
-    @property
-    def window_rule(self) -> WindowRule:
-        return WindowRule(self.window, self.max_zoom)
+TIME_EVERY = 25  # training steps between updates of MODEL/timings.json
 
 
 @dataclass
@@ -326,51 +277,153 @@ def fit_refiner(tokenizer: VQTokenizer, corpus: Corpus, text: torch.Tensor, cfg:
     return model
 
 
-def config_dict(cfg: FitConfig) -> dict:
-    return asdict(cfg)
-
-
-def config_from_dict(values: dict, source) -> FitConfig:
-    if not isinstance(values, dict):
-        raise checkpoint.CheckpointError(f"{source}: FitConfig must be a JSON object, got {type(values).__name__}")
-    values = dict(values)
-    values.setdefault("max_zoom", LEGACY_MAX_ZOOM)  # fitted before windows zoomed: keep their view
-    values.setdefault("refiner_steps", 0)  # fitted before the refiner existed: it has none
-    tok = checkpoint.build_config(TokenizerConfig, values.pop("tokenizer", {}), source)
-    pri = checkpoint.build_config(PriorConfig, values.pop("prior", {}), source)
-    ref = checkpoint.build_config(RefinerConfig, values.pop("refiner", {}), source)
-    return checkpoint.build_config(FitConfig, {**values, "tokenizer": tok, "prior": pri, "refiner": ref}, source)
-
-
-@dataclass(frozen=True)
-class FitData:
-    """What a model was fitted on (aras.json "data"): provenance only, nothing is rebuilt from it."""
-    root: str | None = None
-    category: str | list[str] | None = None
-    max_train_images: int | None = None
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    fit: FitConfig
-    policy: ResolutionPolicy
-    data: FitData
-
-
-def read_model_config(folder: Path) -> ModelConfig:
-    """MODEL/aras.json, checked at every level: an unknown key anywhere is refused."""
-    path = Path(folder) / f"{MODEL_CONFIG}.json"
-    meta = checkpoint.load_config(path)
-    if set(meta) != {"fit", "policy", "data"}:
-        raise checkpoint.CheckpointError(f"{path}: expected the keys ['data', 'fit', 'policy'], got {sorted(meta)}")
-    return ModelConfig(config_from_dict(meta["fit"], path),
-                       checkpoint.build_config(ResolutionPolicy, meta["policy"], path),
-                       checkpoint.build_config(FitData, meta["data"], path))
-
-
-def write_model_config(folder: Path, cfg: FitConfig, policy: ResolutionPolicy, data: dict) -> None:
-    write_json(folder / "aras.json", {"fit": config_dict(cfg), "policy": policy.to_dict(), "data": data})
-
-
 def text_embeddings(prompts: list[str], encoder: TextEncoder | None = None) -> torch.Tensor:
     return (encoder or TextEncoder()).encode(prompts)
+
+
+# ---- the whole fit, stage by stage, into a model folder -------------------------------------
+class FitProgress:
+    """What `fit_model` reports as it goes; this one reports nothing (`qarad fit` shows bars)."""
+
+    def corpus(self, label: str, total: int) -> ContextManager[Callable[[], None]]:
+        """Yields a callback called once per rendered defect."""
+        return nullcontext(lambda: None)
+
+    def steps(self, label: str, total: int, start: int) -> ContextManager[Callable[[float], None]]:
+        """Yields a callback called with each training step's loss; a resumed stage starts at `start`."""
+        return nullcontext(lambda loss: None)
+
+
+def normal_images(root: Path, categories: list[str], limit: int | None, seed: int) -> list[Path]:
+    """The training images of `categories` pooled, as a reproducible subset of at most `limit`."""
+    train = [s for category in categories for s in scan_mvtec(root, category, "train")]
+    return [s.image for s in subsample(train, limit, seed)]
+
+
+def fit_model(out: Path, config: ModelConfig, images: list[Path], overwrite: bool = False,
+              progress: FitProgress = FitProgress()) -> float:
+    """Fit every stage MODEL `out` does not hold yet: corpus, tokenizer, prior, refiner (when
+    `config.fit.refiner_steps`), QAW dual encoder. A rerun after a crash resumes where it stopped;
+    returns the fit's wall seconds, over every run that worked on it."""
+    fresh = M.prepare_folder(out, config, overwrite)
+    run = _FitRun(Path(out), config.fit, progress)
+    with discarded_on_failure(out, created=fresh):  # a bad image found while rendering: nothing fitted yet
+        corpus = run.corpus(images, config.policy)
+    tokenizer = run.tokenizer(corpus)
+    run.prior(tokenizer, corpus)
+    if config.fit.refiner_steps:
+        run.refiner(tokenizer, corpus)
+    run.dual_encoder(corpus)
+    return run.timer.total()
+
+
+class _StageTimer:
+    """Wall seconds per fit stage, kept in MODEL/timings.json; a resumed stage adds to its time."""
+
+    def __init__(self, folder: Path):
+        self.path, self.clock = folder / TIMINGS, time.perf_counter
+        self.times = M.read_timings(folder)
+        self.start = self.clock()
+
+    def restart(self) -> None:
+        """Do not count what happened since the last lap (loading a finished stage)."""
+        self.start = self.clock()
+
+    def lap(self, stage: str) -> None:
+        now = self.clock()
+        self.times[stage] = round(self.times.get(stage, 0.0) + now - self.start, 1)
+        self.start = now
+        write_json(self.path, self.times)
+
+    def total(self) -> float:
+        return sum(self.times.values())
+
+
+class _FitRun:
+    """One run of `fit_model`: each stage loads what MODEL holds or fits and saves it."""
+
+    def __init__(self, out: Path, cfg: FitConfig, progress: FitProgress):
+        self.out, self.cfg, self.progress, self.state = out, cfg, progress, out / STATE
+        self.timer = _StageTimer(out)
+        self.labels = ["render fitting corpus", "tokenizer", "prior", "refiner", "QAW dual encoder"]
+        if not cfg.refiner_steps:
+            self.labels.remove("refiner")
+        self._text = None
+
+    def label(self, stage: str) -> str:
+        return f"fit {self.labels.index(stage) + 1}/{len(self.labels)}: {stage}"
+
+    def text(self, corpus: Corpus) -> torch.Tensor:
+        if self._text is None:
+            self._text = text_embeddings(corpus.prompts)
+        return self._text
+
+    @contextmanager
+    def steps(self, stage: str, total: int, part: str) -> Iterator[Callable[[float], None]]:
+        """Progress over a stage's steps, from the step its train state resumes at; the stage's
+        time is written every TIME_EVERY steps, so a killed fit loses at most that much timing."""
+        state_stem, done = self.state / part, 0
+        if state_stem.with_suffix(".json").is_file():
+            done = int(checkpoint.load_config(state_stem).get("step", 0))
+        with self.progress.steps(self.label(stage), total, done) as show:
+            def tick(loss: float) -> None:
+                nonlocal done
+                show(loss)
+                done += 1
+                if done % TIME_EVERY == 0:
+                    self.timer.lap(part)
+            yield tick
+
+    def corpus(self, images: list[Path], policy: ResolutionPolicy) -> Corpus:
+        stem = self.out / CORPUS
+        if stem.with_suffix(".json").is_file():  # its JSON is written last
+            corpus = load_corpus(stem)
+            self.timer.restart()
+            return corpus
+        with self.progress.corpus(self.label("render fitting corpus"), self.cfg.corpus_size) as tick:
+            corpus = build_corpus(images, policy, self.cfg, on_sample=tick)
+        save_corpus(stem, corpus)
+        self.timer.lap("corpus")
+        return corpus
+
+    def tokenizer(self, corpus: Corpus) -> VQTokenizer:
+        if M.has(self.out, TOKENIZER):
+            tokenizer = M.load_tokenizer(self.out)
+            self.timer.restart()
+            return tokenizer
+        with self.steps("tokenizer", self.cfg.tokenizer_steps, TOKENIZER) as tick:
+            tokenizer = fit_tokenizer(corpus, self.cfg, self.state / TOKENIZER, on_step=tick)
+        self._saved(TOKENIZER, tokenizer)
+        return tokenizer
+
+    def prior(self, tokenizer: VQTokenizer, corpus: Corpus) -> None:
+        if M.has(self.out, PRIOR):
+            return
+        codes, token_masks = encode_corpus(tokenizer, corpus, self.cfg)
+        text = self.text(corpus)
+        with self.steps("prior", self.cfg.prior_steps, PRIOR) as tick:
+            prior = fit_prior(codes, token_masks, text, self.cfg, self.state / PRIOR, on_step=tick)
+        self._saved(PRIOR, prior)
+
+    def refiner(self, tokenizer: VQTokenizer, corpus: Corpus) -> None:
+        if M.has(self.out, REFINER):
+            return
+        text = self.text(corpus)
+        with self.steps("refiner", self.cfg.refiner_steps, REFINER) as tick:
+            refiner = fit_refiner(tokenizer, corpus, text, self.cfg, self.state / REFINER, on_step=tick)
+        self._saved(REFINER, refiner)
+
+    def dual_encoder(self, corpus: Corpus) -> None:
+        if M.has(self.out, DUAL_ENCODER):
+            return
+        text = self.text(corpus)
+        families = torch.tensor([FAMILIES.index(f) for f in corpus.families])
+        with self.steps("QAW dual encoder", self.cfg.qaw_steps, DUAL_ENCODER) as tick:
+            scorer = fit_dual_encoder(None, corpus.defect.permute(0, 3, 1, 2), corpus.mask, text, families,
+                                      steps=self.cfg.qaw_steps, seed=self.cfg.seed, on_step=tick)
+        M.save_dual_encoder(self.out, scorer)
+        self.timer.lap(DUAL_ENCODER)
+
+    def _saved(self, part: str, module: torch.nn.Module) -> None:
+        M.save_part(self.out, part, module)
+        self.timer.lap(part)

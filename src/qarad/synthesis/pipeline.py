@@ -16,14 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import checkpoint
 from ..data.resolution import ResolutionPolicy
 from ..text import TextEncoder
+from . import model
 from .aras import SamplerConfig, blend, mix_prompts, sample_masked, token_mask_from_pixels
 from .prior import Prior
 from .refiner import Refiner
 from .tokenizer import VQTokenizer
-from .window import WindowRule
+from .window import WindowCut, WindowRule, coverage, window_cut
 
 
 @dataclass
@@ -32,54 +32,6 @@ class SynthResult:
     mask: np.ndarray  # (H, W) bool, the pixels that actually changed
     steps: int  # sequential decoding steps (= masked tokens)
     window: tuple[int, int, int, int]  # y0, x0, y1, x1 in source px
-
-
-def _crop(arr: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
-    """(C, H, W) crop that may run past the image on the bottom/right: replicate the border."""
-    y0, x0, y1, x1 = box
-    h, w = arr.shape[-2:]
-    part = arr[:, y0:min(y1, h), x0:min(x1, w)]
-    ph, pw = (y1 - y0) - part.shape[1], (x1 - x0) - part.shape[2]
-    if ph or pw:
-        part = F.pad(part[None].float(), (0, pw, 0, ph), mode="replicate")[0].to(arr.dtype)
-    return part
-
-
-@dataclass
-class _Cut:
-    box: tuple[int, int, int, int]  # source-pixel rectangle
-    crop: torch.Tensor  # (3, hh, ww) source-resolution crop
-    crop_mask: torch.Tensor  # (hh, ww) bool
-    window: torch.Tensor  # (3, S, S) crop resized to the prior's window
-
-
-def to_window(crop: torch.Tensor, side: int) -> torch.Tensor:
-    """(3, h, w) float crop -> (3, side, side) in [0, 1], the way every window is resized."""
-    return F.interpolate(crop[None].float(), size=(side, side), mode="bilinear", antialias=True,
-                         align_corners=False)[0].clamp(0, 1)
-
-
-def coverage(mask: torch.Tensor, side: int) -> torch.Tensor:
-    """(h, w) bool crop mask -> (side, side) float share of each window pixel the mask covers."""
-    return F.interpolate(mask[None, None].float(), size=(side, side), mode="area")[0, 0]
-
-
-def _cut(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, rule: WindowRule) -> _Cut:
-    h, w = image.shape[:2]
-    if mask.shape != (h, w):
-        raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}")
-    work_h, work_w = policy.layout(h, w).work_hw
-    box = rule.box(mask, (work_h / h, work_w / w))
-    crop = _crop(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), box)
-    return _Cut(box, crop, _crop(torch.from_numpy(mask)[None], box)[0], to_window(crop, rule.side))
-
-
-def crop_window(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, rule: WindowRule
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (3, S, S) image window around `mask` cut by `rule` at the policy's working scale, and
-    the mask's (S, S) coverage of it in [0, 1] (as used by the QAW scorer and benchmarks)."""
-    cut = _cut(image, mask, policy, rule)
-    return cut.window, coverage(cut.crop_mask, rule.side)
 
 
 class ARAS:
@@ -99,31 +51,11 @@ class ARAS:
 
     @classmethod
     def load(cls, folder: str | Path) -> "ARAS":
-        from .fit import PRIOR, REFINER, TOKENIZER, read_model_config
-        from .prior import PriorConfig
-        from .refiner import RefinerConfig
-        from .tokenizer import TokenizerConfig
+        config = model.read_config(folder)
+        networks = model.load_networks(folder, config)
+        return cls(networks.tokenizer, networks.prior, config.policy, config.fit.window_rule, refiner=networks.refiner)
 
-        folder = Path(folder)
-        meta = read_model_config(folder)
-        tok = VQTokenizer(checkpoint.build_config(TokenizerConfig, checkpoint.load_config(folder / TOKENIZER),
-                                                  folder / f"{TOKENIZER}.json"))
-        checkpoint.load_module(folder / TOKENIZER, tok)
-        prior = Prior(checkpoint.build_config(PriorConfig, checkpoint.load_config(folder / PRIOR),
-                                              folder / f"{PRIOR}.json"))
-        checkpoint.load_module(folder / PRIOR, prior)
-        if prior.config.vocab_size != tok.config.codebook_size:  # its codes would index past the codebook
-            raise checkpoint.CheckpointError(
-                f"{folder / PRIOR}.json: vocabulary {prior.config.vocab_size} does not match the tokenizer's "
-                f"{tok.config.codebook_size} codes ({folder / TOKENIZER}.json)")
-        refiner = None
-        if meta.fit.refiner_steps:  # fitted without one (the default, and every model older than it)
-            refiner = Refiner(checkpoint.build_config(RefinerConfig, checkpoint.load_config(folder / REFINER),
-                                                      folder / f"{REFINER}.json"))
-            checkpoint.load_module(folder / REFINER, refiner)
-        return cls(tok, prior, meta.policy, meta.fit.window_rule, refiner=refiner)
-
-    def _generated(self, cut: _Cut, old: torch.Tensor, new: torch.Tensor, config: SamplerConfig,
+    def _generated(self, cut: WindowCut, old: torch.Tensor, new: torch.Tensor, config: SamplerConfig,
                    cover: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """The crop as the new codes describe it, at source resolution (3, hh, ww) in [0, 1]."""
         residual = config.composite == "residual"
@@ -141,7 +73,7 @@ class ARAS:
     def synthesize(self, image: np.ndarray, mask: np.ndarray, prompt: str, seed: int,
                    config: SamplerConfig = SamplerConfig(), prompt_b: str | None = None, mix: float = 0.0) -> SynthResult:
         h, w = image.shape[:2]
-        cut = _cut(image, mask, self.policy, self.rule)
+        cut = window_cut(image, mask, self.policy, self.rule)
         s = self.window
         cover = coverage(cut.crop_mask, s)
         m = cover > 0

@@ -8,12 +8,20 @@ families a classifier recognised (0.44-0.48 with this rule; benchmarks/synthesis
 half the window (a quarter of it stays context on each side), zooming in up to `max_zoom` for
 small masks and out, without limit, for large ones. The fitting corpus is cut with the same rule,
 so the prior learns defects at the scale it is later asked to draw them.
+
+The cut itself lives here too: the source-pixel box, the crop (replicating the border where the
+box runs past the image) and its resize to the prior's window, for synthesis, the fitting corpus,
+the QAW scorer and the benchmarks alike.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.resolution import ResolutionPolicy
 
 LEGACY_MAX_ZOOM = 1.0  # models fitted before the rule existed were never zoomed in
 
@@ -53,3 +61,51 @@ class WindowRule:
         y0 = int(np.clip(cy - hh // 2, 0, max(0, mask.shape[0] - hh)))
         x0 = int(np.clip(cx - ww // 2, 0, max(0, mask.shape[1] - ww)))
         return y0, x0, y0 + hh, x0 + ww
+
+
+def padded_crop(arr: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """(C, H, W) crop that may run past the image on the bottom/right: replicate the border."""
+    y0, x0, y1, x1 = box
+    h, w = arr.shape[-2:]
+    part = arr[:, y0:min(y1, h), x0:min(x1, w)]
+    ph, pw = (y1 - y0) - part.shape[1], (x1 - x0) - part.shape[2]
+    if ph or pw:
+        part = F.pad(part[None].float(), (0, pw, 0, ph), mode="replicate")[0].to(arr.dtype)
+    return part
+
+
+@dataclass
+class WindowCut:
+    box: tuple[int, int, int, int]  # source-pixel rectangle
+    crop: torch.Tensor  # (3, hh, ww) source-resolution crop
+    crop_mask: torch.Tensor  # (hh, ww) bool
+    window: torch.Tensor  # (3, S, S) crop resized to the prior's window
+
+
+def to_window(crop: torch.Tensor, side: int) -> torch.Tensor:
+    """(3, h, w) float crop -> (3, side, side) in [0, 1], the way every window is resized."""
+    return F.interpolate(crop[None].float(), size=(side, side), mode="bilinear", antialias=True,
+                         align_corners=False)[0].clamp(0, 1)
+
+
+def coverage(mask: torch.Tensor, side: int) -> torch.Tensor:
+    """(h, w) bool crop mask -> (side, side) float share of each window pixel the mask covers."""
+    return F.interpolate(mask[None, None].float(), size=(side, side), mode="area")[0, 0]
+
+
+def window_cut(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, rule: WindowRule) -> WindowCut:
+    h, w = image.shape[:2]
+    if mask.shape != (h, w):
+        raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}")
+    work_h, work_w = policy.layout(h, w).work_hw
+    box = rule.box(mask, (work_h / h, work_w / w))
+    crop = padded_crop(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), box)
+    return WindowCut(box, crop, padded_crop(torch.from_numpy(mask)[None], box)[0], to_window(crop, rule.side))
+
+
+def crop_window(image: np.ndarray, mask: np.ndarray, policy: ResolutionPolicy, rule: WindowRule
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (3, S, S) image window around `mask` cut by `rule` at the policy's working scale, and
+    the mask's (S, S) coverage of it in [0, 1] (as used by the QAW scorer and benchmarks)."""
+    cut = window_cut(image, mask, policy, rule)
+    return cut.window, coverage(cut.crop_mask, rule.side)
