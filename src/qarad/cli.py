@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .flags import add_flags
+from .synthesis.sampler_config import SamplerConfig
 
 EXAMPLES = {
     "train": "qarad train --method patchcore --data ../shared/data/mpdd --category metal_plate --out runs/mpdd",
@@ -119,17 +121,7 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=10, help="number of samples (cycles over images and prompts)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cfg-scale", type=float, default=4.0, help="classifier-free guidance (1 = off; default 4)")
-    p.add_argument("--temperature", type=float, default=0.5,
-                   help="sampling temperature (0 = greedy; default 0.5: cooler draws keep the prompted type)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--strength", type=float, default=1.0, help="0..1 blend strength of the new defect")
-    p.add_argument("--composite", choices=["replace", "residual"], default="replace",
-                   help="replace: paste the decoded window; residual: add only the decoded change to the "
-                        "real pixels (keeps texture, subtler defects) (default replace)")
-    p.add_argument("--no-refine", dest="refine", action="store_false",
-                   help="paste decoded codes as they are, without the model's refiner")
+    add_flags(p, SamplerConfig)  # --cfg-scale ... --no-refine: the sampler's own fields
     p.add_argument("--shard", help="i/n: do every n-th sample starting at i (parallel runs)")
     p.add_argument("--workers", type=int, default=1,
                    help="parallel single-threaded processes (e.g. the number of cores; default 1)")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import checkpoint
+from .. import checkpoint, flags
 from ..data.io import check_output_folder, discarded_on_failure
 from ..data.resolution import ResolutionPolicy
 from ..progress import bar, loss_bar
@@ -41,7 +41,8 @@ def fit(args) -> int:
 
 
 class _FitBars:
-    """`qarad fit`'s progress (a synthesis.fit.FitProgress): a bar over the rendered corpus, then one per stage with its running loss."""
+    """`qarad fit`'s progress (a synthesis.fit.FitProgress): a bar over the rendered corpus, then one
+    per training stage with its running loss."""
 
     def corpus(self, label: str, total: int):
         return bar(total, label, unit="defect")
@@ -83,17 +84,15 @@ def synth(args) -> int:
     from ..defects.masks import FAMILY_MASK_KIND, foreground_mask, propose_mask
     from ..defects.prompts import family_of, normalise_prompt
     from ..synthesis import jobs
-    from ..synthesis.aras import SamplerConfig
     from ..synthesis.pipeline import ARAS
+    from ..synthesis.sampler_config import SamplerConfig
 
     prompts = [normalise_prompt(p) for p in args.prompts]
     images = _expand_images(args.images)
     masks = _expand_images(args.masks) if args.masks else None
     if masks is None and not args.auto_masks:
         raise ValueError("give --masks (one per image) or --auto-masks to let qarad propose defect regions")
-    sampler = SamplerConfig(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, strength=args.strength,
-                            composite=args.composite, refine=args.refine)
+    sampler = flags.from_args(SamplerConfig, args)
     settings = {"model": str(Path(args.model).resolve()), "images": [str(p) for p in images],
                 "masks": [str(p) for p in masks] if masks else None, "prompts": prompts, "n": args.n,
                 "seed": args.seed, "sampler": json.loads(json.dumps(sampler.__dict__)), "method": "aras"}
@@ -116,7 +115,7 @@ def synth(args) -> int:
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     if shard is None and args.workers > 1:
-        return _synth_in_workers(args, total, fresh)
+        return _synth_in_workers(args, sampler, total, fresh)
     made_any = lambda: bool(jobs.read_manifest(Path(args.out) / jobs.manifest_name(shard)))  # noqa: E731
     with discarded_on_failure(args.out, created=fresh, worth_keeping=made_any), bar(total, "synth") as tick:
         made = jobs.run(work, make, args.out, "aras", settings, shard, on_done=tick)
@@ -124,16 +123,15 @@ def synth(args) -> int:
     return 0
 
 
-def _worker_argv(args, shard: str) -> list[str]:
+def _worker_argv(args, sampler, shard: str) -> list[str]:
+    """One shard's `qarad synth`: the sampler flags come from the config itself, so none is dropped."""
     argv = ["synth", str(args.model), "--images", *map(str, args.images), "--prompts", *args.prompts,
-            "--n", str(args.n), "--out", str(args.out), "--seed", str(args.seed), "--cfg-scale", str(args.cfg_scale),
-            "--temperature", str(args.temperature), "--top-k", str(args.top_k), "--top-p", str(args.top_p),
-            "--strength", str(args.strength), "--composite", args.composite, "--shard", shard]
-    argv += [] if args.refine else ["--no-refine"]
+            "--n", str(args.n), "--out", str(args.out), "--seed", str(args.seed), *flags.to_argv(sampler),
+            "--shard", shard]
     return argv + (["--masks", *map(str, args.masks)] if args.masks else ["--auto-masks"])
 
 
-def _synth_in_workers(args, total: int, fresh: bool) -> int:
+def _synth_in_workers(args, sampler, total: int, fresh: bool) -> int:
     """Run `--workers` single-threaded shard processes and merge their manifests.
 
     Decoding is a long chain of tiny matrix products that a second thread barely speeds up, so the
@@ -151,7 +149,7 @@ def _synth_in_workers(args, total: int, fresh: bool) -> int:
     n, out = args.workers, Path(args.out)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "QARAD_PROGRESS": "0"}
     logs = [tempfile.TemporaryFile(mode="w+") for _ in range(n)]
-    procs = [subprocess.Popen([sys.executable, "-m", "qarad.cli", *_worker_argv(args, f"{i}/{n}")], env=env,
+    procs = [subprocess.Popen([sys.executable, "-m", "qarad.cli", *_worker_argv(args, sampler, f"{i}/{n}")], env=env,
                               stdout=logs[i], stderr=subprocess.STDOUT) for i in range(n)]
     done = lambda: sum(len(jobs.read_manifest(out / jobs.manifest_name((i, n)))) for i in range(n))  # noqa: E731
     with bar(total, f"synth ({n} workers)") as tick:

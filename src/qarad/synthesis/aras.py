@@ -17,35 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from .prior import Prior
+from .sampler_config import SamplerConfig
 
 TEXT_NORM_EPS = 1e-8  # guard when renormalising an interpolated prompt embedding
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    # Defaults chosen by language control (benchmarks/synthesis.py, magnetic tile, 180 prompts):
-    # a code's entropy is mostly material texture, so at temperature 1 the prompt decides little
-    # of each draw; cooler draws with more guidance keep the prompted type (top-1 0.41 at T 1 /
-    # CFG 3, 0.46 at T 0.7 / CFG 6, 0.48 at T 0.5 / CFG 4, 0.47 at T 0.3 / CFG 2, 0.38 unguided).
-    # Cooler still (T 0.3, greedy) gained 0.02 on another model and costs diversity.
-    cfg_scale: float = 4.0  # 1 = conditional only, 0 = unconditional
-    temperature: float = 0.5  # <= 0 means greedy (argmax)
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    strength: float = 1.0  # multiplies the blending alpha
-    dilate_px: int = 4
-    feather_px: int = 3
-    # "replace": paste the decoded window (the paper's decode-and-blend). "residual": add
-    # decode(new codes) - decode(old codes) to the source pixels, keeping the real texture where the
-    # prior kept the material. Replace is the default: on the demo's grass a detector trained on
-    # replace samples scored AUPRO 0.70 vs 0.40 with residual ones (same model and settings).
-    composite: str = "replace"
-    # pass decoded windows through the model's refiner (replace composite, models that have one)
-    refine: bool = True
-
-    def __post_init__(self):
-        if self.composite not in ("residual", "replace"):
-            raise ValueError(f"composite must be 'residual' or 'replace', got {self.composite!r}")
 
 
 @dataclass

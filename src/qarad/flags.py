@@ -1,0 +1,58 @@
+"""Config dataclass fields as command-line flags, so each setting is defined once: the field gives
+the flag's name, type, default and help, the parser is built from it, and a config turns back
+into the argv of a worker process without a hand-kept list that could drop a flag.
+
+Torch-free, so that `qarad --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+FLAG = "flag"  # dataclasses.field metadata key
+
+
+def flag(default, help: str | None = None, choices: tuple[str, ...] | None = None):
+    """A config field that is also the flag --NAME (underscores as dashes). A bool must default
+    to True and becomes the switch --no-NAME."""
+    return dataclasses.field(default=default, metadata={FLAG: {"help": help, "choices": choices}})
+
+
+def _flags(cls) -> list[tuple[dataclasses.Field, type]]:
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls) if FLAG in f.metadata]
+
+
+def _option(f: dataclasses.Field, kind: type) -> str:
+    return ("--no-" if kind is bool else "--") + f.name.replace("_", "-")
+
+
+def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls) -> None:
+    """One argument per flag field of the dataclass `cls`, in field order."""
+    for f, kind in _flags(cls):
+        meta = f.metadata[FLAG]
+        if kind is bool:
+            if f.default is not True:
+                raise TypeError(f"{cls.__name__}.{f.name}: a bool flag must default to True (it becomes --no-...)")
+            parser.add_argument(_option(f, kind), dest=f.name, action="store_false", help=meta["help"])
+            continue
+        extra = {"choices": list(meta["choices"])} if meta["choices"] else {}
+        parser.add_argument(_option(f, kind), type=kind, default=f.default, help=meta["help"], **extra)
+
+
+def from_args(cls, args: argparse.Namespace):
+    """The config that the parsed flags describe (fields without a flag keep their defaults)."""
+    return cls(**{f.name: getattr(args, f.name) for f, _ in _flags(cls)})
+
+
+def to_argv(config) -> list[str]:
+    """The flags that parse back into `config` (its flag fields; the others are not on the command line)."""
+    argv = []
+    for f, kind in _flags(type(config)):
+        value = getattr(config, f.name)
+        if kind is bool:
+            argv += [] if value else [_option(f, kind)]
+        else:
+            argv += [_option(f, kind), str(value)]
+    return argv

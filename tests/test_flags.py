@@ -1,0 +1,32 @@
+"""Config fields as CLI flags: the synth parser, SamplerConfig and a worker's argv are one definition."""
+import dataclasses
+
+import pytest
+
+from qarad import flags
+from qarad.cli import main_parser
+from qarad.synthesis.sampler_config import SamplerConfig
+
+BASE = ["synth", "model", "--images", "a.png", "--prompts", "a stain", "--out", "out"]
+OTHER = SamplerConfig(cfg_scale=2.5, temperature=0.0, top_k=7, top_p=0.9, strength=0.6, composite="residual",
+                      refine=False)
+
+
+def test_every_flag_field_of_the_sampler_is_a_synth_flag_and_round_trips_through_a_worker_argv():
+    parser = main_parser()
+    assert flags.from_args(SamplerConfig, parser.parse_args(BASE)) == SamplerConfig()
+    assert flags.from_args(SamplerConfig, parser.parse_args(BASE + flags.to_argv(OTHER))) == OTHER
+    flagged = {f.name for f in dataclasses.fields(SamplerConfig) if flags.FLAG in f.metadata}
+    assert {f.name for f in dataclasses.fields(SamplerConfig)} - flagged == {"dilate_px", "feather_px"}
+    assert flags.to_argv(SamplerConfig()).count("--no-refine") == 0 and "--no-refine" in flags.to_argv(OTHER)
+
+
+def test_a_bool_flag_must_default_to_true():
+    @dataclasses.dataclass(frozen=True)
+    class Bad:
+        shown: bool = flags.flag(False)
+
+    import argparse
+
+    with pytest.raises(TypeError, match="default to True"):
+        flags.add_flags(argparse.ArgumentParser(), Bad)
