@@ -1,32 +1,39 @@
-"""Ablation: PatchCore against the detector trained on each kind of synthetic defect, per dataset.
+"""Ablation: PatchCore against the QARAD detector and its variants, per dataset.
 
-    python benchmarks/ablation.py --models magnetic_tile/magnetic_tile=MODEL_DIR [--models KEY=MODEL_DIR ...]
-        [--datasets KEY ...] [--seeds 0 1 2] [--n-synth 300] [--steps 500] [--work DIR]
+    python benchmarks/ablation.py --models magnetic_tile/magnetic_tile=benchmarks/models/magnetic_tile
+        [--models KEY=MODEL_DIR ...] [--datasets KEY ...] [--seeds 0 1 2] [--n-synth 300] [--work DIR]
 
-Methods, all with the same backbone, `resize` 256, the same normal images (common.TRAIN_LIMIT)
-and the same seeds:
-  patchcore          memory bank, no synthesis; deterministic, so one run (std 0 by construction)
-  perlin             detector head trained on DRAEM-style Perlin-noise texture patches
-  procedural         ... on procedural renders, proposed masks, defect families in turn
-  aras               ... on ARAS samples (MODEL_DIR from `qarad fit`): sample i has the family,
-                     parameters, prompt and mask of procedural sample i (as benchmarks/synthesis.py)
-  aras_qaw_linear    ... the ARAS samples with QAW weights, linear calibration
-  aras_qaw_softmax   ... softmax calibration
-A dataset without a --models entry runs no aras* method; they are listed under "skipped".
+Dataset keys are those of benchmarks/common.py plus `deeppcb/deeppcb@tile` (DeepPCB under the
+tile policy at scale 1, where PatchCore is strongest on it); every other key runs at `resize` 256.
+Methods, all with the same backbone, policy, normal images (common.TRAIN_LIMIT) and seeds:
+  patchcore            memory bank, no synthesis, the default (IVF) nearest-neighbour search
+  patchcore_exact      the same bank searched exactly (the IVF search's metric change)
+  qarad                exactly what `qarad train --method qarad` does by default: ARAS samples with
+                       QAW (linear) weights + Perlin texture patches + feature-space negatives; the head
+                       reads features, residuals to the bank and distances; map fused with the distance
+  qarad_aras_uniform   ... ARAS samples with uniform weights
+  qarad_aras_only      ... ARAS (QAW) negatives only
+  qarad_perlin_only    ... Perlin negatives only
+  qarad_feature_only   ... feature-space negatives only
+  qarad_no_synthesis   ... Perlin + feature-space negatives (no ARAS model needed)
+  qarad_no_residual    ... head on frozen features only (the old head's inputs), fused
+  qarad_no_fusion      ... map = head probability alone
+  old_head             the previous QARAD method: features only, no fusion, ARAS (QAW) negatives only
+A dataset without a --models entry runs no method that needs ARAS samples ("skipped").
 
-Cost control (the whole ablation has to fit in about 2 hours on 2 cores): per dataset, each
-synthetic set is made once into --work (resumable: finished samples are kept and reused by a
-rerun), backbone features of the normal, synthetic and test images are computed once, and only
+Cost control: per dataset, the ARAS set is made once into --work (resumable), backbone features of
+the normal, synthetic, Perlin and test images are computed once, the memory bank is built and every
+training cell searched once (shared by all heads: it depends on the normal images only), and only
 the head is trained per method and seed; heads are scored on the cached test features with
 `detection.train.score_cached`, which gives the maps and scores `score_images` gives. PatchCore,
-the detectors and the inference-speed check each run in their own process (peak RSS their own);
-finished stages are kept in OUT.partial.json, so an interrupted run resumes where it stopped.
+the detectors and the speed check each run in their own process (peak RSS their own); finished
+stages are kept in OUT.partial.json, so an interrupted run resumes where it stopped.
 
 Writes benchmarks/results/ablation.json: results[dataset][method] holds the metric keys of
 detect.json as means over seeds plus <metric>_std (sample std, ddof 1), fit_s (head training;
-PatchCore: its whole fit), test_images_per_s, peak_rss_mb and per_seed; results[dataset]["shared"]
-holds synthesis, QAW scoring, feature caching and wall times; results[dataset]["skipped"] names
-methods not run and why. Also refreshes the "ablation" section of BENCHMARKS.md.
+PatchCore: its whole fit), test_images_per_s, peak_rss_mb and per_seed; results[dataset] also
+holds backbone_images_per_s, "shared" (synthesis, QAW scoring, feature caching, bank, wall times)
+and "skipped" (methods not run and why). Also refreshes the "ablation" section of BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -47,14 +54,22 @@ import torch  # noqa: E402
 from detect import METRICS  # noqa: E402
 
 SIZE = 256  # resize policy side, every method
-SYNTH_METHODS = ("perlin", "procedural", "aras")
-HEADS = {  # detector method -> (synthetic set, QAW calibration)
-    "perlin": ("perlin", "none"), "procedural": ("procedural", "none"), "aras": ("aras", "none"),
-    "aras_qaw_linear": ("aras", "linear"), "aras_qaw_softmax": ("aras", "softmax"),
+ALL = ("synthetic", "perlin", "feature")
+VARIANTS = {  # method -> (negatives, QAW calibration of the ARAS samples, residual inputs, fusion)
+    "qarad": (ALL, "linear", True, True),
+    "qarad_aras_uniform": (ALL, "none", True, True),
+    "qarad_aras_only": (("synthetic",), "linear", True, True),
+    "qarad_perlin_only": (("perlin",), "linear", True, True),
+    "qarad_feature_only": (("feature",), "linear", True, True),
+    "qarad_no_synthesis": (("perlin", "feature"), "linear", True, True),
+    "qarad_no_residual": (ALL, "linear", False, True),
+    "qarad_no_fusion": (ALL, "linear", True, False),
+    "old_head": (("synthetic",), "linear", False, False),
 }
-METHODS = ("patchcore", *HEADS)
+PATCHCORES = ("patchcore", "patchcore_exact")
 NO_MODEL = "not run (no ARAS model)"
-STAGES = ("patchcore", "detectors", "speed")
+TILE_SUFFIX = "@tile"
+STAGES = ("patchcore", "patchcore_exact", "detectors", "speed")
 SYNTH_SEED = 0  # the synthetic sets are made once per dataset and shared by every seed
 MAX_ATTEMPTS = 5  # redraws of a sample whose change came out empty (it would teach the head nothing)
 MAX_NORMAL_VIEWS = 4000  # as `qarad train --max-normal-views`
@@ -69,8 +84,9 @@ def splits(args, key: str) -> tuple[list, list]:
     """(train, test) samples: common.TRAIN_LIMIT normal images; --limit-* shrink both (smoke runs)."""
     from qarad.data.mvtec import scan_mvtec, subsample
 
-    root, cat = common.DATASETS[key]
-    limits = [n for n in (common.TRAIN_LIMIT.get(key), args.limit_train) if n is not None]
+    base = key.removesuffix(TILE_SUFFIX)
+    root, cat = common.DATASETS[base]
+    limits = [n for n in (common.TRAIN_LIMIT.get(base), args.limit_train) if n is not None]
     train = subsample(scan_mvtec(args.data / root, cat, "train"), min(limits) if limits else None, seed=0)
     test = scan_mvtec(args.data / root, cat, "test")
     if args.limit_test is not None:  # half normal, half defective, in scan order
@@ -81,24 +97,30 @@ def splits(args, key: str) -> tuple[list, list]:
     return train, test
 
 
+def policy_of(key: str):
+    from qarad.data.resolution import ResolutionPolicy
+
+    if key.endswith(TILE_SUFFIX):  # as benchmarks/detect.py's tile rows: native pixels, 256 tiles
+        return ResolutionPolicy(mode="tile", size=SIZE, scale=1.0, overlap=64)
+    return ResolutionPolicy(mode="resize", size=SIZE)
+
+
+def model_for(args, key: str) -> Path | None:
+    """The ARAS model of a dataset (its @tile key shares the plain key's model)."""
+    return args.models.get(key.removesuffix(TILE_SUFFIX))
+
+
 def dataset_dir(args, key: str) -> Path:
     return args.work / key.replace("/", "__")
 
 
 # ---- synthesis -----------------------------------------------------------------------------
-def _draw(method: str, image: np.ndarray, fg: np.ndarray, family: str, key: list[int], aras):
-    """One sample -> (image, changed pixels, prompt)."""
-    from qarad.defects.baselines import perlin_texture, procedural
+def _draw(image: np.ndarray, fg: np.ndarray, family: str, key: list[int], aras):
+    """One ARAS sample -> (image, changed pixels, prompt); it replays the procedural baseline's draws
+    (parameters, prompt, mask) from an identically seeded generator, as benchmarks/synthesis.py."""
     from synthesis import draw_prompt, family_mask
 
     rng = np.random.default_rng(key)
-    if method == "perlin":
-        r = perlin_texture(image, rng, foreground=fg)
-        return r.image, r.mask, r.prompt
-    if method == "procedural":
-        r = procedural(image, rng, family=family, foreground=fg)
-        return r.image, r.mask, r.prompt
-    # ARAS replays procedural's draws (parameters, then mask) from an identically seeded generator
     params, prompt = draw_prompt(rng, image, family)
     mask = family_mask(rng, (image, fg), params)
     out = aras.synthesize(image, mask, prompt, int(np.random.default_rng(key + [1]).integers(2**31)))
@@ -112,11 +134,11 @@ def _maker(method: str, aras):
 
     def make(image, user_mask, job):
         fg = foreground_mask(image)
-        family = FAMILIES[job.id % len(FAMILIES)]  # families in turn (perlin has none)
+        family = FAMILIES[job.id % len(FAMILIES)]  # families in turn
         for attempt in range(MAX_ATTEMPTS):
-            out, changed, prompt = _draw(method, image, fg, family, [job.seed, attempt], aras)
+            out, changed, prompt = _draw(image, fg, family, [job.seed, attempt], aras)
             if changed.any():
-                extra = {"attempts": attempt + 1, **({} if method == "perlin" else {"family": family})}
+                extra = {"attempts": attempt + 1, "family": family}
                 return Made(out, changed, prompt, extra)
         raise RuntimeError(f"{job.source}: {MAX_ATTEMPTS} {method} samples in a row changed no pixel (sample {job.id})")
 
@@ -140,7 +162,7 @@ def synth_set(args, key: str, method: str, train_paths: list[Path]) -> tuple[Pat
         from qarad.synthesis.aras import SamplerConfig
         from qarad.synthesis.pipeline import ARAS
 
-        model_dir = args.models[key].resolve()
+        model_dir = model_for(args, key).resolve()
         settings.update(model=str(model_dir), sampler=asdict(SamplerConfig()))
         aras = ARAS.load(model_dir)
     settings = json.loads(json.dumps(settings))  # as it reads back from synth.json
@@ -159,20 +181,18 @@ def synth_set(args, key: str, method: str, train_paths: list[Path]) -> tuple[Pat
 
 def score_set(args, key: str, folder: Path) -> dict:
     """QAW scores into the ARAS set's manifest (once: a scored set is not scored again)."""
-    from qarad.commands.synth import QAW
     from qarad.progress import bar
-    from qarad.quality.fit import load_dual_encoder
     from qarad.quality.scoring import score_folder
-    from qarad.synthesis.fit import read_model_config
+    from qarad.synthesis import model as aras_model
     from qarad.synthesis.jobs import MANIFEST, read_manifest
 
     timing = _timing(folder)
     entries = read_manifest(folder / MANIFEST)
     if timing["score_s"] is not None and all(e.get("score") is not None for e in entries):
         return timing
-    model_dir = args.models[key]
-    model = read_model_config(model_dir)
-    scorer = load_dual_encoder(model_dir / QAW)
+    model_dir = model_for(args, key)
+    model = aras_model.read_config(model_dir)
+    scorer = aras_model.load_dual_encoder(model_dir)
     t0 = time.perf_counter()
     with bar(len(entries), f"{key}: QAW scores", unit="sample") as tick:
         score_folder(folder, scorer, model.policy, model.fit.window_rule, on_sample=tick)
@@ -184,7 +204,7 @@ def score_set(args, key: str, folder: Path) -> dict:
 # ---- detectors on cached features ----------------------------------------------------------
 def evaluate_cached(head, cached: list, test: list) -> dict:
     """Metrics exactly as evaluate() grades them (same map/mask pairing, same metric function)."""
-    from qarad.detection.evaluate import _metrics, graded_pair
+    from qarad.detection.evaluate import graded_pair, summary_metrics
     from qarad.detection.train import score_cached
 
     maps, scores, masks = [], [], []
@@ -194,7 +214,7 @@ def evaluate_cached(head, cached: list, test: list) -> dict:
             maps.append(graded)
             masks.append(mask)
         scores.append(score)
-    return _metrics(scores, [s.label for s in test], maps, masks)
+    return summary_metrics(scores, [s.label for s in test], maps, masks)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -202,78 +222,104 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def run_detectors(args, key: str) -> dict:
-    """Synthesis, feature caching, then one head per (method, seed) scored on cached test features."""
-    from qarad.data.resolution import ResolutionPolicy
-    from qarad.detection.segmenter import Segmenter, SegmenterConfig
-    from qarad.detection.train import cache_images, fit_detector, normal_features, sample_weights, synthetic_features
+def _timed(fn, *a, **k):
+    t0 = time.perf_counter()
+    out = fn(*a, **k)
+    return out, time.perf_counter() - t0
+
+
+def cache_features(args, key: str, embedder, train_paths: list[Path], test: list) -> tuple[dict, dict, list]:
+    """Normal, ARAS (if a model is given), Perlin and test features, each once; -> (views, seconds, cached)."""
+    from qarad.detection.train import cache_images, normal_features, perlin_features, synthetic_features
     from qarad.progress import bar
+
+    views, seconds = {}, {}
+    with bar(len(train_paths), f"{key}: features, normal") as tick:
+        views["normal"], seconds["normal"] = _timed(normal_features, embedder, train_paths, FEATURE_BATCH,
+                                                    MAX_NORMAL_VIEWS, seed=0, on_image=tick)
+    if model_for(args, key) is not None:
+        folder = args.synth_folder
+        with bar(args.n_synth, f"{key}: features, aras") as tick:
+            views["synthetic"], seconds["synthetic"] = _timed(synthetic_features, embedder, folder, train_paths,
+                                                              FEATURE_BATCH, on_image=tick)
+    with bar(args.perlin_samples, f"{key}: Perlin patches + features") as tick:
+        views["perlin"], seconds["perlin"] = _timed(perlin_features, embedder, train_paths, args.perlin_samples,
+                                                    0, FEATURE_BATCH, on_image=tick)
+    with bar(len(test), f"{key}: features, test") as tick:
+        cached, seconds["test"] = _timed(cache_images, embedder, [s.image for s in test], FEATURE_BATCH,
+                                         on_image=tick)
+    return views, seconds, cached
+
+
+def _pools(views: dict, calibration: str) -> dict:
+    """The defect pools one variant trains on; ARAS views get that variant's QAW weights."""
+    from dataclasses import replace
+
+    from qarad.detection.train import sample_weights
     from qarad.quality.weighting import WeightingConfig
+
+    pools = {"perlin": views["perlin"]}
+    if "synthetic" in views:
+        w = sample_weights(views["synthetic"].scores, WeightingConfig(calibration=calibration))
+        pools["synthetic"] = replace(views["synthetic"], weights=w)
+    return pools
+
+
+def run_detectors(args, key: str) -> dict:
+    """ARAS set, feature caching, one shared bank, then one head per (method, seed) on cached test features."""
+    from qarad.detection.segmenter import Segmenter, SegmenterConfig
+    from qarad.detection.train import fit_bank, fit_head
+    from qarad.progress import bar
 
     train, test = splits(args, key)
     train_paths = [s.image for s in train]
-    policy = ResolutionPolicy(mode="resize", size=SIZE)
-    folders, timing = {}, {}
-    for method in SYNTH_METHODS:
-        if method == "aras" and key not in args.models:
-            continue
-        folders[method], timing[method] = synth_set(args, key, method, train_paths)
-    if "aras" in folders:
-        timing["aras"] = score_set(args, key, folders["aras"])
+    policy = policy_of(key)
+    synth_timing = None
+    if model_for(args, key) is not None:
+        args.synth_folder, synth_timing = synth_set(args, key, "aras", train_paths)
+        synth_timing = score_set(args, key, args.synth_folder)
+    bank = Segmenter(SegmenterConfig(), policy)  # its backbone embeds; its bank serves every head
+    views, features_s, cached = cache_features(args, key, bank, train_paths, test)
+    _, bank_s = _timed(fit_bank, bank, views["normal"], [v for k, v in views.items() if k != "normal"])
 
-    embedder = Segmenter(SegmenterConfig(), policy)  # only its backbone is used here
-    features_s = {}
-    t0 = time.perf_counter()
-    with bar(len(train_paths), f"{key}: features, normal") as tick:
-        normal = normal_features(embedder, train_paths, FEATURE_BATCH, MAX_NORMAL_VIEWS, seed=0, on_image=tick)
-    features_s["normal"] = time.perf_counter() - t0
-    synth = {}
-    for method, folder in folders.items():
-        t0 = time.perf_counter()
-        with bar(args.n_synth, f"{key}: features, {method}") as tick:
-            synth[method] = synthetic_features(embedder, folder, FEATURE_BATCH, on_image=tick)
-        features_s[method] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with bar(len(test), f"{key}: features, test") as tick:
-        cached = cache_images(embedder, [s.image for s in test], FEATURE_BATCH, on_image=tick)
-    features_s["test"] = time.perf_counter() - t0
-
-    methods, speed_head = {}, dataset_dir(args, key) / "speed_head"
-    for name, (source, calibration) in HEADS.items():
-        if source not in synth:
+    methods, skipped, speed_head = {}, {}, dataset_dir(args, key) / "speed_head"
+    for name, (negatives, calibration, residual, fusion) in VARIANTS.items():
+        if "synthetic" in negatives and "synthetic" not in views:
+            skipped[name] = NO_MODEL
             continue
-        weighting = WeightingConfig(calibration=calibration)
-        w = sample_weights(synth[source].scores, weighting)
-        runs = []
+        pools, runs = _pools(views, calibration), []
         for seed in args.seeds:
-            t0 = time.perf_counter()
+            config = SegmenterConfig(steps=args.steps, seed=seed, negatives=negatives, residual=residual,
+                                     fusion=fusion)
+            head = Segmenter(config, policy, bank.backbone)
+            head.share_bank(bank)
             with bar(args.steps, f"{key}: {name}, seed {seed}", unit="step") as tick:
-                head = fit_detector(SegmenterConfig(steps=args.steps, seed=seed), policy, normal, synth[source],
-                                    weighting, on_step=lambda _: tick())
-            fit_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            ev = evaluate_cached(head, cached, test)
-            runs.append({"seed": seed, **{m: ev[m] for m in METRICS}, "fit_s": fit_s,
-                         "eval_s": time.perf_counter() - t0, "threshold": head.threshold_})
-            if not methods and len(runs) == 1:
-                head.save(speed_head)  # every head has the same architecture: one speed check serves all
+                _, fit_s = _timed(fit_head, head, views["normal"], pools, lambda _: tick())
+            ev, eval_s = _timed(evaluate_cached, head, cached, test)
+            runs.append({"seed": seed, **{m: ev[m] for m in METRICS}, "fit_s": fit_s, "eval_s": eval_s,
+                         "threshold": head.threshold_})
+            if name == "qarad" or (name == "qarad_no_synthesis" and "qarad" in skipped) and seed == args.seeds[0]:
+                head.save(speed_head)  # the default method's head: the speed check scores images with it
         out = {}
         for m in (*METRICS, "fit_s"):
             out[m], out[f"{m}_std"] = _mean_std([r[m] for r in runs])
-        out.update(n_train=len(train), n_test=len(test), n_normal_views=len(normal), n_synth_views=len(w),
-                   weight_min=float(w.min()), weight_mean=float(w.mean()), weight_max=float(w.max()),
-                   # what `qarad train` on this set would take: features of the normal and synthetic images + head
-                   train_s=features_s["normal"] + features_s[source] + out["fit_s"],
-                   seeds=list(args.seeds), per_seed=runs)
+        used = ["normal", *[k for k in ("synthetic", "perlin") if k in negatives]]
+        out.update(n_train=len(train), n_test=len(test), n_normal_views=len(views["normal"]),
+                   negatives=list(negatives), weighting=calibration, residual=residual, fusion=fusion,
+                   # what `qarad train` with these settings takes: features, bank + search, head
+                   train_s=sum(features_s[k] for k in used) + bank_s + out["fit_s"], seeds=list(args.seeds),
+                   per_seed=runs)
         methods[name] = out
-    return {"methods": methods, "speed_head": str(speed_head), "features_s": features_s,
-            "synth": {m: {**timing[m], "folder": str(folders[m]), "n": args.n_synth} for m in folders},
+    return {"methods": methods, "skipped": skipped, "speed_head": str(speed_head), "features_s": features_s,
+            "bank_s": bank_s, "bank_rows": len(bank.memory_),
+            "synth": None if synth_timing is None else {**synth_timing, "folder": str(args.synth_folder),
+                                                        "n": args.n_synth},
             "n_train": len(train), "n_test": len(test), "peak_rss_mb": common.peak_rss_mb(),
             "threads": torch.get_num_threads()}
 
 
 def run_speed(args, key: str) -> dict:
-    """Images/s of a trained head through the full torch path, in a fresh process (own peak RSS)."""
+    """Images/s of the default head end to end (decode included) and of the backbone alone, same run."""
     from qarad.data.stream import load
     from qarad.detection.inference import score_images
     from qarad.detection.segmenter import Segmenter
@@ -282,60 +328,62 @@ def run_speed(args, key: str) -> dict:
     paths = [s.image for s in test][: N_WARMUP + N_SPEED]
     warm, timed = paths[: min(N_WARMUP, len(paths) - 1)], paths[min(N_WARMUP, len(paths) - 1):]
     model = Segmenter.load(dataset_dir(args, key) / "speed_head")
-    for _ in score_images(model, warm):  # loads the backbone, first-call allocations
+    for _ in score_images(model, warm, args.speed_batch):  # loads the backbone, first-call allocations
         pass
     t0 = time.perf_counter()
-    n = sum(1 for _ in score_images(model, timed))  # decode, resize, backbone, head, stitch, smooth
+    n = sum(1 for _ in score_images(model, timed, args.speed_batch))  # decode, views, backbone, search, head
     end_to_end = n / (time.perf_counter() - t0)
-    views = torch.cat([load(i, p, model.policy).views for i, p in enumerate(timed)])  # (n, 3, 256, 256)
+    views = torch.cat([load(i, p, model.policy).views for i, p in enumerate(timed)])
+    embedder = model._embedder()
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for s in range(0, len(views), FEATURE_BATCH):
-            for m in model.view_maps(views[s:s + FEATURE_BATCH]):
-                model.smooth(m)
-    return {"test_images_per_s": end_to_end, "model_images_per_s": len(views) / (time.perf_counter() - t0),
-            "n_images": n, "peak_rss_mb": common.peak_rss_mb(), "threads": torch.get_num_threads()}
+        for s in range(0, len(views), args.speed_batch):
+            embedder(views[s:s + args.speed_batch])
+    backbone = n / (time.perf_counter() - t0)
+    return {"test_images_per_s": end_to_end, "backbone_images_per_s": backbone, "n_images": n,
+            "n_views": len(views), "batch_size": args.speed_batch, "peak_rss_mb": common.peak_rss_mb(),
+            "threads": torch.get_num_threads()}
 
 
-def run_patchcore(args, key: str) -> dict:
-    from qarad.data.resolution import ResolutionPolicy
+def run_patchcore(args, key: str, search: str = "ivf") -> dict:
     from qarad.detection.evaluate import evaluate
     from qarad.detection.patchcore import PatchCore, PatchCoreConfig
     from qarad.progress import bar
 
     train, test = splits(args, key)
-    config = PatchCoreConfig()  # as benchmarks/detect.py at resize: 10% coreset, uncapped
-    model = PatchCore(config, ResolutionPolicy(mode="resize", size=SIZE))
+    config = PatchCoreConfig(search=search, batch_size=args.speed_batch)  # 10% coreset, uncapped
+    model = PatchCore(config, policy_of(key))
     t0 = time.perf_counter()
-    with bar(len(train), f"{key}: patchcore fit") as tick:
+    with bar(len(train), f"{key}: patchcore fit ({search})") as tick:
         model.fit([s.image for s in train], on_image=tick)
     fit_s = time.perf_counter() - t0
-    with bar(len(test), f"{key}: patchcore eval") as tick:
-        ev = evaluate(model, test, on_image=tick)
+    with bar(len(test), f"{key}: patchcore eval ({search})") as tick:
+        ev = evaluate(model, test, args.speed_batch, on_image=tick)
     out = {}
     for m in METRICS:
         out[m], out[f"{m}_std"] = ev.overall[m], 0.0
     out.update(fit_s=fit_s, fit_s_std=0.0, test_images_per_s=ev.images_per_s, peak_rss_mb=common.peak_rss_mb(),
                n_train=len(train), n_test=len(test), memory_rows=int(len(model.memory_)), seeds=[config.seed],
-               note="deterministic: one run with coreset seed 0; the std is 0 by construction, not measured",
+               search=search, note="deterministic: one run with coreset seed 0; the std is 0 by construction",
                threads=torch.get_num_threads())
     return out
 
 
 # ---- results -------------------------------------------------------------------------------
 def assemble(key: str, done: dict) -> dict:
-    pc, det, speed = (done[f"{key}|{s}"] for s in STAGES)
-    res = {"patchcore": pc}
+    det, speed = done[f"{key}|detectors"], done[f"{key}|speed"]
+    res = {"patchcore": done[f"{key}|patchcore"], "patchcore_exact": done[f"{key}|patchcore_exact"]}
     for name, r in det["methods"].items():
-        res[name] = {**r, "test_images_per_s": speed["test_images_per_s"],
-                     "model_images_per_s": speed["model_images_per_s"], "peak_rss_mb": det["peak_rss_mb"],
-                     "infer_peak_rss_mb": speed["peak_rss_mb"]}
-    skipped = {m: NO_MODEL for m in HEADS if m not in det["methods"]}
-    if skipped:
-        res["skipped"] = skipped
-    res["shared"] = {"synth": det["synth"], "features_s": det["features_s"], "speed": speed,
-                     "n_train": det["n_train"], "n_test": det["n_test"],
-                     "wall_s": {s: done[f"{key}|{s}"]["wall_s"] for s in STAGES}}
+        res[name] = {**r, "peak_rss_mb": det["peak_rss_mb"], "infer_peak_rss_mb": speed["peak_rss_mb"],
+                     # every variant has the default's cost at test time but no_residual (no gather) and
+                     # old_head (no search); the one measured head is the default's
+                     "test_images_per_s": speed["test_images_per_s"]}
+    if det["skipped"]:
+        res["skipped"] = det["skipped"]
+    res["backbone_images_per_s"] = speed["backbone_images_per_s"]
+    res["shared"] = {"synth": det["synth"], "features_s": det["features_s"], "bank_s": det["bank_s"],
+                     "bank_rows": det["bank_rows"], "speed": speed, "n_train": det["n_train"],
+                     "n_test": det["n_test"], "wall_s": {s: done[f"{key}|{s}"]["wall_s"] for s in STAGES}}
     return res
 
 
@@ -349,26 +397,26 @@ def table(key: str, res: dict) -> str:
             "| fit s | test img/s | peak RSS MB |")
     sh = res["shared"]
     lines = [f"### `{key}` ({sh['n_train']} normal train images, {sh['n_test']} test images)", "", head,
-             "|" + "---|" * 11,
-             "| patchcore (deterministic, 1 run) | " + " | ".join(_cells(res["patchcore"], False)) + " |"]
-    for name in HEADS:
+             "|" + "---|" * 11]
+    for name in PATCHCORES:
+        lines.append(f"| {name} ({res[name]['search']} search, 1 run) | " + " | ".join(_cells(res[name], False)) + " |")
+    for name in VARIANTS:
         if name in res:
             lines.append(f"| {name} | " + " | ".join(_cells(res[name], len(res[name]["seeds"]) > 1)) + " |")
         else:
             lines.append(f"| {name} | {res['skipped'][name]} |" + " |" * 9)
-    synth = ", ".join(f"{m} {s['synth_s']:.0f} s" + (f" + QAW scoring {s['score_s']:.0f} s" if s.get("score_s") else "")
-                      for m, s in sh["synth"].items())
-    n_synth = next(iter(sh["synth"].values()))["n"] if sh["synth"] else 0
+    synth = sh["synth"]
+    made = (f"ARAS synthesis of {synth['n']} samples {synth['synth_s']:.0f} s + QAW scoring "
+            f"{synth['score_s']:.0f} s; " if synth else "")
     feats = ", ".join(f"{k} {v:.0f} s" for k, v in sh["features_s"].items())
-    trained = [m for m in ("aras_qaw_linear", "procedural") if m in res]
+    default = "qarad" if "qarad" in res else "qarad_no_synthesis"
     wall = sum(sh["wall_s"].values())
-    lines += ["", f"Once per dataset: synthesis of {n_synth} samples per set ({synth}); backbone features "
-              f"({feats}). Inference without decoding (backbone + head + smoothing on 256x256 views): "
-              f"{sh['speed']['model_images_per_s']:.1f} img/s; inference process peak RSS "
-              f"{sh['speed']['peak_rss_mb']:.0f} MB."
-              + (f" Detector training as `qarad train` does it (features + head), {trained[0]}: "
-                 f"{res[trained[0]]['train_s'] / 60:.1f} min." if trained else "")
-              + f" Dataset wall time {wall / 60:.1f} min."]
+    lines += ["", f"Once per dataset: {made}features ({feats}); memory bank ({sh['bank_rows']} rows) and the "
+              f"search of every training cell {sh['bank_s']:.0f} s. `qarad train` with the {default} settings "
+              f"(features + bank + head) would take {res[default]['train_s'] / 60:.1f} min. Speed (batch "
+              f"{sh['speed']['batch_size']}, {sh['speed']['n_images']} test images, same process): {default} end "
+              f"to end {sh['speed']['test_images_per_s']:.1f} img/s, backbone alone "
+              f"{res['backbone_images_per_s']:.1f} img/s. Dataset wall time {wall / 60:.1f} min."]
     return "\n".join(lines)
 
 
@@ -377,22 +425,22 @@ def markdown(env: dict) -> str:
     smoke = st["limit_train"] or st["limit_test"]
     limited = " **Smoke run: train/test subsets limited, not comparable.**" if smoke else ""
     lines = [
-        "## Ablation: PatchCore vs the detector trained on each synthesis", "",
+        "## Ablation: PatchCore vs the QARAD detector and its variants", "",
         "Command (one run wrote everything below; results: `benchmarks/results/ablation.json`):", "",
         f"```sh\n{env['command']}\n```", "",
         f"Run of {env['date']}, whole run {env['wall_s'] / 60:.1f} min (stages summed, resumes included) on "
         f"{env['machine']}.", "",
-        f"Settings: `resize` 256 for every method, EfficientNet-Lite0 stride 8 + 16 features, the normal "
-        f"train images of benchmarks/detect.py; {st['n_synth']} synthetic samples per set, {st['steps']} head "
-        f"steps, seeds {', '.join(map(str, st['seeds']))}; "
-        "detector rows are mean ± sample std over the seeds (head initialisation, batches and held-out "
-        "normals; the synthetic sets are made once per dataset and shared by every seed). PatchCore is "
-        "deterministic: one run, no spread. *fit s*: PatchCore's whole fit; detectors: head training on "
-        "cached features only (synthesis and features are listed under each table). *test img/s*: "
-        "PatchCore's evaluation loop; detectors: the full torch path (decode, resize, backbone, head, "
-        "smoothing) of one trained head on up to 50 test images, the same for every head (same "
-        "architecture). *peak RSS*: PatchCore's own process; detectors: the one process that made the "
-        "synthetic sets, cached all features and trained every head." + limited, "",
+        f"Settings: `resize` 256 (`@tile`: 256 tiles at scale 1), EfficientNet-Lite0 stride 8 + 16 features, "
+        f"the normal train images of benchmarks/detect.py; {st['n_synth']} ARAS samples, "
+        f"{st['perlin_samples']} Perlin patches, {st['steps']} head steps, seeds "
+        f"{', '.join(map(str, st['seeds']))}; detector rows are mean ± sample std over the seeds (head "
+        "initialisation, batches, feature-space negatives and held-out normals; the ARAS and Perlin sets, "
+        "the features and the memory bank are made once per dataset and shared by every seed and "
+        "variant). PatchCore is deterministic: one run, no spread. *fit s*: PatchCore's whole fit; "
+        "detectors: head training and calibration on cached, searched features. *test img/s*: PatchCore's "
+        "evaluation loop; detectors: the full torch path (decode, views, backbone, search, head, "
+        "smoothing) of the default head on up to 50 test images. *peak RSS*: PatchCore's own process; "
+        "detectors: the one process that cached all features and trained every head." + limited, "",
     ]
     for key, res in results.items():
         lines += [table(key, res), ""]
@@ -403,13 +451,15 @@ def markdown(env: dict) -> str:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
-    ap.add_argument("--datasets", nargs="*", default=list(common.DATASETS), choices=list(common.DATASETS))
+    keys = [*common.DATASETS, "deeppcb/deeppcb" + TILE_SUFFIX]
+    ap.add_argument("--datasets", nargs="*", default=keys, choices=keys)
     ap.add_argument("--models", action="append", default=[], metavar="DATASET=MODEL_DIR",
                     help="fitted ARAS model (qarad fit) for a dataset; repeat per dataset")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--n-synth", type=int, default=300, help="synthetic samples per method and dataset")
-    ap.add_argument("--steps", type=int, default=500,
-                    help="head training steps (default 500: 15 heads per dataset must fit the 2-hour budget)")
+    ap.add_argument("--n-synth", type=int, default=300, help="ARAS samples per dataset")
+    ap.add_argument("--perlin-samples", type=int, default=200, help="Perlin patches per dataset (as qarad train)")
+    ap.add_argument("--steps", type=int, default=2000, help="head training steps (default: as qarad train)")
+    ap.add_argument("--speed-batch", type=int, default=8, help="backbone batch size for evaluation and speed")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="synthetic sets and the speed-check head")
     ap.add_argument("--limit-train", type=int, default=None, help="smoke runs only: at most N normal train images")
     ap.add_argument("--limit-test", type=int, default=None, help="smoke runs only: N test images, half defective")
@@ -425,7 +475,7 @@ def parse_args(ap: argparse.ArgumentParser, argv: list[str]):
     models = {}
     for item in args.models:
         key, sep, path = item.partition("=")
-        if not sep or key not in common.DATASETS:
+        if not sep or key.removesuffix(TILE_SUFFIX) not in common.DATASETS:
             ap.error(f"--models {item!r}: expected DATASET=MODEL_DIR with DATASET one of {', '.join(common.DATASETS)}")
         if not (Path(path) / "aras.json").is_file():
             ap.error(f"--models {item!r}: {path} is not an ARAS model folder (no aras.json); fit one with `qarad fit`")
@@ -446,20 +496,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(ap, argv)
     if args.child:
         stage, key = args.child
-        run = {"patchcore": run_patchcore, "detectors": run_detectors, "speed": run_speed}[stage]
+        run = {"patchcore": run_patchcore, "patchcore_exact": lambda a, k: run_patchcore(a, k, "exact"),
+               "detectors": run_detectors, "speed": run_speed}[stage]
         print(json.dumps(run(args, key)))
         return
     out_json = args.out_json or common.RESULTS / "ablation.json"
     partial_path = out_json.with_name(out_json.stem + ".partial.json")
     settings = {"data": str(args.data.resolve()), "models": {k: str(v.resolve()) for k, v in args.models.items()},
                 "seeds": args.seeds, "n_synth": args.n_synth, "steps": args.steps, "work": str(args.work),
+                "perlin_samples": args.perlin_samples, "speed_batch": args.speed_batch,
                 "limit_train": args.limit_train, "limit_test": args.limit_test}
     partial = {} if args.fresh or not partial_path.exists() else json.loads(partial_path.read_text())
     if partial.get("settings") != settings:
         partial = {"settings": settings, "done": {}}
     done, results = partial["done"], {}
     for key in args.datasets:
-        if not common.available(args.data, key):
+        if not common.available(args.data, key.removesuffix(TILE_SUFFIX)):
             print(f"skip {key}: not found under {args.data}", file=sys.stderr)
             continue
         for stage in STAGES:

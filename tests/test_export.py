@@ -14,6 +14,7 @@ from qarad.detection.anomaly_map import gaussian_blur
 from qarad.detection.export import export_onnx
 from qarad.detection.inference import score_images
 from qarad.detection.segmenter import Segmenter, SegmenterConfig, cell_targets
+from qarad.detection.train import ViewSet, fit_detector
 from qarad.runs import load_detector
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
@@ -92,9 +93,12 @@ def test_stitching_outside_the_graph_reproduces_image_maps(data, tmp_path_factor
         _close(work.max().numpy(), np.float32(result.score))
 
 
-def test_qarad_segmenter_export_matches_torch(data, tmp_path):
+@pytest.mark.parametrize("residual,fusion", [(True, True), (True, False), (False, True), (False, False)])
+def test_qarad_segmenter_export_matches_torch(data, tmp_path, residual, fusion):
     policy = ResolutionPolicy(size=64)
-    detector = Segmenter(SegmenterConfig(hidden=16, steps=30, batch_size=4), policy)
+    config = SegmenterConfig(hidden=16, steps=30, batch_size=4, residual=residual, fusion=fusion,
+                             negatives=("synthetic", "feature"))
+    detector = Segmenter(config, policy)
     views = torch.cat([load(i, p, policy).views for i, p in enumerate(data[1])])
     normal = detector.embed(views[:3])
     defect = views.clone()
@@ -102,7 +106,12 @@ def test_qarad_segmenter_export_matches_torch(data, tmp_path):
     for i in range(len(views)):
         y0, y1, x0, x1 = defect_box(i, (64, 64))
         defect[i, :, y0:y1, x0:x1], mask[i, y0:y1, x0:x1] = 1.0, True
-    detector.fit(normal, detector.embed(defect), cell_targets(mask), torch.ones(len(views)))
+    ones = torch.ones(8, 8, dtype=torch.bool)
+    as_views = lambda f, t=None, w=None: ViewSet(list(f), [ones] * len(f), torch.arange(len(f)),  # noqa: E731
+                                                 None if t is None else list(t), w)
+    fit_detector(config, policy, as_views(normal),
+                 {"synthetic": as_views(detector.embed(defect), cell_targets(mask), torch.ones(len(views)))},
+                 model=detector)
 
     export_onnx(detector, tmp_path / "qarad.onnx")
     view_map, anomaly_map, score = _session(tmp_path / "qarad.onnx").run(None, {"views": defect.numpy()})

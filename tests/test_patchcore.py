@@ -7,7 +7,7 @@ from qarad.checkpoint import CheckpointError
 from qarad.data.resolution import ResolutionPolicy
 from qarad.detection.evaluate import evaluate
 from qarad.detection.inference import score_images
-from qarad.detection.patchcore import PatchCore, PatchCoreConfig, nearest_distance
+from qarad.detection.patchcore import PatchCore, PatchCoreConfig
 from qarad.data.mvtec import Sample
 
 
@@ -43,17 +43,6 @@ def tiny_set(tmp_path_factory):
 def fitted(tiny_set):
     _, train, _ = tiny_set
     return PatchCore(PatchCoreConfig(coreset_ratio=0.5, blur_sigma=1.0), ResolutionPolicy(size=64)).fit(train)
-
-
-def test_nearest_distance_matches_cdist():
-    g = torch.Generator().manual_seed(0)
-    q, m = torch.randn(50, 7, generator=g), torch.randn(30, 7, generator=g)
-    got = nearest_distance(q, m, (m * m).sum(1), chunk_elems=64)
-    assert torch.allclose(got, torch.cdist(q, m).min(1).values, atol=1e-4)
-    exclude = torch.zeros(30, dtype=torch.bool)
-    exclude[:15] = True
-    got = nearest_distance(q, m, (m * m).sum(1), exclude)
-    assert torch.allclose(got, torch.cdist(q, m[15:]).min(1).values, atol=1e-4)
 
 
 def test_fit_sets_learned_attributes(fitted):

@@ -50,13 +50,24 @@ def main_parser() -> argparse.ArgumentParser:
     _add_policy_args(p)
     p.add_argument("--coreset-ratio", type=float, default=0.1, help="fraction of patches kept (default 0.1)")
     p.add_argument("--memory-limit", type=int, default=None, help="cap on memory-bank rows (default: none)")
+    p.add_argument("--search", choices=["ivf", "exact"], default="ivf",
+                   help="nearest-neighbour search in the memory bank: ivf (faiss inverted lists, fast) or exact")
     p.add_argument("--max-train-images", type=int, default=None,
                    help="fit on a reproducible random subset of this many normal images")
     g = p.add_argument_group("qarad method")
     g.add_argument("--synth", type=Path, help="synthetic defects folder (qarad synth, then qarad score)")
     g.add_argument("--weighting", choices=["none", "linear", "softmax"], default="linear",
                    help="QAW calibration of sample weights (default linear)")
-    g.add_argument("--steps", type=int, default=1500, help="head training steps (default 1500)")
+    g.add_argument("--negatives", nargs="+", choices=["synthetic", "perlin", "feature"],
+                   default=["synthetic", "perlin", "feature"],
+                   help="defects the head learns from: synthetic (--synth, QAW-weighted), perlin (DRAEM-style "
+                        "texture patches on the normal images), feature (noise in feature space). Default: all")
+    g.add_argument("--perlin-samples", type=int, default=200, help="Perlin texture patches drawn (default 200)")
+    g.add_argument("--no-residual", dest="residual", action="store_false",
+                   help="head reads frozen features only, not the residual to the memory bank")
+    g.add_argument("--no-fusion", dest="fusion", action="store_false",
+                   help="map = head probability alone, not fused with the nearest-neighbour distance")
+    g.add_argument("--steps", type=int, default=2000, help="head training steps (default 2000)")
     g.add_argument("--max-normal-views", type=int, default=4000, help="cap on cached normal views")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)

@@ -51,6 +51,7 @@ class DemoPlan:
     qaw_steps: int = 300
     n_synth: int = 48  # synthetic defects per category
     head_steps: int = 500
+    perlin_samples: int = 100  # DRAEM-style negatives beside the ARAS samples (train --perlin-samples)
     weighting: str = "linear"
     seed: int = 0
 
@@ -59,7 +60,7 @@ def demo_plan(seed: int, quick: bool) -> DemoPlan:
     if quick:  # seconds, for tests: proves the wiring, not the quality
         data = DemoConfig(categories=("brick",), size=64, n_train=6, n_test_good=3, n_test_defect=3, seed=seed)
         return DemoPlan(data, window=32, corpus_size=16, tokenizer_steps=4, prior_steps=4, qaw_steps=4,
-                        n_synth=4, head_steps=4, seed=seed)
+                        n_synth=4, head_steps=4, perlin_samples=4, seed=seed)
     return DemoPlan(DemoConfig(seed=seed), seed=seed)
 
 
@@ -98,7 +99,8 @@ def _synthesize(plan: DemoPlan, data: Path, model: Path, category: str, out: Pat
 
 
 def _train(plan: DemoPlan, data: Path, category: str, method: str, run: Path, synth: Path) -> None:
-    extra = ["--synth", synth, "--weighting", plan.weighting, "--steps", plan.head_steps] if method == "qarad" else []
+    extra = ["--synth", synth, "--weighting", plan.weighting, "--steps", plan.head_steps,
+             "--perlin-samples", plan.perlin_samples] if method == "qarad" else []
     _verb("train", "--method", method, "--data", data, "--category", category, "--out", run,
           *_size_args(plan), "--seed", plan.seed, *extra)
 

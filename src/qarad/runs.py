@@ -37,6 +37,7 @@ class PatchCoreSettings:
     memory_limit: int | None
     batch_size: int
     seed: int
+    search: str = "exact"  # runs written before the search setting existed searched exactly
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,12 @@ class QaradSettings:
     max_normal_views: int
     batch_size: int
     seed: int
+    # the residual detector's settings; runs written before it existed read with the old head's
+    negatives: tuple[str, ...] = ("synthetic",)
+    residual: bool = False
+    fusion: bool = False
+    perlin_samples: int = 0
+    search: str = "exact"
 
 
 DETECTORS = {"patchcore": PatchCoreSettings, "qarad": QaradSettings}

@@ -30,21 +30,26 @@ def _train_config(args) -> dict:
     """config.json, built through the dataclasses runs.read_config checks it against."""
     if args.method == "patchcore":
         detector = runs.PatchCoreSettings(coreset_ratio=args.coreset_ratio, memory_limit=args.memory_limit,
-                                          batch_size=args.batch_size, seed=args.seed)
+                                          batch_size=args.batch_size, seed=args.seed, search=args.search)
     else:
         detector = runs.QaradSettings(steps=args.steps, synth=str(Path(args.synth).resolve()) if args.synth else None,
                                       weighting=args.weighting, max_normal_views=args.max_normal_views,
-                                      batch_size=args.batch_size, seed=args.seed)
+                                      batch_size=args.batch_size, seed=args.seed, negatives=tuple(args.negatives),
+                                      residual=args.residual, fusion=args.fusion,
+                                      perlin_samples=args.perlin_samples if "perlin" in args.negatives else 0,
+                                      search=args.search)
     data = runs.RunData(root=str(Path(args.data).resolve()), category=args.category,
                         max_train_images=args.max_train_images, seed=args.seed)
-    return {"method": args.method, "data": asdict(data), "policy": _policy(args).to_dict(),
-            "detector": asdict(detector)}
+    config = {"method": args.method, "data": asdict(data), "policy": _policy(args).to_dict(),
+              "detector": asdict(detector)}
+    return json.loads(json.dumps(config))  # as it reads back from config.json (tuples become lists)
 
 
 def train(args) -> int:
     config = _train_config(args)
-    if args.method == "qarad" and not args.synth:
-        raise ValueError("--method qarad needs --synth SYNTH_DIR (made by `qarad synth`, scored by `qarad score`)")
+    if args.method == "qarad" and "synthetic" in args.negatives and not args.synth:
+        raise ValueError("--method qarad needs --synth SYNTH_DIR (made by `qarad synth`, scored by `qarad score`), "
+                         "or --negatives without 'synthetic' (perlin, feature)")
     train_set = subsample(scan_mvtec(args.data, args.category, "train"), args.max_train_images, args.seed)
     fresh = not Path(args.out).exists()
     if runs.prepare(args.out, config, args.overwrite):
@@ -64,7 +69,7 @@ def _train_patchcore(args, config, paths):
 
     d = config["detector"]
     model = PatchCore(PatchCoreConfig(coreset_ratio=d["coreset_ratio"], memory_limit=d["memory_limit"],
-                                      batch_size=d["batch_size"], seed=d["seed"]), _policy(args)).to(args.device)
+                                      batch_size=d["batch_size"], seed=d["seed"], search=d["search"]), _policy(args)).to(args.device)
     with bar(len(paths), "train patchcore") as tick:
         model.fit(paths, on_image=tick)
     return model
@@ -72,23 +77,30 @@ def _train_patchcore(args, config, paths):
 
 def _train_qarad(args, config, paths):
     from ..detection.segmenter import Segmenter, SegmenterConfig
-    from ..detection.train import describe, normal_features, sample_weights, synthetic_features
+    from ..detection.train import (describe, fit_detector, normal_features, perlin_features, sample_weights,
+                                   synthetic_features)
     from ..quality.weighting import WeightingConfig
-
-    d = config["detector"]
-    model = Segmenter(SegmenterConfig(steps=d["steps"], batch_size=16, seed=d["seed"]), _policy(args)).to(args.device)
-    with bar(len(paths), "features: normal images") as tick:
-        normal = normal_features(model, paths, d["batch_size"], d["max_normal_views"], d["seed"], on_image=tick)
     from ..synthesis.jobs import MANIFEST, read_manifest
 
-    n_synth = len(read_manifest(Path(args.synth) / MANIFEST))
-    with bar(n_synth, "features: synthetic samples") as tick:
-        synth = synthetic_features(model, Path(args.synth), d["batch_size"], on_image=tick)
-    weighting = WeightingConfig(calibration=d["weighting"])
-    print(f"QAW weights ({d['weighting']}): {describe(synth, weighting)}")
+    d = config["detector"]
+    cfg = SegmenterConfig(steps=d["steps"], seed=d["seed"], negatives=tuple(d["negatives"]), residual=d["residual"],
+                          fusion=d["fusion"], search=d["search"])
+    model = Segmenter(cfg, _policy(args)).to(args.device)
+    with bar(len(paths), "features: normal images") as tick:
+        normal = normal_features(model, paths, d["batch_size"], d["max_normal_views"], d["seed"], on_image=tick)
+    pools = {}
+    if "synthetic" in cfg.negatives:
+        with bar(len(read_manifest(Path(args.synth) / MANIFEST)), "features: synthetic samples") as tick:
+            pools["synthetic"] = synthetic_features(model, Path(args.synth), paths, d["batch_size"], on_image=tick)
+        pools["synthetic"].weights = sample_weights(pools["synthetic"].scores, WeightingConfig(calibration=d["weighting"]))
+        print(f"QAW weights ({d['weighting']}): {describe(pools['synthetic'])}")
+    if "perlin" in cfg.negatives:
+        with bar(d["perlin_samples"], "features: Perlin texture patches") as tick:
+            pools["perlin"] = perlin_features(model, paths, d["perlin_samples"], d["seed"], d["batch_size"], on_image=tick)
+    if cfg.uses_bank:
+        print("memory bank from the normal views, then every cached cell's nearest row (own image skipped)")
     with bar(d["steps"], "train detector head", unit="step") as tick:
-        model.fit(normal, synth.features, synth.targets, sample_weights(synth.scores, weighting),
-                  on_step=lambda _: tick())
+        fit_detector(cfg, model.policy, normal, pools, on_step=lambda _: tick(), model=model)
     return model
 
 

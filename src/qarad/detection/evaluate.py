@@ -22,7 +22,7 @@ class Evaluation:
     curves: dict = field(default_factory=dict)  # overall image ROC, pixel ROC, PRO; only when asked for
 
 
-def _metrics(scores, labels, maps, masks) -> dict[str, float]:
+def summary_metrics(scores, labels, maps, masks) -> dict[str, float]:
     out: dict[str, float] = {"n_images": int(len(scores))}
     try:
         out.update(M.image_metrics(scores, labels))
@@ -68,7 +68,7 @@ def evaluate(detector: Detector, samples: list[Sample], batch_size: int = 8,
     def subset(keep):
         idx = [i for i, s in enumerate(samples) if keep(s)]
         pix = [i for i in idx if masks[i] is not None]
-        return _metrics([ev.records[i]["score"] for i in idx], [samples[i].label for i in idx],
+        return summary_metrics([ev.records[i]["score"] for i in idx], [samples[i].label for i in idx],
                         [maps[i] for i in pix], [masks[i] for i in pix])
 
     ev.overall = subset(lambda s: True)

@@ -2,7 +2,7 @@
 
 The graph holds the per-view steps of `inference.score_images`: ImageNet normalisation, the
 frozen backbone, the detector's patch scores (PatchCore nearest-neighbour distance to the memory
-bank, or the QARAD segmentation head) and bilinear upsampling, giving `view_map`. It then blurs
+bank, or the QARAD head on features, residuals and distances, fused with the distance) and bilinear upsampling, giving `view_map`. It then blurs
 each view on its own and takes the maximum (`anomaly_map`, `score`). score_images blurs after
 stitching; with one view per image (resize policy) that is the same thing, so there the outputs
 are final. Keep-aspect and tile need the image's Layout: the caller stitches `view_map`, blurs
@@ -23,11 +23,20 @@ from ..data.resolution import ResolutionPolicy
 from .anomaly_map import gaussian_blur, upsample
 from ..backbone import PATCH_STRIDE, PatchEmbedder
 from .patchcore import PatchCore
-from .segmenter import Segmenter
+from .segmenter import Segmenter, cell_scores, head_inputs
 
 OPSET = 17  # within what the TorchScript exporter and the pinned onnxruntime support
 INPUT = "views"
 OUTPUTS = ("view_map", "anomaly_map", "score")
+
+
+def _nearest(q: torch.Tensor, memory_t: torch.Tensor, memory_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q, C) queries -> squared distance to the nearest bank row and that row (exact search)."""
+    # the expanded form ||q||^2 - 2 q.m + ||m||^2; the graph searches exactly, where the torch
+    # path may use the IVF index (detection/knn.py): equal on small banks, within its error on large
+    d = torch.addmm(memory_sq[None], q, memory_t, alpha=-2.0) + (q * q).sum(1, keepdim=True)
+    best, rows = d.min(1)
+    return best.clamp_min(0).sqrt(), rows
 
 
 class NearestNeighbourScores(nn.Module):
@@ -42,20 +51,31 @@ class NearestNeighbourScores(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         c = features.shape[1]
         q = features.permute(0, 2, 3, 1).reshape(-1, c)  # (N*h*w, C)
-        # the expanded form ||q||^2 - 2 q.m + ||m||^2, as PatchCore.nearest_distance computes it
-        d = torch.addmm(self.memory_sq[None], q, self.memory_t, alpha=-2.0) + (q * q).sum(1, keepdim=True)
-        return d.amin(1).clamp_min(0).sqrt().view_as(features[:, 0])
+        return _nearest(q, self.memory_t, self.memory_sq)[0].view_as(features[:, 0])
 
 
-class DefectProbability(nn.Module):
-    """(N, 152, h, w) patch features -> (N, h, w) sigmoid of the segmentation head."""
+class SegmenterScores(nn.Module):
+    """(N, 152, h, w) patch features -> (N, h, w) the QARAD detector's cell scores (segmenter.cell_scores)."""
 
-    def __init__(self, head: nn.Module):
+    def __init__(self, detector: Segmenter):
         super().__init__()
-        self.head = head
+        self.head = detector.head_
+        self.config, self.reference = detector.config, detector.reference_
+        if self.config.uses_bank:
+            memory = detector.memory_.detach().float()
+            self.register_buffer("memory", memory)
+            self.register_buffer("memory_t", memory.T.contiguous())
+            self.register_buffer("memory_sq", (memory * memory).sum(1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.head(features))[:, 0]
+        dist = nearest = None
+        if self.config.uses_bank:
+            b, c, h, w = features.shape
+            dist, rows = _nearest(features.permute(0, 2, 3, 1).reshape(-1, c), self.memory_t, self.memory_sq)
+            nearest = self.memory[rows].view(b, h, w, c).permute(0, 3, 1, 2)
+            dist = dist.view(b, h, w)
+        inputs = head_inputs(features, nearest, dist, self.config.residual, self.reference.dist_scale)
+        return cell_scores(self.head(inputs), dist, self.config.fusion, self.reference)
 
 
 class ViewScorer(nn.Module):
@@ -81,7 +101,7 @@ def view_scorer(detector: PatchCore | Segmenter) -> ViewScorer:
     if isinstance(detector, PatchCore):
         embedder, scores = detector.embedder, NearestNeighbourScores(detector.memory_)
     elif isinstance(detector, Segmenter):
-        embedder, scores = detector._embedder(), DefectProbability(detector.head_)
+        embedder, scores = detector._embedder(), SegmenterScores(detector)
     else:
         raise TypeError(f"cannot export a {type(detector).__name__}; expected PatchCore or Segmenter")
     return ViewScorer(embedder, scores, detector.config.blur_sigma).eval()

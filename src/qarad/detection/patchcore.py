@@ -13,15 +13,13 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
-
 from .. import checkpoint
 from ..backbone import PATCH_STRIDE, Backbone, BackboneConfig, PatchEmbedder
 from ..data.resolution import ResolutionPolicy
 from ..data.stream import iter_loaded, map_views
 from .anomaly_map import gaussian_blur, upsample
 from .coreset import CoresetSampler
+from .knn import NearestNeighbours, SearchConfig
 
 THRESHOLD_SIGMAS = 3.0  # decision threshold = mean + 3 std of held-out normal image scores
 
@@ -36,20 +34,8 @@ class PatchCoreConfig:
     calibration_images: int = 50  # normal training images scored leave-one-out for the threshold
     batch_size: int = 8
     seed: int = 0
-
-
-def nearest_distance(queries: torch.Tensor, memory: torch.Tensor, memory_sq: torch.Tensor,
-                     exclude: torch.Tensor | None = None, chunk_elems: int = 2**25) -> torch.Tensor:
-    """Euclidean distance from each query row to its nearest memory row; `exclude` masks columns."""
-    out = torch.empty(len(queries), device=queries.device)
-    step = max(1, chunk_elems // max(1, len(memory)))
-    for s in range(0, len(queries), step):
-        q = queries[s:s + step]
-        d = torch.addmm(memory_sq[None], q, memory.T, alpha=-2.0) + (q * q).sum(1, keepdim=True)
-        if exclude is not None:
-            d[:, exclude] = float("inf")
-        out[s:s + step] = d.min(1).values.clamp_min_(0).sqrt_()
-    return out
+    search: str = "ivf"  # nearest-neighbour search, detection/knn.py ("exact" = brute force)
+    nprobe: int = 8
 
 
 def patch_valid(valid: torch.Tensor) -> torch.Tensor:
@@ -83,7 +69,8 @@ class PatchCore:
     def _set_memory(self, memory: torch.Tensor, source: torch.Tensor) -> None:
         self.memory_ = memory.float().to(self.device)
         self.memory_source_ = source.to(self.device)
-        self._memory_sq = (self.memory_ * self.memory_).sum(1)
+        self.index_ = NearestNeighbours(self.memory_, self.memory_source_,
+                                        SearchConfig(self.config.search, self.config.nprobe, self.config.seed))
 
     # --- fitting -----------------------------------------------------------------------------
     def fit(self, paths: list[Path], on_image: Callable[[], None] | None = None) -> "PatchCore":
@@ -115,7 +102,7 @@ class PatchCore:
         for item, emb in map_views(iter_loaded([paths[i] for i in picks], self.policy), self._embed,
                                    self.config.batch_size):
             source = int(picks[item.index])
-            maps = self._maps_from_embedding(emb.to(self.device), exclude=self.memory_source_ == source)
+            maps = self._maps_from_embedding(emb, exclude_source=source)
             scores.append(float(self.smooth(item.layout.stitch(maps.cpu())).max()))
         return np.asarray(scores)
 
@@ -127,15 +114,17 @@ class PatchCore:
     def _embed(self, views: torch.Tensor) -> torch.Tensor:
         return self.embedder(views.to(self.device)).cpu()
 
-    def _maps_from_embedding(self, emb: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    def _maps_from_embedding(self, emb: torch.Tensor, exclude_source: int | None = None) -> torch.Tensor:
+        """(B, C, h, w) -> (B, 8h, 8w) on the CPU; `exclude_source` skips the bank rows of that image."""
         b, c, h, w = emb.shape
         flat = emb.permute(0, 2, 3, 1).reshape(-1, c)  # (B*h*w, C)
-        dist = nearest_distance(flat, self.memory_, self._memory_sq, exclude).view(b, h, w)
+        own = None if exclude_source is None else torch.full((len(flat),), exclude_source, dtype=torch.int64)
+        dist = self.index_.search(flat, own)[0].view(b, h, w)
         return upsample(dist, (h * PATCH_STRIDE, w * PATCH_STRIDE))
 
     def view_maps(self, views: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
-        return self._maps_from_embedding(self.embedder(views.to(self.device))).cpu()
+        return self._maps_from_embedding(self.embedder(views.to(self.device)))
 
     def smooth(self, work_map: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(work_map, self.config.blur_sigma)

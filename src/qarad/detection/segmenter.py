@@ -1,14 +1,21 @@
-"""The synthesis-trained detector (QARAD): a segmentation head on frozen backbone features.
+"""The synthesis-trained detector (QARAD): a residual segmentation head standing on the memory bank.
 
 Qian et al., "Quality-Aware Language-Conditioned Local Auto-Regressive Anomaly Synthesis and
-Detection", arXiv 2508.03539: a RealNet/DRAEM-style detector learns from normal images (every
-pixel 0) and synthetic anomalies (defect pixels 1), each synthetic sample's loss multiplied by
-its QAW weight (DESIGN.md 4.6). Features are the PatchCore ones (stride 8 + 16, 3x3-aggregated,
-152 ch); only the adaptor and head are trained, on features cached once by the caller.
+Detection", arXiv 2508.03539: a detector learns from normal images (every pixel 0) and synthetic
+anomalies (defect pixels 1), each synthetic sample's loss multiplied by its QAW weight
+(DESIGN.md 4.6). Features are the PatchCore ones (stride 8 + 16, 3x3-aggregated, 152 ch).
+
+A head on frozen ImageNet features alone must learn "normal" from a few hundred views and lost
+to PatchCore (BENCHMARKS.md). So, as RealNet (reconstruction residuals), PRN (residuals to normal
+prototypes) and MemSeg (differences to a memory of normals) do, the head also reads a normal
+reference: per stride-8 cell, the residual to its nearest memory-bank row and the nearest-neighbour
+distance (PatchCore's own score). The map is then fused with that distance: both are z-scored on
+held-out normal views and added, so the detector starts where PatchCore is and the head adds
+corrections. `residual=False, fusion=False` is the previous head (features only, sigmoid map).
 
 `Segmenter` follows the scikit-learn pattern and the `Detector` protocol of `inference.py`:
-`fit` sets `head_`, `threshold_` and `calibration_scores_`; `view_maps` and `smooth` serve
-`score_images`, so resolution policies (resize, keep-aspect, tile) work unchanged.
+`fit` sets the bank, `head_`, the fusion statistics, `threshold_` and `calibration_scores_`;
+`view_maps` and `smooth` serve `score_images`, so resolution policies work unchanged.
 """
 from __future__ import annotations
 
@@ -23,19 +30,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import checkpoint
-from ..backbone import TAP_CHANNELS, Backbone, BackboneConfig
+from ..backbone import PATCH_STRIDE, TAP_CHANNELS, Backbone, BackboneConfig, PatchEmbedder
 from ..data.resolution import ResolutionPolicy
-from ..quality.weighting import weighted_loss
-from ..training import optimizer_step
 from .anomaly_map import gaussian_blur, upsample
-from .patchcore import PATCH_STRIDE, THRESHOLD_SIGMAS, PatchEmbedder
+from .knn import NearestNeighbours, SearchConfig
+from .patchcore import THRESHOLD_SIGMAS
 
 FEATURE_CHANNELS = TAP_CHANNELS[8] + TAP_CHANNELS[16]  # what PatchEmbedder gives for strides (8, 16)
 CONV_LAYERS = 2  # 3x3 layers after the adaptor: receptive field of 5x5 cells = 40 px on top of the taps
 PRIOR_PROBABILITY = 0.01  # initial defect probability (focal-loss bias init, Lin et al. 2017)
-SYNTH_FRACTION = 0.5  # share of each batch that is synthetic
-HOLDOUT_FRACTION = 0.1  # normal features kept aside to set the threshold
-MIN_HOLDOUT = 2  # a standard deviation needs at least two scores
+NEGATIVE_SOURCES = ("synthetic", "perlin", "feature")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,35 @@ class SegmenterConfig:
     batch_size: int = 16
     blur_sigma: float = 4.0
     seed: int = 0
+    residual: bool = True  # the head also reads the residual to the nearest bank row and its distance
+    fusion: bool = True  # map = z(head logit) + z(nearest-neighbour distance), z on held-out normals
+    negatives: tuple[str, ...] = NEGATIVE_SOURCES  # which kinds of defects the head learns from
+    normal_fraction: float = 0.375  # share of each batch that is normal views
+    feature_noise: float = 1.0  # feature-space negatives: noise std in units of each channel's std
+    coreset_ratio: float = 0.1  # the memory bank, as PatchCore's
+    memory_limit: int | None = None
+    search: str = "ivf"  # nearest-neighbour search (detection/knn.py)
+    nprobe: int = 8
+
+    def __post_init__(self):
+        unknown = set(self.negatives) - set(NEGATIVE_SOURCES)
+        if unknown or not self.negatives:
+            raise ValueError(f"negatives must be a non-empty subset of {NEGATIVE_SOURCES}, got {self.negatives}")
+        if not 0 < self.normal_fraction < 1:
+            raise ValueError(f"normal_fraction must be in (0, 1), got {self.normal_fraction}")
+        SearchConfig(self.search, self.nprobe)  # validates
+
+    @property
+    def uses_bank(self) -> bool:
+        return self.residual or self.fusion
+
+    @property
+    def in_channels(self) -> int:
+        return 2 * FEATURE_CHANNELS + 1 if self.residual else FEATURE_CHANNELS
+
+
+# Models saved before the residual detector: their head reads features only and has no bank.
+LEGACY_DEFAULTS = {"residual": False, "fusion": False}
 
 
 def cell_targets(mask: torch.Tensor) -> torch.Tensor:
@@ -65,19 +98,19 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
 
 
 class SegmentationHead(nn.Module):
-    """(B, 152, h, w) frozen features -> (B, 1, h, w) defect logits at stride 8."""
+    """(B, C, h, w) head inputs -> (B, 1, h, w) defect logits at stride 8."""
 
-    def __init__(self, config: SegmenterConfig = SegmenterConfig(), in_channels: int = FEATURE_CHANNELS):
+    def __init__(self, config: SegmenterConfig = SegmenterConfig(), in_channels: int | None = None):
         super().__init__()
-        self.adaptor = _conv_bn_relu(in_channels, config.hidden, 1)  # re-targets ImageNet features
+        self.adaptor = _conv_bn_relu(in_channels or config.in_channels, config.hidden, 1)
         self.body = nn.Sequential(*[_conv_bn_relu(config.hidden, config.hidden, 3) for _ in range(CONV_LAYERS)])
         self.out = nn.Conv2d(config.hidden, 1, 1)
         # Start by predicting "normal" everywhere: defects cover a few % of pixels, and a 0.5 start
         # makes the first focal-loss steps dominated by the easy normal pixels.
         nn.init.constant_(self.out.bias, math.log(PRIOR_PROBABILITY / (1 - PRIOR_PROBABILITY)))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.out(self.body(self.adaptor(features)))
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(self.adaptor(inputs)))
 
 
 def per_sample_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -100,6 +133,31 @@ def per_sample_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2
     return masked_mean(normal) + masked_mean(defect)
 
 
+@dataclass(frozen=True)
+class Reference:
+    """What the head and the fusion need besides the features; fitted on normal views only."""
+    dist_scale: float = 1.0  # median nearest-neighbour distance of normal training cells
+    logit_mean: float = 0.0  # held-out normal cells: head logit and distance statistics (fusion)
+    logit_std: float = 1.0
+    dist_mean: float = 0.0
+    dist_std: float = 1.0
+
+
+def head_inputs(features: torch.Tensor, nearest: torch.Tensor | None, dist: torch.Tensor | None,
+                residual: bool, dist_scale: float) -> torch.Tensor:
+    """(B, 152, h, w) features, their nearest bank rows (B, 152, h, w) and distances (B, h, w)."""
+    if not residual:
+        return features
+    return torch.cat([features, features - nearest, (dist / dist_scale)[:, None]], 1)
+
+
+def cell_scores(logit: torch.Tensor, dist: torch.Tensor | None, fusion: bool, ref: Reference) -> torch.Tensor:
+    """(B, 1, h, w) logits (+ (B, h, w) distances) -> (B, h, w) anomaly score per cell."""
+    if not fusion:
+        return torch.sigmoid(logit)[:, 0]
+    return (logit[:, 0] - ref.logit_mean) / ref.logit_std + (dist - ref.dist_mean) / ref.dist_std
+
+
 def _check_features(name: str, features: torch.Tensor) -> None:
     if features.dim() != 4 or features.shape[1] != FEATURE_CHANNELS:
         raise ValueError(f"{name} must be (N, {FEATURE_CHANNELS}, h, w) PatchEmbedder features, "
@@ -107,7 +165,11 @@ def _check_features(name: str, features: torch.Tensor) -> None:
 
 
 class Segmenter:
-    """Synthesis-trained detector with a scikit-learn-like API; see the module docstring."""
+    """Synthesis-trained detector with a scikit-learn-like API; see the module docstring.
+
+    Fitting happens in `detection.train` (`fit_detector`), on cached features; this class holds
+    the fitted parts and scores views.
+    """
 
     method = "qarad"
 
@@ -117,6 +179,7 @@ class Segmenter:
         self.policy = policy
         self.backbone = backbone
         self.device = torch.device("cpu")
+        self.reference_ = Reference()
 
     def _embedder(self) -> PatchEmbedder:
         # Built on first use: loading EfficientNet is not needed to fit on cached features.
@@ -129,7 +192,7 @@ class Segmenter:
         return self._patch_embedder
 
     def to(self, device: str | torch.device) -> "Segmenter":
-        """Move the backbone and the head ('auto' picks CUDA when present)."""
+        """Move the backbone and the head ('auto' picks CUDA when present); the search stays on the CPU."""
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -144,82 +207,58 @@ class Segmenter:
         with torch.no_grad():
             return self._embedder()(views.to(self.device)).cpu()
 
-    # --- fitting -----------------------------------------------------------------------------
-    def fit(self, normal_features: torch.Tensor, synth_features: torch.Tensor, synth_targets: torch.Tensor,
-            synth_weights: torch.Tensor, on_step: Callable[[float], None] | None = None) -> "Segmenter":
-        """Train on cached features: normal (N, 152, h, w); synthetic (M, 152, h, w) with cell
-        targets (M, h, w) from `cell_targets` and QAW weights (M,) (all ones for no weighting)."""
-        cfg = self.config
-        _check_features("normal_features", normal_features)
-        _check_features("synth_features", synth_features)
-        n, m = len(normal_features), len(synth_features)
-        if n == 0 or m == 0:
-            raise ValueError("Segmenter.fit needs at least one normal and one synthetic sample")
-        size = normal_features.shape[-2:]
-        if synth_features.shape[-2:] != size or synth_targets.shape != (m, *size) or synth_weights.shape != (m,):
-            raise ValueError(f"shapes do not fit: normal {tuple(normal_features.shape)}, synthetic "
-                             f"{tuple(synth_features.shape)}, targets {tuple(synth_targets.shape)}, "
-                             f"weights {tuple(synth_weights.shape)}")
-        if not torch.isfinite(synth_weights).all() or (synth_weights < 0).any():
-            raise ValueError("synthetic sample weights must be finite and non-negative")
+    # --- the memory bank ----------------------------------------------------------------------
+    def set_bank(self, memory: torch.Tensor, source: torch.Tensor) -> None:
+        self.memory_ = memory.float().contiguous()
+        self.memory_source_ = source.to(torch.int64)
+        self.index_ = NearestNeighbours(self.memory_, self.memory_source_,
+                                        SearchConfig(self.config.search, self.config.nprobe, self.config.seed))
 
-        generator = torch.Generator().manual_seed(cfg.seed)
-        order = torch.randperm(n, generator=generator)
-        n_hold = max(MIN_HOLDOUT, round(HOLDOUT_FRACTION * n)) if n >= 2 * MIN_HOLDOUT else 0
-        held, train = order[:n_hold], order[n_hold:]
-        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
-            torch.manual_seed(cfg.seed)
-            head = SegmentationHead(cfg).to(self.device)
-        head.train()
-        optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr)
-        n_synth = max(1, round(SYNTH_FRACTION * cfg.batch_size))
-        n_normal = max(1, cfg.batch_size - n_synth)
-        zeros, ones = torch.zeros(n_normal, *size), torch.ones(n_normal)
-        for _ in range(cfg.steps):
-            i_n = train[torch.randint(len(train), (n_normal,), generator=generator)]
-            i_s = torch.randint(m, (n_synth,), generator=generator)
-            features = torch.cat([normal_features[i_n], synth_features[i_s]]).float().to(self.device)
-            target = torch.cat([zeros, synth_targets[i_s].float()]).to(self.device)
-            weight = torch.cat([ones, synth_weights[i_s].float()]).to(self.device)  # normal samples weigh 1
-            loss = weighted_loss(per_sample_loss(head(features), target, cfg.focal_gamma), weight)
-            value = optimizer_step(optimizer, loss, head.parameters())
-            if on_step:
-                on_step(value)
-        self.head_ = head.eval()
+    def share_bank(self, other: "Segmenter") -> None:
+        """Use `other`'s fitted bank and search index (heads trained side by side on one bank)."""
+        self.memory_, self.memory_source_, self.index_ = other.memory_, other.memory_source_, other.index_
 
-        # Threshold from held-out normal views (mean + 3 std of their scores, as PatchCore). These
-        # are view scores: under the tile policy an image's score is a max over several views, so
-        # a threshold chosen on validation images is preferable there when labels exist.
-        scores = [float(s) for s in self._view_scores(normal_features[held])] if n_hold else []
-        self.calibration_scores_ = np.asarray(scores, dtype=np.float64)
-        s = self.calibration_scores_
-        self.threshold_ = float(s.mean() + THRESHOLD_SIGMAS * s.std()) if len(s) > 1 else float("inf")
-        return self
+    def nearest(self, features: torch.Tensor, exclude_source: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 152, h, w) -> distance (B, h, w) and bank row (B, h, w); `exclude_source` (B,) skips each
+        view's own image (honest training residuals)."""
+        b, c, h, w = features.shape
+        flat = features.permute(0, 2, 3, 1).reshape(-1, c)
+        own = None if exclude_source is None else exclude_source.repeat_interleave(h * w)
+        dist, rows = self.index_.search(flat, own)
+        return dist.view(b, h, w), rows.view(b, h, w)
 
-    def _view_scores(self, features: torch.Tensor) -> torch.Tensor:
-        out = []
-        with torch.no_grad():
-            for s in range(0, len(features), self.config.batch_size):
-                maps = self.maps_from_features(features[s:s + self.config.batch_size].float())
-                out.append(self.smooth(maps.cpu()).flatten(1).max(1).values)
-        return torch.cat(out)
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) bank rows -> (B, 152, h, w) their features."""
+        return self.memory_[rows].permute(0, 3, 1, 2)
 
     # --- scoring -----------------------------------------------------------------------------
     def _check_fitted(self):
         if not hasattr(self, "head_"):
-            raise RuntimeError("this Segmenter is not fitted yet: call fit() or load a run")
+            raise RuntimeError("this Segmenter is not fitted yet: call detection.train.fit_detector or load a run")
 
-    def maps_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, 152, h, w) -> (B, 8h, 8w) defect probability, bilinear from the stride-8 grid."""
+    def logits(self, features: torch.Tensor, dist: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
+        nearest = self.gather(rows) if self.config.residual else None
+        inputs = head_inputs(features, nearest, dist, self.config.residual, self.reference_.dist_scale)
+        return self.head_(inputs.to(self.device)).cpu()
+
+    def cells_from_features(self, features: torch.Tensor, exclude_source: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 152, h, w) -> (B, h, w) anomaly score per stride-8 cell."""
         self._check_fitted()
         _check_features("features", features)
-        h, w = features.shape[-2:]
-        prob = torch.sigmoid(self.head_(features.to(self.device)))[:, 0]  # (B, h, w)
-        return upsample(prob, (h * PATCH_STRIDE, w * PATCH_STRIDE))
+        features = features.float()
+        dist, rows = self.nearest(features, exclude_source) if self.config.uses_bank else (None, None)
+        return cell_scores(self.logits(features, dist, rows), dist, self.config.fusion, self.reference_)
+
+    def maps_from_features(self, features: torch.Tensor, exclude_source: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 152, h, w) -> (B, 8h, 8w) anomaly map, bilinear from the stride-8 grid."""
+        cells = self.cells_from_features(features, exclude_source)
+        h, w = cells.shape[-2:]
+        return upsample(cells, (h * PATCH_STRIDE, w * PATCH_STRIDE))
 
     def view_maps(self, views: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
-        return self.view_maps_from_features(self._embedder()(views.to(self.device)), tuple(views.shape[-2:]))
+        return self.view_maps_from_features(self._embedder()(views.to(self.device)).cpu(), tuple(views.shape[-2:]))
 
     def view_maps_from_features(self, features: torch.Tensor, view_hw: tuple[int, int]) -> torch.Tensor:
         """`embed` output of views of size view_hw (float16 caches too) -> (n, vh, vw) on the CPU, as
@@ -236,29 +275,42 @@ class Segmenter:
     def save(self, stem: str | Path) -> None:
         self._check_fitted()
         tensors = {f"head.{k}": v for k, v in self.head_.state_dict().items()}
+        if self.config.uses_bank:
+            tensors.update(memory=self.memory_.cpu(), memory_source=self.memory_source_.cpu())
         checkpoint.save(stem, tensors, {
             "method": self.method, "segmenter": asdict(self.config), "policy": self.policy.to_dict(),
-            "threshold": self.threshold_, "calibration_scores": self.calibration_scores_.tolist()})
+            "reference": asdict(self.reference_), "threshold": self.threshold_,
+            "calibration_scores": self.calibration_scores_.tolist()})
 
     @classmethod
     def load(cls, stem: str | Path, backbone: Backbone | None = None) -> "Segmenter":
+        source = Path(stem).with_suffix(".json")
         cfg = checkpoint.load_config(stem)
         known = {"method", "segmenter", "policy", "threshold", "calibration_scores"}
-        if set(cfg) != known or cfg["method"] != cls.method:
-            raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.json')}: not a QARAD segmenter config "
-                                             f"(keys {sorted(cfg)})")
+        if not known <= set(cfg) <= known | {"reference"} or cfg["method"] != cls.method:
+            raise checkpoint.CheckpointError(f"{source}: not a QARAD segmenter config (keys {sorted(cfg)})")
         if not isinstance(cfg["threshold"], (int, float)) or not isinstance(cfg["calibration_scores"], list):
-            raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.json')}: threshold must be a number and "
-                                             "calibration_scores a list")
-        source = Path(stem).with_suffix(".json")
-        model = cls(checkpoint.build_config(SegmenterConfig, cfg["segmenter"], source),
+            raise checkpoint.CheckpointError(f"{source}: threshold must be a number and calibration_scores a list")
+        settings = cfg["segmenter"]
+        if isinstance(settings, dict) and "reference" not in cfg:
+            settings = {**LEGACY_DEFAULTS, **settings}
+        model = cls(checkpoint.build_config(SegmenterConfig, settings, source),
                     checkpoint.build_config(ResolutionPolicy, cfg["policy"], source), backbone)
+        model.reference_ = checkpoint.build_config(Reference, cfg.get("reference", {}), source)
         head = SegmentationHead(model.config)
         rest = checkpoint.load_module(stem, head, prefix="head.")
-        if rest:
-            raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.safetensors')}: unknown tensors "
-                                             f"{sorted(rest)[:5]}")
+        bank = {"memory", "memory_source"} if model.config.uses_bank else set()
+        if set(rest) != bank:
+            raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.safetensors')}: expected tensors "
+                                             f"{sorted(bank)} besides the head, found {sorted(rest)[:5]}")
+        if bank:
+            memory, rows = rest["memory"], rest["memory_source"]
+            if memory.dim() != 2 or memory.shape[1] != FEATURE_CHANNELS or rows.shape != (len(memory),):
+                raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.safetensors')}: memory bank shapes "
+                                                 f"{tuple(memory.shape)} / {tuple(rows.shape)} do not fit")
+            model.set_bank(memory, rows)
         model.head_ = head.eval()
         model.threshold_ = float(cfg["threshold"])
         model.calibration_scores_ = np.asarray(cfg["calibration_scores"], dtype=np.float64)
         return model
+

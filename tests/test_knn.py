@@ -1,0 +1,58 @@
+"""The shared nearest-neighbour search: exact and IVF against brute force, and own-image exclusion."""
+import numpy as np
+import pytest
+import torch
+
+from qarad.detection import knn
+from qarad.detection.knn import NearestNeighbours, SearchConfig
+
+
+def _data(rows=600, dim=12, queries=80, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, dim, generator=g), torch.randn(queries, dim, generator=g)
+
+
+def test_exact_search_matches_cdist():
+    memory, q = _data()
+    dist, rows = NearestNeighbours(memory, config=SearchConfig("exact")).search(q)
+    ref = torch.cdist(q, memory)
+    assert torch.allclose(dist, ref.min(1).values, atol=1e-4)
+    assert torch.equal(rows, ref.argmin(1))
+
+
+def test_excluding_a_source_skips_exactly_its_rows():
+    memory, q = _data()
+    source = torch.arange(len(memory)) % 5  # five "images"
+    own = torch.arange(len(q)) % 5
+    dist, rows = NearestNeighbours(memory, source, SearchConfig("exact")).search(q, own)
+    ref = torch.cdist(q, memory)
+    ref[source[None, :] == own[:, None]] = float("inf")
+    assert torch.allclose(dist, ref.min(1).values, atol=1e-4)
+    assert (source[rows] != own).all()
+
+
+def test_exclusion_falls_back_to_exact_when_all_candidates_are_own_rows():
+    g = torch.Generator().manual_seed(1)
+    near = torch.randn(40, 6, generator=g) * 0.01  # source 0: a tight cluster around the queries
+    far = torch.randn(40, 6, generator=g) + 10.0  # source 1: far away
+    memory, source = torch.cat([near, far]), torch.tensor([0] * 40 + [1] * 40)
+    q = torch.zeros(3, 6)
+    dist, rows = NearestNeighbours(memory, source, SearchConfig("exact")).search(q, torch.zeros(3, dtype=torch.int64))
+    assert (rows >= 40).all()
+    assert torch.allclose(dist, torch.cdist(q, far).min(1).values, atol=1e-4)
+
+
+def test_ivf_is_close_to_exact_and_never_below_it(monkeypatch):
+    monkeypatch.setattr(knn, "MIN_IVF_ROWS", 100)
+    memory, q = _data(rows=3000, dim=16, queries=200)
+    exact = NearestNeighbours(memory, config=SearchConfig("exact")).search(q)[0]
+    approx = NearestNeighbours(memory, config=SearchConfig("ivf", nprobe=8)).search(q)[0]
+    assert (approx >= exact - 1e-4).all()  # an approximate search can only miss the nearest row
+    assert float(np.median((approx - exact).numpy())) < 1e-4  # and finds it for most queries
+
+
+def test_search_config_is_checked():
+    with pytest.raises(ValueError, match="unknown search mode"):
+        SearchConfig("annoy")
+    with pytest.raises(ValueError, match="nprobe"):
+        SearchConfig("ivf", nprobe=0)
