@@ -25,12 +25,19 @@ def other_family(families: list[str]) -> torch.Tensor:
                          for j, f in enumerate(families)])
 
 
+def window_losses(out) -> torch.Tensor:
+    """(B,) each window's mean cross-entropy over its masked tokens: the prior's loss on that window alone."""
+    from qarad.synthesis.prior import PriorOutput, loss
+
+    return torch.stack([loss(PriorOutput(out.logits[i:i + 1], out.target[i:i + 1], out.valid[i:i + 1],
+                                         out.positions[i:i + 1])) for i in range(len(out.logits))])
+
+
 @torch.no_grad()
 def main() -> None:
     from qarad.synthesis import fit as F
     from qarad.synthesis import model as M
     from qarad.synthesis.pipeline import ARAS
-    from qarad.synthesis.prior import per_sample_loss
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True)
@@ -48,7 +55,7 @@ def main() -> None:
                   "no prompt": (text, True)}
     losses = {}
     for name, (t, drop) in conditions.items():
-        chunks = [per_sample_loss(model.prior(codes[s:s + 50], masks[s:s + 50], t[s:s + 50],
+        chunks = [window_losses(model.prior(codes[s:s + 50], masks[s:s + 50], t[s:s + 50],
                                               torch.full((len(codes[s:s + 50]),), drop)))
                   for s in range(0, n, 50)]
         losses[name] = torch.cat(chunks)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from qarad.synthesis.prior import Prior, PriorConfig, attention_mask, loss, masked_positions, per_sample_loss
+from qarad.synthesis.prior import Prior, PriorConfig, attention_mask, loss, masked_positions
 
 G = 6
 TINY = PriorConfig(vocab_size=16, grid=G, d_model=32, n_layers=2, n_heads=4, text_dim=8, n_prompt_tokens=2)
@@ -153,21 +153,17 @@ def test_prefill_and_decode_guard_their_preconditions():
 def test_no_masked_tokens_gives_empty_output_and_zero_loss():
     out = tiny_prior()(torch.randint(16, (2, G, G)), torch.zeros(2, G, G, dtype=torch.bool))
     assert out.logits.shape == (2, 0, 16)
-    assert float(loss(out)) == 0.0 and per_sample_loss(out).tolist() == [0.0, 0.0]
+    assert float(loss(out)) == 0.0
 
 
-def test_losses_ignore_padding_and_agree():
+def test_loss_ignores_padding():
     prior = tiny_prior()
     codes = torch.randint(16, (2, G, G))
     out = prior(codes, torch.stack([MASKS["block"], MASKS["single"]]), torch.randn(2, 8))
-    per = per_sample_loss(out)
-    assert per.shape == (2,)
-    n = out.valid.sum(dim=1).float()
-    torch.testing.assert_close(loss(out), (per * n).sum() / n.sum())
     out.logits = out.logits.detach().clone()
-    before = per_sample_loss(out)
+    before = loss(out)
     out.logits[1, 1:] += 100 * torch.randn_like(out.logits[1, 1:])  # padding of sample 1 only
-    torch.testing.assert_close(per_sample_loss(out), before)
+    torch.testing.assert_close(loss(out), before)
 
 
 def test_overfit_constant_code_under_prompt():

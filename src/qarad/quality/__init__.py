@@ -3,7 +3,6 @@ well its defect region matches its prompt, and turn the scores into per-sample l
 
 dual_encoder.py  the trained scorer (frozen backbone + MiniLM, trained projections)
 fit.py           its contrastive training loop and checkpoint I/O
-clip_scorer.py   optional scorer from local CLIP weights (transformers, never downloads)
 weighting.py     score -> weight calibrations and the per-sample weighted loss
 """
 from .dual_encoder import DualEncoder, DualEncoderConfig, region_pool

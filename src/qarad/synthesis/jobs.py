@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -146,7 +146,3 @@ def merge_manifests(out: Path) -> Path:
     tmp.write_text("".join(json.dumps(unique[i]) + "\n" for i in sorted(unique)), encoding="utf-8")
     os.replace(tmp, out / MANIFEST)
     return out / MANIFEST
-
-
-def job_dict(job: Job) -> dict:
-    return asdict(job)

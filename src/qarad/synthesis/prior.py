@@ -284,15 +284,6 @@ class Prior(nn.Module):
         return self._logits(x[:, -1]), cache
 
 
-def per_sample_loss(output: PriorOutput) -> torch.Tensor:
-    """(B,) mean cross-entropy over each sample's valid generated tokens (0 where it has none)."""
-    B, M, V = output.logits.shape
-    ce = F.cross_entropy(output.logits.reshape(B * M, V), output.target.reshape(B * M),
-                         reduction="none").view(B, M)  # (B*M,) -> (B, M)
-    valid = output.valid.to(ce.dtype)
-    return (ce * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)
-
-
 def loss(output: PriorOutput) -> torch.Tensor:
     """Scalar mean cross-entropy over all valid generated tokens of the batch."""
     B, M, V = output.logits.shape
