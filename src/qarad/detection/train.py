@@ -10,15 +10,17 @@ against the bank without the rows of its own source image, so its residual looks
 test image, which never has its own rows in the bank. The head trains on 90% of the normal views;
 the other 10% (also searched without their own rows) set the fusion statistics and the threshold.
 
-Everything follows the run's resolution policy: views are cut as at test time. Under keep-aspect
-views differ in shape, so views are cached one by one and every training batch is cut to a
-common crop of cells (the head is convolutional; a crop of a view is scored as the view would be).
+Everything follows the run's resolution policy: views are cut as at test time. Views are cached
+one by one (under keep-aspect they differ in shape) and the head trains on random crops of
+TRAIN_CROP x TRAIN_CROP cells (smaller views: the smallest view's size), a defect view's crop
+always holding some of its defect. The head is convolutional with a 5x5-cell receptive field, so a
+crop is scored as the whole view would be away from the crop's border.
 Test images can be cached too (`cache_images`) and scored by many heads with `score_cached`.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -44,6 +46,8 @@ HOLDOUT_FRACTION = 0.1  # normal views kept aside for the fusion statistics and 
 MIN_HOLDOUT = 2  # a standard deviation needs at least two scores
 CORESET_PROJECTION, CORESET_PARTITION = 128, 16384  # as PatchCoreConfig
 SEARCH_BATCH = 16  # views searched against the bank at once
+TRAIN_CROP = 16  # cells a side of the crops the head trains on: 4x its 5x5-cell receptive field, and a
+# quarter of the cost of whole 256-px views (32 x 32 cells)
 BLOB_COVER = (0.02, 0.2)  # feature-space negatives: share of a crop's cells the noise blob covers
 NOISE_SCALE = (0.5, 1.5)  # ... times config.feature_noise times each channel's std
 
@@ -99,12 +103,12 @@ def _mask_views(mask: np.ndarray, policy: ResolutionPolicy) -> torch.Tensor:
     return layout.views(as_image)[:, 0]
 
 
-def _defect_views(model: Segmenter, loaded: Iterator[Loaded], masks: Callable[[Loaded], np.ndarray],
+def _defect_views(model: Segmenter, loaded: Iterator[Loaded], mask_views: Callable[[Loaded], torch.Tensor],
                   sources: Callable[[Loaded], int], batch_size: int, on_image=None) -> tuple[ViewSet, list[int]]:
     """Views that show some of the defect, with cell targets; also the item index of each view."""
     feats, valid, targets, source, origin = [], [], [], [], []
     for item, emb, ok in _views_of(map_views(loaded, model.embed, batch_size), on_image):
-        cover = cell_targets(_mask_views(masks(item), model.policy) > 0.5)
+        cover = cell_targets(mask_views(item) > 0.5)
         for i in torch.nonzero(cover.flatten(1).amax(1) > 0)[:, 0].tolist():  # views that show the defect
             feats.append(emb[i])
             valid.append(ok[i])
@@ -130,7 +134,8 @@ def synthetic_features(model: Segmenter, synth_dir: Path, normal_paths: list[Pat
     paths = [synth_dir / e["image"] for e in entries]
     out, origin = _defect_views(
         model, iter_loaded(paths, model.policy),
-        lambda item: read_mask(synth_dir / entries[item.index]["mask"], item.image.shape[:2]),
+        lambda item: _mask_views(read_mask(synth_dir / entries[item.index]["mask"], item.image.shape[:2]),
+                                 model.policy),
         lambda item: index.get(str(Path(entries[item.index]["source"]).resolve()), -1), batch_size, on_image)
     if not len(out):
         raise ValueError(f"{synth_dir}: no synthetic sample has a non-empty mask")
@@ -141,20 +146,25 @@ def synthetic_features(model: Segmenter, synth_dir: Path, normal_paths: list[Pat
 
 def perlin_features(model: Segmenter, paths: list[Path], n: int, seed: int = 0, batch_size: int = 8,
                     on_image: Callable[[], None] | None = None) -> ViewSet:
-    """`n` DRAEM-style Perlin texture patches drawn on the normal images in turn (source = their index)."""
+    """`n` DRAEM-style Perlin texture patches drawn on the normal images in turn (source = their index).
+
+    They are drawn on the working image (what the backbone sees), not at source resolution: the
+    same defects for the detector, at a fraction of the cost on large images."""
     masks: dict[int, np.ndarray] = {}
+    at_work = replace(model.policy, scale=1.0)  # the working image is already scaled
 
     def loaded() -> Iterator[Loaded]:
         for i in range(n):
             j = i % len(paths)
-            image = read_image(paths[j])
-            drawn = perlin_texture(image, np.random.default_rng([seed, i]), foreground=foreground_mask(image))
+            source = read_image(paths[j])
+            work = model.policy.layout(*source.shape[:2]).to_work(source).permute(1, 2, 0).numpy()
+            drawn = perlin_texture(work, np.random.default_rng([seed, i]), foreground=foreground_mask(work))
             masks[i] = drawn.mask
-            layout = model.policy.layout(*image.shape[:2])
+            layout = at_work.layout(*work.shape[:2])
             yield Loaded(i, Path(paths[j]), drawn.image, layout, layout.views(drawn.image))
 
-    out, _ = _defect_views(model, loaded(), lambda item: masks.pop(item.index), lambda item: item.index % len(paths),
-                           batch_size, on_image)
+    out, _ = _defect_views(model, loaded(), lambda item: _mask_views(masks.pop(item.index), at_work),
+                           lambda item: item.index % len(paths), batch_size, on_image)
     out.weights = torch.ones(len(out))
     return out
 
@@ -244,7 +254,7 @@ class _Trainer:
         cfg = model.config
         self.model, self.normal, self.pools, self.generator = model, normal, pools, generator
         shapes = [f.shape[-2:] for f in normal.features] + [f.shape[-2:] for p in pools.values() for f in p.features]
-        self.crop = (min(s[0] for s in shapes), min(s[1] for s in shapes))
+        self.crop = (min(TRAIN_CROP, *(s[0] for s in shapes)), min(TRAIN_CROP, *(s[1] for s in shapes)))
         self.sources = [s for s in cfg.negatives if s == "feature" or s in pools]
         cells = torch.stack([f.float().flatten(1).std(1) for f in normal.features[:256]])
         self.channel_std = cells.mean(0)[:, None, None]  # (152, 1, 1)
