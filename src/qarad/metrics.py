@@ -15,6 +15,11 @@ from scipy import ndimage
 
 PRO_FPR_LIMIT = 0.3
 EIGHT_CONNECTED = np.ones((3, 3), dtype=int)  # defect regions for PRO are 8-connected
+IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")  # the keys image_metrics returns
+PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")  # the keys pixel_metrics returns
+METRICS = IMAGE_METRICS + PIXEL_METRICS  # every reported metric, in table order
+LABELS = {"image_auroc": "image AUROC", "image_ap": "image AP", "image_f1max": "image F1max",
+          "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP", "pixel_f1max": "pixel F1max", "aupro": "AUPRO@0.3"}
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,11 @@ def summary_metrics(scores, labels, maps, masks) -> dict[str, float]:
     try:
         out.update(M.image_metrics(scores, labels))
     except ValueError:  # one class only
-        out.update(dict.fromkeys(("image_auroc", "image_ap", "image_f1max"), float("nan")))
+        out.update(dict.fromkeys(M.IMAGE_METRICS, float("nan")))
     try:
         out.update(M.pixel_metrics(maps, masks))
     except ValueError:  # no defect pixel at all
-        out.update(dict.fromkeys(("pixel_auroc", "pixel_ap", "pixel_f1max", "aupro"), float("nan")))
+        out.update(dict.fromkeys(M.PIXEL_METRICS, float("nan")))
     return out
 
 
