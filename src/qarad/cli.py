@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .flags import add_flags
+from .flags import add_flags, add_policy_flags
 from .synthesis.sampler_config import SamplerConfig
 
 EXAMPLES = {
@@ -26,16 +26,6 @@ def _sub(subs, name: str, help_text: str) -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def _add_policy_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("resolution policy (stored with the run; eval/predict reuse it)")
-    g.add_argument("--policy", choices=["resize", "keep-aspect", "tile"], default="resize",
-                   help="resize: squash to SIZE x SIZE; keep-aspect: shorter side to SIZE, padded; "
-                        "tile: SIZE tiles at SCALE (1.0 = native pixels). Default: resize")
-    g.add_argument("--size", type=int, default=256, help="working size in px (default 256)")
-    g.add_argument("--scale", type=float, default=1.0, help="tile policy: image scale before tiling (default 1.0)")
-    g.add_argument("--overlap", type=int, default=64, help="tile policy: minimum tile overlap in px (default 64)")
-
-
 def main_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="qarad", description="Offline industrial anomaly synthesis and detection.")
     ap.add_argument("--version", action="version", version=f"qarad {__version__}")
@@ -47,7 +37,7 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="dataset root holding CATEGORY/train/good")
     p.add_argument("--category", required=True)
     p.add_argument("--out", type=Path, required=True, help="run folder to create")
-    _add_policy_args(p)
+    add_policy_flags(p)
     p.add_argument("--coreset-ratio", type=float, default=0.1, help="fraction of patches kept (default 0.1)")
     p.add_argument("--memory-limit", type=int, default=None, help="cap on memory-bank rows (default: none)")
     p.add_argument("--search", choices=["ivf", "exact"], default="ivf",
@@ -101,7 +91,7 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", required=True, nargs="+",
                    help="one category, or several whose normal images are pooled into one model")
     p.add_argument("--out", type=Path, required=True, help="model folder (resumes if it holds the same fit)")
-    _add_policy_args(p)
+    add_policy_flags(p)
     p.add_argument("--window", type=int, default=64,
                    help="working px a side of the local window the prior sees (multiple of 8; default 64)")
     p.add_argument("--max-zoom", type=float, default=4.0,
@@ -149,13 +139,13 @@ def main_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = main_parser().parse_args(argv)  # before the imports below: --help and --version stay torch-free
+    from . import commands
     from .checkpoint import CheckpointError
     from .data.io import ImageError
     from .data.mvtec import DatasetError
     from .runs import RunError
-    from . import commands
 
-    args = main_parser().parse_args(argv)
     try:
         return getattr(commands, args.verb)(args)
     except (ImageError, DatasetError, RunError, CheckpointError, ValueError, OSError) as exc:

@@ -1,11 +1,12 @@
 """`qarad demo`: the whole pipeline on built-in data, ending in runs/demo/report.html.
 
-make the demo dataset -> `qarad fit` one ARAS model on the normal images of all demo textures ->
-per category: `qarad synth` (prompted defects in proposed masks) -> `qarad score` (QAW) ->
-`qarad train --method qarad` and `--method patchcore` -> evaluate both -> report.
+make the demo dataset -> fit one ARAS model on the normal images of all demo textures ->
+per category: synth (prompted defects in proposed masks) -> score (QAW) -> train the qarad
+detector and PatchCore -> evaluate both -> report.
 
-Every stage is the same CLI verb a user runs, called in-process, so the demo exercises exactly the
-user's path and resumes the same way: a second `qarad demo` reuses every finished stage.
+Every stage is the qarad.api function behind the CLI verb a user runs, with the arguments that
+verb's defaults give, so the demo exercises exactly the user's path and resumes the same way: a
+second `qarad demo` reuses every finished stage.
 """
 from __future__ import annotations
 
@@ -17,20 +18,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import runs
-from .commands.detect import evaluate_run
+from . import api, runs
 from .data.demo import DemoConfig, make_demo_dataset
 from .data.io import read_image, read_mask, write_json, write_text
 from .data.mvtec import scan_mvtec
+from .data.resolution import ResolutionPolicy
 from .detection.inference import score_images
+from .metrics import LABELS, METRICS
 from .progress import bar
 from .report.figures import outline, overlay
 from .report.html import Report
 from .report.plots import line_plot
+from .synthesis.model import read_timings
 
-METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
-HEADER = ["category", "method", "image AUROC", "image AP", "image F1max", "pixel AUROC", "pixel AP",
-          "pixel F1max", "AUPRO@0.3", "test img/s"]
+HEADER = ["category", "method", *(LABELS[k] for k in METRICS), "test img/s"]
 METHODS = {"qarad": "QARAD (ARAS + QAW detector)", "patchcore": "PatchCore (no synthesis)"}
 # One prompt per corpus family that reads naturally on textures. None names the demo's test defects
 # (foreign objects, smudges, cuts): the detector must find kinds of defect it never saw.
@@ -64,23 +65,14 @@ def demo_plan(seed: int, quick: bool) -> DemoPlan:
     return DemoPlan(DemoConfig(seed=seed), seed=seed)
 
 
-def _verb(*argv) -> None:
-    """Run one qarad verb in-process; a failure stops the demo with that verb's own message."""
-    from .cli import main
-
-    argv = [str(a) for a in argv]
-    if main(argv) != 0:
-        raise RuntimeError(f"demo stage failed: qarad {' '.join(argv)}")
-
-
-def _size_args(plan: DemoPlan) -> list:
-    return ["--policy", "resize", "--size", plan.data.size]
+def _policy(plan: DemoPlan) -> ResolutionPolicy:
+    return ResolutionPolicy(mode="resize", size=plan.data.size)
 
 
 def _fit(plan: DemoPlan, data: Path, model: Path) -> None:
-    _verb("fit", "--data", data, "--category", *plan.data.categories, "--out", model, *_size_args(plan),
-          "--window", plan.window, "--corpus-size", plan.corpus_size, "--tokenizer-steps", plan.tokenizer_steps,
-          "--prior-steps", plan.prior_steps, "--qaw-steps", plan.qaw_steps, "--seed", plan.seed)
+    config = api.fit_config(plan.window, corpus_size=plan.corpus_size, tokenizer_steps=plan.tokenizer_steps,
+                            prior_steps=plan.prior_steps, qaw_steps=plan.qaw_steps, seed=plan.seed)
+    api.fit(data, list(plan.data.categories), model, config, _policy(plan))
 
 
 def _synthesize(plan: DemoPlan, data: Path, model: Path, category: str, out: Path) -> float:
@@ -90,19 +82,24 @@ def _synthesize(plan: DemoPlan, data: Path, model: Path, category: str, out: Pat
     if speed_file.is_file():
         return json.loads(speed_file.read_text())["samples_per_s"]
     start = time.perf_counter()
-    _verb("synth", model, "--images", data / category / "train" / "good", "--prompts", *PROMPTS,
-          "--auto-masks", "--n", plan.n_synth, "--out", out, "--seed", plan.seed)
+    api.synth(model, [data / category / "train" / "good"], list(PROMPTS), out, n=plan.n_synth, seed=plan.seed,
+              auto_masks=True)
     per_s = plan.n_synth / (time.perf_counter() - start)
-    _verb("score", out)
+    api.score(out)
     write_json(speed_file, {"samples_per_s": per_s})  # last: its presence means synth and score finished
     return per_s
 
 
 def _train(plan: DemoPlan, data: Path, category: str, method: str, run: Path, synth: Path) -> None:
-    extra = ["--synth", synth, "--weighting", plan.weighting, "--steps", plan.head_steps,
-             "--perlin-samples", plan.perlin_samples] if method == "qarad" else []
-    _verb("train", "--method", method, "--data", data, "--category", category, "--out", run,
-          *_size_args(plan), "--seed", plan.seed, *extra)
+    from .detection.patchcore import PatchCoreConfig
+    from .detection.segmenter import SegmenterConfig
+
+    if method == "qarad":  # every other setting as `qarad train`'s defaults
+        detector = SegmenterConfig(steps=plan.head_steps, seed=plan.seed)
+        training = api.QaradTraining(synth=synth, weighting=plan.weighting, perlin_samples=plan.perlin_samples)
+    else:
+        detector, training = PatchCoreConfig(seed=plan.seed), api.QaradTraining()
+    api.train(data, category, run, detector, training, _policy(plan))
 
 
 def _heat_cards(run: Path, data: Path, category: str, limit: int) -> list[tuple[np.ndarray, str]]:
@@ -160,7 +157,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False) -> Path:
         for method in METHODS:
             run = out / category / method
             _train(plan, data, category, method, run, synth)
-            results[method] = evaluate_run(run, curves=True)
+            results[method] = api.evaluate(run, curves=True)
             m = results[method]["overall"]
             rows.append([category, METHODS[method], *[m[k] for k in METRICS], results[method]["test_images_per_s"]])
         summary[category] = {method: {k: r["overall"][k] for k in METRICS} for method, r in results.items()}
@@ -177,7 +174,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False) -> Path:
 
 
 def _report(plan, rows, gallery, heat, plots, speed, model: Path, minutes: float) -> Report:
-    timings = json.loads((model / "timings.json").read_text()) if (model / "timings.json").is_file() else {}
+    timings = read_timings(model)
     report = Report("QARAD demo", f"built-in demo data (seed {plan.seed}); this run took {minutes:.1f} min")
     report.heading("Synthetic defects: prompt, mask outline (green) and QAW score")
     report.paragraph("For each category, the two samples the quality scorer (QAW) rates best next to the two it "

@@ -56,3 +56,21 @@ def to_argv(config) -> list[str]:
         else:
             argv += [_option(f, kind), str(value)]
     return argv
+
+
+def add_policy_flags(parser: argparse.ArgumentParser) -> None:
+    """--policy --size --scale --overlap: a ResolutionPolicy (read back with `policy_from_args`)."""
+    g = parser.add_argument_group("resolution policy (stored with the run; eval/predict reuse it)")
+    g.add_argument("--policy", choices=["resize", "keep-aspect", "tile"], default="resize",
+                   help="resize: squash to SIZE x SIZE; keep-aspect: shorter side to SIZE, padded; "
+                        "tile: SIZE tiles at SCALE (1.0 = native pixels). Default: resize")
+    g.add_argument("--size", type=int, default=256, help="working size in px (default 256)")
+    g.add_argument("--scale", type=float, default=1.0, help="tile policy: image scale before tiling (default 1.0)")
+    g.add_argument("--overlap", type=int, default=64, help="tile policy: minimum tile overlap in px (default 64)")
+
+
+def policy_from_args(args: argparse.Namespace):
+    """The ResolutionPolicy that `add_policy_flags`' flags describe."""
+    from .data.resolution import ResolutionPolicy  # imports torch: only once a verb runs
+
+    return ResolutionPolicy(mode=args.policy, size=args.size, scale=args.scale, overlap=args.overlap)

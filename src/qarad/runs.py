@@ -6,7 +6,8 @@ RUN/metrics.json  written by `qarad eval`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from . import __version__, checkpoint
@@ -23,6 +24,9 @@ class RunError(ValueError):
 
 # config.json = {"qarad_version", "method", "data", "policy", "detector"}; each part is rebuilt through
 # its dataclass on read, so a misspelt or foreign key is refused instead of silently ignored.
+# The "detector" dataclasses below are the on-disk schema only: which settings a run records, and
+# what runs written before a setting existed mean by its absence. Their values are never set by
+# hand; `detector_settings` takes each from the training configs' field of the same name.
 @dataclass(frozen=True)
 class RunData:
     root: str
@@ -58,6 +62,25 @@ class QaradSettings:
 
 DETECTORS = {"patchcore": PatchCoreSettings, "qarad": QaradSettings}
 TOP_KEYS = {"qarad_version", "method", "data", "policy", "detector"}
+
+
+def detector_settings(method: str, *configs) -> dict:
+    """config.json's "detector" part for a run of `method` trained with `configs` (dataclasses):
+    each key is the field of that name in the first config that has one."""
+    schema = DETECTORS[method]
+    values = {}
+    for f in fields(schema):
+        owner = next((c for c in configs if f.name in {g.name for g in fields(c)}), None)
+        if owner is None:
+            raise TypeError(f"no config among {[type(c).__name__ for c in configs]} sets {schema.__name__}.{f.name}")
+        values[f.name] = getattr(owner, f.name)
+    return json.loads(json.dumps(asdict(schema(**values))))  # as it reads back (tuples become lists)
+
+
+def config_json(method: str, data: RunData, policy: ResolutionPolicy, detector: dict) -> dict:
+    """config.json's content, less qarad_version, as `prepare` compares it with a run already there."""
+    return json.loads(json.dumps({"method": method, "data": asdict(data), "policy": policy.to_dict(),
+                                  "detector": detector}))
 
 
 def prepare(out: Path, config: dict, overwrite: bool = False) -> bool:

@@ -84,6 +84,22 @@ def scan_folder(folder: str | Path) -> list[Path]:
     return images
 
 
+def expand_images(items: list[Path]) -> list[Path]:
+    """Image files and folders of images -> the image files, in the order given (a folder's sorted)."""
+    out: list[Path] = []
+    for p in map(Path, items):
+        if p.is_dir():
+            found = _images_in(p)
+            if not found:
+                raise DatasetError(f"{p}: no images found")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DatasetError(f"{p}: no such file or folder")
+    return out
+
+
 def subsample(samples: list, limit: int | None, seed: int = 0) -> list:
     """A reproducible subset of at most `limit` items: RandomState(seed).choice over the sorted list."""
     if limit is None or limit >= len(samples):

@@ -1,0 +1,405 @@
+"""The library behind every verb: one function per `qarad` verb, taking plain arguments and configs.
+
+    fit -> synth -> score -> train -> evaluate / predict / export
+
+Each does the verb's work (progress bars on stderr included), writes the same folders the verb
+writes and returns what it made; the commands in `commands/` only turn flags into these arguments
+and print the result, and `demo.py` chains them. `import qarad` exposes them as `qarad.fit` etc.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import checkpoint, flags, runs
+from .data.io import (atomic_path, check_output_folder, discarded_on_failure, make_folder, write_image, write_json,
+                      write_text)
+from .data.mvtec import expand_images, scan_mvtec, subsample
+from .data.resolution import ResolutionPolicy
+from .progress import bar, loss_bar
+from .synthesis.sampler_config import SamplerConfig
+
+if TYPE_CHECKING:
+    from .detection.patchcore import PatchCoreConfig
+    from .detection.segmenter import SegmenterConfig
+    from .synthesis.model import FitConfig
+
+
+# ---- synthesis: fit, synth, score ------------------------------------------------------------
+@dataclass(frozen=True)
+class Fitted:
+    model: Path  # the ARAS model folder
+    seconds: float  # wall seconds of the fit, over every run that worked on it
+
+
+def fit_config(window: int = 64, source_conditioned: bool = False, **fields) -> "FitConfig":
+    """A FitConfig whose tokenizer and prior match `window` (the prior's grid is window / 8 tokens)."""
+    from .synthesis.model import FitConfig
+    from .synthesis.prior import PriorConfig
+    from .synthesis.tokenizer import TokenizerConfig
+
+    tok = TokenizerConfig(source_conditioned=source_conditioned)
+    return FitConfig(window=window, tokenizer=tok, prior=PriorConfig(grid=window // 8, vocab_size=tok.codebook_size),
+                     **fields)
+
+
+class _FitBars:
+    """`fit`'s progress (a synthesis.fit.FitProgress): a bar over the rendered corpus, then one per
+    training stage with its running loss."""
+
+    def corpus(self, label: str, total: int):
+        return bar(total, label, unit="defect")
+
+    def steps(self, label: str, total: int, start: int):
+        return loss_bar(total, label, start)
+
+
+def fit(data: str | Path, category: str | list[str], out: str | Path, config: "FitConfig | None" = None,
+        policy: ResolutionPolicy = ResolutionPolicy(), max_train_images: int | None = None,
+        overwrite: bool = False) -> Fitted:
+    """Fit an ARAS model (corpus, tokenizer, prior, refiner, QAW scorer) on the normal images of one
+    category or several pooled; `out` resumes when it holds the same fit. `config` defaults to
+    `fit_config()`."""
+    from .synthesis import fit as F
+    from .synthesis.model import FitData, ModelConfig
+
+    out = check_output_folder(out)  # a file in the way or no permission: refuse before any work
+    config = config or fit_config()
+    categories = [category] if isinstance(category, str) else list(category)
+    info = FitData(root=str(Path(data).resolve()), category=categories[0] if len(categories) == 1 else categories,
+                   max_train_images=max_train_images)
+    images = F.normal_images(data, categories, max_train_images, config.seed)
+    seconds = F.fit_model(out, ModelConfig(config, policy, info), images, overwrite=overwrite, progress=_FitBars())
+    return Fitted(out, seconds)
+
+
+@dataclass(frozen=True)
+class Synthesized:
+    folder: Path
+    total: int  # samples the folder (or this shard) holds when done
+    made: int  # of which this call made
+    workers: int
+
+
+def synth(model: str | Path, images: list, prompts: list[str], out: str | Path, n: int = 10, seed: int = 0,
+          masks: list | None = None, auto_masks: bool = False, sampler: SamplerConfig = SamplerConfig(),
+          shard: tuple[int, int] | None = None, workers: int = 1) -> Synthesized:
+    """Write `n` prompted defects into `images` (files or folders), inside `masks` (one per image) or,
+    with `auto_masks`, in regions proposed on the object. Resumes an unfinished `out`; `shard` (i, n)
+    does every n-th sample from i; `workers` > 1 runs that many single-threaded shard processes."""
+    from .defects.masks import FAMILY_MASK_KIND, foreground_mask, propose_mask
+    from .defects.prompts import family_of, normalise_prompt
+    from .synthesis import jobs
+    from .synthesis.pipeline import ARAS
+
+    normalised = [normalise_prompt(p) for p in prompts]
+    paths = expand_images(images)
+    mask_paths = expand_images(masks) if masks else None
+    if mask_paths is None and not auto_masks:
+        raise ValueError("give --masks (one per image) or --auto-masks to let qarad propose defect regions")
+    settings = {"model": str(Path(model).resolve()), "images": [str(p) for p in paths],
+                "masks": [str(p) for p in mask_paths] if mask_paths else None, "prompts": normalised, "n": n,
+                "seed": seed, "sampler": json.loads(json.dumps(sampler.__dict__)), "method": "aras"}
+    aras = ARAS.load(model)
+    fresh = not Path(out).exists()
+    jobs.prepare_output(out, settings)
+    work = jobs.plan(paths, normalised, mask_paths, n, seed)
+
+    def make(image, user_mask, job):
+        mask = user_mask
+        if mask is None:
+            rng = np.random.default_rng(job.seed)
+            kind = FAMILY_MASK_KIND.get(family_of(job.prompt) or "", None)
+            mask = propose_mask(rng, image.shape[:2], foreground_mask(image), kind=kind)
+        res = aras.synthesize(image, mask, job.prompt, job.seed, sampler)
+        return jobs.Made(res.image, res.mask, job.prompt, {"steps": res.steps, "window": list(res.window)})
+
+    total = len(work) if shard is None else len([j for j in work if j.id % shard[1] == shard[0]])
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    if shard is None and workers > 1:
+        argv = ["synth", str(model), "--images", *map(str, images), "--prompts", *prompts, "--n", str(n),
+                "--out", str(out), "--seed", str(seed), *flags.to_argv(sampler)]
+        argv += ["--masks", *map(str, masks)] if masks else ["--auto-masks"]
+        return _synth_in_workers(argv, Path(out), workers, total, fresh)
+    made_any = lambda: bool(jobs.read_manifest(Path(out) / jobs.manifest_name(shard)))  # noqa: E731
+    with discarded_on_failure(out, created=fresh, worth_keeping=made_any), bar(total, "synth") as tick:
+        made = jobs.run(work, make, out, "aras", settings, shard, on_done=tick)
+    return Synthesized(Path(out), total, made, 1)
+
+
+def _synth_in_workers(argv: list[str], out: Path, n: int, total: int, fresh: bool) -> Synthesized:
+    """Run `n` single-threaded `qarad synth ARGV --shard i/n` processes and merge their manifests.
+
+    Decoding is a long chain of tiny matrix products that a second thread barely speeds up, so the
+    cores are better spent on separate samples (BENCHMARKS.md, synthesis speed, has the numbers).
+    Each shard resumes on its own; the merged manifest is in id order whatever the split.
+    """
+    import subprocess
+    import sys
+    import time
+
+    from .synthesis import jobs
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "QARAD_PROGRESS": "0"}
+    done = lambda: sum(len(jobs.read_manifest(out / jobs.manifest_name((i, n)))) for i in range(n))  # noqa: E731
+    before = done()
+    logs = [tempfile.TemporaryFile(mode="w+") for _ in range(n)]
+    procs = [subprocess.Popen([sys.executable, "-m", "qarad.cli", *argv, "--shard", f"{i}/{n}"], env=env,
+                              stdout=logs[i], stderr=subprocess.STDOUT) for i in range(n)]
+    with bar(total, f"synth ({n} workers)") as tick:
+        seen = 0
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.5)
+            now = done()
+            for _ in range(now - seen):
+                tick()
+            seen = now
+    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        logs[failed[0]].seek(0)
+        message = (logs[failed[0]].read().strip().splitlines() or ["(no output)"])[-1]
+        with discarded_on_failure(out, created=fresh, worth_keeping=lambda: done() > 0):
+            raise ValueError(f"synth worker {failed[0]}/{n} failed: {message}")
+    made = done() - before
+    jobs.merge_manifests(out)
+    return Synthesized(out, total, made, n)
+
+
+def score(synth_dir: str | Path, model: str | Path | None = None) -> np.ndarray:
+    """QAW-score every sample of a `synth` folder against its prompt, with `model`'s scorer (default:
+    the model that made the samples); writes the scores into its manifest and returns them."""
+    from .quality.scoring import score_folder
+    from .synthesis import jobs
+    from .synthesis import model as M
+
+    settings_path = Path(synth_dir) / jobs.SETTINGS
+    if not settings_path.is_file():
+        raise ValueError(f"{synth_dir}: not a qarad synth output (no {jobs.SETTINGS})")
+    check_output_folder(synth_dir)  # the scores go into its manifest
+    model_dir = model or checkpoint.load_config(settings_path).get("model")
+    if not model_dir:
+        raise ValueError(f"{settings_path}: names no ARAS model; pass --model")
+    config = M.read_config(model_dir)
+    scorer = M.load_dual_encoder(model_dir)
+    n = len(jobs.read_manifest(Path(synth_dir) / jobs.MANIFEST))
+    with bar(n, "score (QAW)") as tick:
+        scores = score_folder(synth_dir, scorer, config.policy, config.fit.window_rule, on_sample=tick)
+    return np.asarray(scores)
+
+
+# ---- detection: train, evaluate, predict, export ----------------------------------------------
+@dataclass(frozen=True)
+class QaradTraining:
+    """What the qarad detector's head learns from, beside its SegmenterConfig (stored with the run)."""
+
+    synth: str | Path | None = None  # `synth` + `score` folder; needed when negatives has "synthetic"
+    weighting: str = "linear"  # QAW calibration of the synthetic samples' weights: none, linear, softmax
+    max_normal_views: int = 4000  # cap on cached normal views
+    perlin_samples: int = 200  # DRAEM-style Perlin texture patches drawn, when negatives has "perlin"
+    batch_size: int = 8  # views per backbone batch while caching features (the head's is SegmenterConfig's)
+
+
+@dataclass(frozen=True)
+class Trained:
+    run: Path
+    method: str  # "patchcore" or "qarad"
+    n_images: int  # normal training images
+    threshold: float
+    already_trained: bool  # the same run was complete in `run`: nothing was done
+
+
+def train(data: str | Path, category: str, out: str | Path, detector: "PatchCoreConfig | SegmenterConfig",
+          training: QaradTraining = QaradTraining(), policy: ResolutionPolicy = ResolutionPolicy(),
+          max_train_images: int | None = None, device: str = "cpu", overwrite: bool = False) -> Trained:
+    """Train a detector into the run folder `out`: PatchCore for a PatchCoreConfig, the qarad detector
+    (with `training`) for a SegmenterConfig. The subset of `max_train_images` is drawn with the
+    detector's seed. A run already complete in `out` is kept as it is."""
+    from .detection.patchcore import PatchCoreConfig
+    from .detection.segmenter import SegmenterConfig
+
+    if isinstance(detector, PatchCoreConfig):
+        method, configs = "patchcore", (detector,)
+    elif isinstance(detector, SegmenterConfig):
+        stored = replace(training, synth=str(Path(training.synth).resolve()) if training.synth else None,
+                         perlin_samples=training.perlin_samples if "perlin" in detector.negatives else 0)
+        method, configs = "qarad", (stored, detector)  # batch_size: the feature batch, not the head's
+    else:
+        raise TypeError(f"detector must be a PatchCoreConfig or a SegmenterConfig, got {type(detector).__name__}")
+    info = runs.RunData(root=str(Path(data).resolve()), category=category, max_train_images=max_train_images,
+                        seed=detector.seed)
+    config = runs.config_json(method, info, policy, runs.detector_settings(method, *configs))
+    if method == "qarad" and "synthetic" in detector.negatives and not training.synth:
+        raise ValueError("--method qarad needs --synth SYNTH_DIR (made by `qarad synth`, scored by `qarad score`), "
+                         "or --negatives without 'synthetic' (perlin, feature)")
+    train_set = subsample(scan_mvtec(data, category, "train"), max_train_images, detector.seed)
+    out = Path(out)
+    fresh = not out.exists()
+    if runs.prepare(out, config, overwrite):
+        threshold = float(checkpoint.load_config(out / runs.MODEL)["threshold"])
+        return Trained(out, method, len(train_set), threshold, already_trained=True)
+    paths = [s.image for s in train_set]
+    with discarded_on_failure(out, created=fresh):  # a bad input found mid-fit
+        if method == "patchcore":
+            model = _train_patchcore(detector, policy, paths, device)
+        else:
+            model = _train_qarad(detector, training, policy, paths, device)
+    model.save(out / runs.MODEL)
+    return Trained(out, method, len(train_set), model.threshold_, already_trained=False)
+
+
+def _train_patchcore(config: "PatchCoreConfig", policy: ResolutionPolicy, paths: list[Path], device: str):
+    from .detection.patchcore import PatchCore
+
+    model = PatchCore(config, policy).to(device)
+    with bar(len(paths), "train patchcore") as tick:
+        model.fit(paths, on_image=tick)
+    return model
+
+
+def _train_qarad(config: "SegmenterConfig", training: QaradTraining, policy: ResolutionPolicy, paths: list[Path],
+                 device: str):
+    from .detection.segmenter import Segmenter
+    from .detection.train import (describe, fit_detector, normal_features, perlin_features, sample_weights,
+                                  synthetic_features)
+    from .quality.weighting import WeightingConfig
+    from .synthesis.jobs import MANIFEST, read_manifest
+
+    model = Segmenter(config, policy).to(device)
+    batch = training.batch_size
+    with bar(len(paths), "features: normal images") as tick:
+        normal = normal_features(model, paths, batch, training.max_normal_views, config.seed, on_image=tick)
+    pools = {}
+    if "synthetic" in config.negatives:
+        with bar(len(read_manifest(Path(training.synth) / MANIFEST)), "features: synthetic samples") as tick:
+            pools["synthetic"] = synthetic_features(model, Path(training.synth), paths, batch, on_image=tick)
+        pools["synthetic"].weights = sample_weights(pools["synthetic"].scores,
+                                                    WeightingConfig(calibration=training.weighting))
+        print(f"QAW weights ({training.weighting}): {describe(pools['synthetic'])}")
+    if "perlin" in config.negatives:
+        with bar(training.perlin_samples, "features: Perlin texture patches") as tick:
+            pools["perlin"] = perlin_features(model, paths, training.perlin_samples, config.seed, batch, on_image=tick)
+    if config.uses_bank:
+        print("memory bank from the normal views, then every cached cell's nearest row (own image skipped)")
+    with bar(config.steps, "train detector head", unit="step") as tick:
+        fit_detector(config, model.policy, normal, pools, on_step=lambda _: tick(), model=model)
+    return model
+
+
+def evaluate(run: str | Path, data: str | Path | None = None, allow_missing_masks: bool = False,
+             batch_size: int = 8, device: str = "cpu", curves: bool = False) -> dict:
+    """Evaluate a trained run on its category's test split (under `data`, default the root it was
+    trained on); writes RUN/metrics.json and RUN/scores.csv and returns metrics.json's content."""
+    from .detection.evaluate import evaluate as evaluate_split
+
+    cfg = runs.read_config(run)
+    check_output_folder(run)  # metrics.json goes here: refuse an unwritable run before evaluating
+    detector = runs.load_detector(run, device)
+    root = Path(data or cfg["data"]["root"])
+    test = scan_mvtec(root, cfg["data"]["category"], "test", allow_missing_masks=allow_missing_masks)
+    with bar(len(test), "eval") as tick:
+        ev = evaluate_split(detector, test, batch_size, on_image=tick, curves=curves)
+    result = {"method": cfg["method"], "category": cfg["data"]["category"], "policy": cfg["policy"],
+              "threshold": detector.threshold_, "overall": ev.overall, "per_type": ev.per_type,
+              "test_images_per_s": ev.images_per_s}
+    if curves:
+        result["curves"] = ev.curves
+    write_json(Path(run) / "metrics.json", result)
+    write_text(Path(run) / "scores.csv", _csv(ev.records))
+    return result
+
+
+def _csv(records: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return buf.getvalue()
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        k = seen.get(p.stem, 0)
+        seen[p.stem] = k + 1
+        stems.append(p.stem if k == 0 else f"{p.stem}_{k}")
+    return stems
+
+
+@dataclass(frozen=True)
+class Predictions:
+    folder: Path  # overlays and scores.csv
+    records: list[dict]  # one scores.csv row per image: image, score, threshold, anomalous, overlay
+    threshold: float
+
+
+def predict(run: str | Path, images: list, out: str | Path | None = None, batch_size: int = 8,
+            device: str = "cpu") -> Predictions:
+    """Score `images` (files or folders) with a trained run: a heat-map overlay per image and
+    scores.csv in `out` (default RUN/predictions), written all or nothing."""
+    import torch
+
+    from .detection.inference import score_images
+    from .report.figures import overlay
+
+    paths = expand_images(images)
+    detector = runs.load_detector(run, device)
+    out = check_output_folder(out or Path(run) / "predictions")  # refuse before scoring anything
+    if out.exists() and any(out.iterdir()) and not (out / "scores.csv").is_file():
+        raise runs.RunError(f"{out}: folder is not empty and holds no earlier predictions; choose another --out")
+    make_folder(out.parent)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    records = []
+    try:
+        with bar(len(paths), "predict") as tick:
+            for stem, res in zip(_unique_stems(paths), score_images(detector, paths, batch_size, keep_images=True,
+                                                                     on_image=tick)):
+                full = res.layout.to_source(torch.from_numpy(res.anomaly_map)).numpy()
+                write_image(stage / f"{stem}_overlay.png", overlay(res.image, full, detector.threshold_))
+                records.append({"image": str(res.path), "score": round(res.score, 6),
+                                "threshold": round(detector.threshold_, 6),
+                                "anomalous": int(res.score > detector.threshold_), "overlay": f"{stem}_overlay.png"})
+        write_text(stage / "scores.csv", _csv(records))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage)
+    return Predictions(out, records, detector.threshold_)
+
+
+def _refuse_different(path: Path, data: bytes, overwrite: bool) -> None:
+    if path.exists() and not overwrite and (not path.is_file() or path.read_bytes() != data):
+        raise runs.RunError(f"{path}: already exists and holds something else; choose another --out or pass "
+                            "--overwrite")
+
+
+def export(run: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write RUN's detector as ONNX to `out` (default RUN/model.onnx) plus the sidecar OUT.json
+    (policy, threshold, inputs/outputs); returns `out`."""
+    from .detection.export import export_onnx, sidecar
+
+    detector = runs.load_detector(run, "cpu")  # a folder that is not a trained run fails here, naming it
+    out = Path(out or Path(run) / "model.onnx")
+    if out.suffix != ".onnx":
+        raise ValueError(f"{out}: the output file name must end in .onnx")
+    meta = out.with_name(out.name + ".json")  # model.onnx.json: model.json is the run's checkpoint config
+    with atomic_path(out) as tmp:  # renamed onto `out` only if nothing below raises
+        export_onnx(detector, tmp)
+        data = tmp.read_bytes()
+        text = json.dumps(sidecar(detector, data), indent=2) + "\n"
+        _refuse_different(out, data, overwrite)
+        _refuse_different(meta, text.encode("utf-8"), overwrite)
+    write_text(meta, text)
+    return out
