@@ -32,7 +32,7 @@ EXACT = 10**9  # a partition larger than any bank: one exact greedy over everyth
 def features(model: PatchCore, paths) -> tuple[torch.Tensor, torch.Tensor]:
     feats, srcs = [], []
     with torch.inference_mode():
-        for item, emb in map_views(iter_loaded(paths, model.policy), model._embed, 8):
+        for item, emb in map_views(iter_loaded(paths, model.policy), model.embedder, 8):
             f = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
             feats.append(f)
             srcs.append(torch.full((len(f),), item.index, dtype=torch.int32))

@@ -18,11 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+from qarad.metrics import METRICS  # noqa: E402
 
 # Policies whose cost grows with image size get a capped bank so scoring stays affordable on
 # 2 cores; `resize` keeps the reference setting (10% coreset, uncapped).
 MEMORY_LIMIT = {"resize": None, "keep-aspect": 16384, "tile": 16384}
-METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
 
 
 def run_one(data_root: Path, key: str, policy_name: str, memory_limit: int | None, size: int = 256,
