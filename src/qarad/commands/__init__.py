@@ -1,4 +1,4 @@
-"""Bodies of the CLI verbs (cli.py only parses arguments)."""
+"""The CLI verbs: each turns parsed flags into configs, calls one qarad.api function and prints the result."""
 from .detect import demo, eval, export, predict, train  # noqa: A004
 from .synth import fit, score, synth
 
