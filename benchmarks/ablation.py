@@ -9,13 +9,13 @@ Methods, all with the same backbone, policy, normal images (common.TRAIN_LIMIT) 
   patchcore            memory bank, no synthesis, the default (IVF) nearest-neighbour search
   patchcore_exact      the same bank searched exactly (the IVF search's metric change)
   qarad                exactly what `qarad train --method qarad` does by default: ARAS samples with
-                       QAW (linear) weights + Perlin texture patches + feature-space negatives; the head
-                       reads features, residuals to the bank and distances; map fused with the distance
+                       QAW (linear) weights + Perlin texture patches; the head reads features, residuals
+                       to the bank and distances; map fused with the distance
   qarad_aras_uniform   ... ARAS samples with uniform weights
   qarad_aras_only      ... ARAS (QAW) negatives only
-  qarad_perlin_only    ... Perlin negatives only
-  qarad_feature_only   ... feature-space negatives only
-  qarad_no_synthesis   ... Perlin + feature-space negatives (no ARAS model needed)
+  qarad_perlin_only    ... Perlin negatives only (what a user without an ARAS model gets)
+  qarad_feature_only   ... feature-space negatives only (noise inside random blobs of cells)
+  qarad_plus_feature   ... the default's negatives plus feature-space ones
   qarad_no_residual    ... head on frozen features only (the old head's inputs), fused
   qarad_no_fusion      ... map = head probability alone
   old_head             the previous QARAD method: features only, no fusion, ARAS (QAW) negatives only
@@ -54,16 +54,16 @@ import torch  # noqa: E402
 from detect import METRICS  # noqa: E402
 
 SIZE = 256  # resize policy side, every method
-ALL = ("synthetic", "perlin", "feature")
+DEFAULT = ("synthetic", "perlin")  # as SegmenterConfig.negatives
 VARIANTS = {  # method -> (negatives, QAW calibration of the ARAS samples, residual inputs, fusion)
-    "qarad": (ALL, "linear", True, True),
-    "qarad_aras_uniform": (ALL, "none", True, True),
+    "qarad": (DEFAULT, "linear", True, True),
+    "qarad_aras_uniform": (DEFAULT, "none", True, True),
     "qarad_aras_only": (("synthetic",), "linear", True, True),
     "qarad_perlin_only": (("perlin",), "linear", True, True),
     "qarad_feature_only": (("feature",), "linear", True, True),
-    "qarad_no_synthesis": (("perlin", "feature"), "linear", True, True),
-    "qarad_no_residual": (ALL, "linear", False, True),
-    "qarad_no_fusion": (ALL, "linear", True, False),
+    "qarad_plus_feature": ((*DEFAULT, "feature"), "linear", True, True),
+    "qarad_no_residual": (DEFAULT, "linear", False, True),
+    "qarad_no_fusion": (DEFAULT, "linear", True, False),
     "old_head": (("synthetic",), "linear", False, False),
 }
 PATCHCORES = ("patchcore", "patchcore_exact")
@@ -282,8 +282,11 @@ def run_detectors(args, key: str) -> dict:
     views, features_s, cached = cache_features(args, key, bank, train_paths, test)
     _, bank_s = _timed(fit_bank, bank, views["normal"], [v for k, v in views.items() if k != "normal"])
 
-    methods, skipped, speed_head = {}, {}, dataset_dir(args, key) / "speed_head"
+    methods, skipped, speed_head, speed_method = {}, {}, dataset_dir(args, key) / "speed_head", None
     for name, (negatives, calibration, residual, fusion) in VARIANTS.items():
+        if name not in args.methods:
+            skipped[name] = "not asked for (--methods)"
+            continue
         if "synthetic" in negatives and "synthetic" not in views:
             skipped[name] = NO_MODEL
             continue
@@ -298,8 +301,9 @@ def run_detectors(args, key: str) -> dict:
             ev, eval_s = _timed(evaluate_cached, head, cached, test)
             runs.append({"seed": seed, **{m: ev[m] for m in METRICS}, "fit_s": fit_s, "eval_s": eval_s,
                          "threshold": head.threshold_})
-            if name == "qarad" or (name == "qarad_no_synthesis" and "qarad" in skipped) and seed == args.seeds[0]:
-                head.save(speed_head)  # the default method's head: the speed check scores images with it
+            if not methods and len(runs) == 1:  # the first variant trained (qarad when it runs) serves the speed check
+                head.save(speed_head)
+                speed_method = name
         out = {}
         for m in (*METRICS, "fit_s"):
             out[m], out[f"{m}_std"] = _mean_std([r[m] for r in runs])
@@ -310,7 +314,8 @@ def run_detectors(args, key: str) -> dict:
                    train_s=sum(features_s[k] for k in used) + bank_s + out["fit_s"], seeds=list(args.seeds),
                    per_seed=runs)
         methods[name] = out
-    return {"methods": methods, "skipped": skipped, "speed_head": str(speed_head), "features_s": features_s,
+    return {"methods": methods, "skipped": skipped, "speed_head": str(speed_head), "speed_method": speed_method,
+            "features_s": features_s,
             "bank_s": bank_s, "bank_rows": len(bank.memory_),
             "synth": None if synth_timing is None else {**synth_timing, "folder": str(args.synth_folder),
                                                         "n": args.n_synth},
@@ -382,6 +387,7 @@ def assemble(key: str, done: dict) -> dict:
         res["skipped"] = det["skipped"]
     res["backbone_images_per_s"] = speed["backbone_images_per_s"]
     res["shared"] = {"synth": det["synth"], "features_s": det["features_s"], "bank_s": det["bank_s"],
+                     "speed_method": det["speed_method"],
                      "bank_rows": det["bank_rows"], "speed": speed, "n_train": det["n_train"],
                      "n_test": det["n_test"], "wall_s": {s: done[f"{key}|{s}"]["wall_s"] for s in STAGES}}
     return res
@@ -409,7 +415,7 @@ def table(key: str, res: dict) -> str:
     made = (f"ARAS synthesis of {synth['n']} samples {synth['synth_s']:.0f} s + QAW scoring "
             f"{synth['score_s']:.0f} s; " if synth else "")
     feats = ", ".join(f"{k} {v:.0f} s" for k, v in sh["features_s"].items())
-    default = "qarad" if "qarad" in res else "qarad_no_synthesis"
+    default = sh["speed_method"]  # qarad, or qarad_perlin_only where no ARAS model was given
     wall = sum(sh["wall_s"].values())
     lines += ["", f"Once per dataset: {made}features ({feats}); memory bank ({sh['bank_rows']} rows) and the "
               f"search of every training cell {sh['bank_s']:.0f} s. `qarad train` with the {default} settings "
@@ -457,8 +463,10 @@ def parser() -> argparse.ArgumentParser:
                     help="fitted ARAS model (qarad fit) for a dataset; repeat per dataset")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--n-synth", type=int, default=300, help="ARAS samples per dataset")
+    ap.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="detector variants to train (PatchCore always runs)")
     ap.add_argument("--perlin-samples", type=int, default=200, help="Perlin patches per dataset (as qarad train)")
-    ap.add_argument("--steps", type=int, default=2000, help="head training steps (default: as qarad train)")
+    ap.add_argument("--steps", type=int, default=1000, help="head training steps (default: as qarad train)")
     ap.add_argument("--speed-batch", type=int, default=8, help="backbone batch size for evaluation and speed")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="synthetic sets and the speed-check head")
     ap.add_argument("--limit-train", type=int, default=None, help="smoke runs only: at most N normal train images")
@@ -504,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
     partial_path = out_json.with_name(out_json.stem + ".partial.json")
     settings = {"data": str(args.data.resolve()), "models": {k: str(v.resolve()) for k, v in args.models.items()},
                 "seeds": args.seeds, "n_synth": args.n_synth, "steps": args.steps, "work": str(args.work),
-                "perlin_samples": args.perlin_samples, "speed_batch": args.speed_batch,
+                "perlin_samples": args.perlin_samples, "speed_batch": args.speed_batch, "methods": args.methods,
                 "limit_train": args.limit_train, "limit_test": args.limit_test}
     partial = {} if args.fresh or not partial_path.exists() else json.loads(partial_path.read_text())
     if partial.get("settings") != settings:

@@ -174,5 +174,5 @@ def test_run_config_detector_part_keeps_its_keys():
     stored = qarad.QaradTraining(synth="/s", batch_size=4)
     assert runs.detector_settings("qarad", stored, SegmenterConfig(steps=30, seed=2)) == {
         "steps": 30, "synth": "/s", "weighting": "linear", "max_normal_views": 4000, "batch_size": 4, "seed": 2,
-        "negatives": ["synthetic", "perlin", "feature"], "residual": True, "fusion": True, "perlin_samples": 200,
+        "negatives": ["synthetic", "perlin"], "residual": True, "fusion": True, "perlin_samples": 200,
         "search": "ivf"}

@@ -19,7 +19,7 @@ SIZES = [(48, 64), (64, 40), (40, 96), (56, 56)]  # four shapes, landscape, port
 POLICIES = {"resize": [], "keep-aspect": [], "tile": ["--overlap", "16"]}
 DETECTORS = {
     "patchcore": ["--method", "patchcore", "--coreset-ratio", "0.5"],
-    "qarad-synthetic": ["--method", "qarad", "--steps", "6", "--perlin-samples", "3"],  # all three negatives
+    "qarad-synthetic": ["--method", "qarad", "--steps", "6", "--perlin-samples", "3"],  # the default negatives
     "qarad-no-synthesis": ["--method", "qarad", "--negatives", "perlin", "feature", "--steps", "6",
                            "--perlin-samples", "3"],
     "qarad-head-only": ["--method", "qarad", "--negatives", "synthetic", "--no-residual", "--no-fusion",
