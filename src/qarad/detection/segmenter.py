@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -34,7 +33,6 @@ from ..backbone import PATCH_STRIDE, TAP_CHANNELS, Backbone, BackboneConfig, Pat
 from ..data.resolution import ResolutionPolicy
 from .anomaly_map import gaussian_blur, upsample
 from .knn import NearestNeighbours, SearchConfig
-from .patchcore import THRESHOLD_SIGMAS
 
 FEATURE_CHANNELS = TAP_CHANNELS[8] + TAP_CHANNELS[16]  # what PatchEmbedder gives for strides (8, 16)
 CONV_LAYERS = 2  # 3x3 layers after the adaptor: receptive field of 5x5 cells = 40 px on top of the taps
@@ -243,10 +241,13 @@ class Segmenter:
         if not hasattr(self, "head_"):
             raise RuntimeError("this Segmenter is not fitted yet: call detection.train.fit_detector or load a run")
 
-    def logits(self, features: torch.Tensor, dist: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
+    def inputs(self, features: torch.Tensor, dist: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
+        """What the head reads for these features and their search results (training and scoring alike)."""
         nearest = self.gather(rows) if self.config.residual else None
-        inputs = head_inputs(features, nearest, dist, self.config.residual, self.reference_.dist_scale)
-        return self.head_(inputs.to(self.device)).cpu()
+        return head_inputs(features, nearest, dist, self.config.residual, self.reference_.dist_scale)
+
+    def logits(self, features: torch.Tensor, dist: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
+        return self.head_(self.inputs(features, dist, rows).to(self.device)).cpu()
 
     def cells_from_features(self, features: torch.Tensor, exclude_source: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 152, h, w) -> (B, h, w) anomaly score per stride-8 cell."""

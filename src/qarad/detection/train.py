@@ -38,8 +38,8 @@ from ..synthesis.jobs import MANIFEST, read_manifest
 from ..training import optimizer_step
 from .coreset import CoresetSampler
 from .patchcore import THRESHOLD_SIGMAS, patch_valid
-from .segmenter import (FEATURE_CHANNELS, Reference, Segmenter, SegmenterConfig, SegmentationHead, cell_scores,
-                        cell_targets, head_inputs, per_sample_loss)
+from .segmenter import (FEATURE_CHANNELS, Reference, Segmenter, SegmenterConfig, SegmentationHead, cell_targets,
+                        per_sample_loss)
 
 FEATURE_DTYPE = torch.float16  # halves the cache; the head trains in float32
 HOLDOUT_FRACTION = 0.1  # normal views kept aside for the fusion statistics and the threshold
@@ -302,12 +302,9 @@ class _Trainer:
         return batch
 
     def inputs(self, batch: _Batch) -> torch.Tensor:
-        model, cfg = self.model, self.model.config
-        features = torch.stack(batch.features)
-        if not cfg.residual:
-            return features
-        dist, rows = torch.stack(batch.dist), torch.stack(batch.rows)
-        return head_inputs(features, model.gather(rows), dist, True, model.reference_.dist_scale)
+        if not self.model.config.residual:
+            return self.model.inputs(torch.stack(batch.features), None, None)
+        return self.model.inputs(torch.stack(batch.features), torch.stack(batch.dist), torch.stack(batch.rows))
 
 
 def _split(total: int, parts: int, step: int) -> list[int]:
