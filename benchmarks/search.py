@@ -1,0 +1,99 @@
+"""Nearest-neighbour search of the memory bank: time per image and distance error against exact.
+
+    python benchmarks/search.py [--datasets KEY ...] [--nprobe 4 8 16 32]
+
+Label-free by construction (rule: no setting is chosen on test images): per dataset the PatchCore
+bank (10% coreset, resize 256) is fitted on the training normals minus a held-out 10% (seeded),
+and the held-out normals' patch features are the queries. For the exact search and for the IVF
+search at each nprobe it reports ms per image (one image's 1024 queries per call, as `qarad eval`
+searches) and the distance error relative to exact: mean over patches, 99th percentile, and the
+error of each image's largest distance (what the image score reads). The default nprobe is the
+smallest whose mean error is <= 0.3% on every dataset; the metric change it causes on the test
+sets is then reported by benchmarks/ablation.py (patchcore vs patchcore_exact).
+
+Writes benchmarks/results/search.json (results[dataset][mode] = {ms_per_image, mean_rel_err,
+p99_rel_err, image_max_rel_err}).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+HELD_OUT = 0.1
+MAX_QUERY_IMAGES = 40
+
+
+def _split(paths: list[Path], seed: int = 0) -> tuple[list[Path], list[Path]]:
+    order = np.random.default_rng(seed).permutation(len(paths))
+    n = max(2, int(round(HELD_OUT * len(paths))))
+    held = sorted(order[:n].tolist())
+    return [p for i, p in enumerate(paths) if i not in set(held)], [paths[i] for i in held][:MAX_QUERY_IMAGES]
+
+
+def measure(data_root: Path, key: str, nprobes: list[int]) -> dict:
+    from qarad.data.mvtec import scan_mvtec
+    from qarad.data.resolution import ResolutionPolicy
+    from qarad.data.stream import load
+    from qarad.detection.knn import NearestNeighbours, SearchConfig
+    from qarad.detection.patchcore import PatchCore, PatchCoreConfig
+
+    root, cat = common.DATASETS[key]
+    paths = [s.image for s in scan_mvtec(data_root / root, cat, "train")]
+    if key in common.TRAIN_LIMIT:
+        keep = np.random.RandomState(0).choice(len(paths), common.TRAIN_LIMIT[key], replace=False)
+        paths = [paths[i] for i in sorted(keep)]
+    bank_paths, query_paths = _split(paths)
+    model = PatchCore(PatchCoreConfig(search="exact"), ResolutionPolicy("resize", 256))
+    model.fit(bank_paths)
+    with torch.inference_mode():
+        queries = [model.embedder(load(i, p, model.policy).views).permute(0, 2, 3, 1).reshape(-1, model.embedder.channels)
+                   .contiguous() for i, p in enumerate(query_paths)]
+    out = {"bank_rows": len(model.memory_), "n_query_images": len(queries)}
+    exact = None
+    for mode, nprobe in [("exact", 1)] + [("ivf", n) for n in nprobes]:
+        index = NearestNeighbours(model.memory_, config=SearchConfig(mode, nprobe))
+        index.search(queries[0])
+        t0 = time.perf_counter()
+        dists = [index.search(q)[0] for q in queries]
+        ms = 1000 * (time.perf_counter() - t0) / len(queries)
+        if exact is None:
+            exact = dists
+        rel = torch.cat([d / e.clamp_min(1e-12) - 1 for d, e in zip(dists, exact)])
+        top = torch.tensor([float(d.max() / e.max() - 1) for d, e in zip(dists, exact)])
+        name = "exact" if mode == "exact" else f"ivf_nprobe{nprobe}"
+        out[name] = {"ms_per_image": ms, "mean_rel_err": float(rel.mean()), "p99_rel_err": float(rel.quantile(0.99)),
+                     "image_max_rel_err": float(top.mean())}
+        print(f"{key} {name:14s} {ms:7.1f} ms/img  mean err {rel.mean():.4%}  p99 {rel.quantile(.99):.3%}  "
+              f"image max {top.mean():.3%}", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
+    ap.add_argument("--datasets", nargs="+", default=list(common.DATASETS))
+    ap.add_argument("--nprobe", nargs="+", type=int, default=[4, 8, 16, 32])
+    args = ap.parse_args(argv)
+    results = {}
+    for key in args.datasets:
+        if not common.available(args.data, key):
+            print(f"skip {key}: not under {args.data}")
+            continue
+        results[key] = measure(args.data, key, args.nprobe)
+    if results:
+        common.write_json(common.RESULTS / "search.json", {**common.envelope(results), "settings": {
+            "datasets": args.datasets, "nprobe": args.nprobe, "held_out": HELD_OUT,
+            "max_query_images": MAX_QUERY_IMAGES, "threads": torch.get_num_threads()}})
+
+
+if __name__ == "__main__":
+    main()
