@@ -381,7 +381,7 @@ def run_patchcore(args, key: str, search: str = "ivf") -> dict:
 # ---- results -------------------------------------------------------------------------------
 def assemble(key: str, done: dict) -> dict:
     det, speed = done[f"{key}|detectors"], done[f"{key}|speed"]
-    res = {"patchcore": done[f"{key}|patchcore"], "patchcore_exact": done[f"{key}|patchcore_exact"]}
+    res = {name: {k: v for k, v in done[f"{key}|{name}"].items() if k != "settings"} for name in PATCHCORES}
     for name, r in det["methods"].items():
         res[name] = {**r, "peak_rss_mb": det["peak_rss_mb"], "infer_peak_rss_mb": speed["peak_rss_mb"],
                      # the one measured head is the default's; the variants cost the same at test time
@@ -504,6 +504,37 @@ def parse_args(ap: argparse.ArgumentParser, argv: list[str]):
     return args
 
 
+COMMON_SETTINGS = ("data", "limit_train", "limit_test")
+DETECTOR_SETTINGS = ("seeds", "n_synth", "steps", "work", "perlin_samples", "methods")
+
+
+def _stage_settings(settings: dict, key: str, stage: str) -> dict:
+    """What one stage of one dataset depends on, so that a later run with more datasets, models or
+    another evaluation batch reuses every finished stage it does not change."""
+    from qarad.detection.patchcore import PatchCoreConfig
+
+    out = {k: settings[k] for k in COMMON_SETTINGS}
+    if stage in PATCHCORES:  # PatchCore's defaults (its search) are part of what it measured
+        return {**out, "speed_batch": settings["speed_batch"], "patchcore": asdict(PatchCoreConfig())}
+    out.update({k: settings[k] for k in DETECTOR_SETTINGS}, model=settings["models"].get(key.removesuffix(TILE_SUFFIX)))
+    return out if stage == "detectors" else {**out, "speed_batch": settings["speed_batch"]}
+
+
+def _reusable(partial: dict) -> dict:
+    """Finished stages of an earlier run (entries written before stages kept their own settings carry
+    the run's, and PatchCore's then defaults: IVF, nprobe 8)."""
+    from qarad.detection.patchcore import PatchCoreConfig
+
+    done = partial.get("done", {})
+    for tag, entry in done.items():
+        if "settings" not in entry and "settings" in partial:
+            key, stage = tag.split("|")
+            entry["settings"] = _stage_settings(partial["settings"], key, stage)
+            if stage in PATCHCORES:
+                entry["settings"]["patchcore"] = json.loads(json.dumps(asdict(PatchCoreConfig(nprobe=8))))
+    return done
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     ap = parser()
@@ -521,20 +552,20 @@ def main(argv: list[str] | None = None) -> None:
                 "perlin_samples": args.perlin_samples, "speed_batch": args.speed_batch, "methods": args.methods,
                 "limit_train": args.limit_train, "limit_test": args.limit_test}
     partial = {} if args.fresh or not partial_path.exists() else json.loads(partial_path.read_text())
-    if partial.get("settings") != settings:
-        partial = {"settings": settings, "done": {}}
-    done, results = partial["done"], {}
+    done, results = _reusable(partial), {}
+    partial = {"settings": settings, "done": done}
     for key in args.datasets:
         if not common.available(args.data, key.removesuffix(TILE_SUFFIX)):
             print(f"skip {key}: not found under {args.data}", file=sys.stderr)
             continue
         for stage in STAGES:
             tag = f"{key}|{stage}"
-            if tag not in done:
+            wanted = json.loads(json.dumps(_stage_settings(settings, key, stage)))  # as it reads back
+            if done.get(tag, {}).get("settings") != wanted:
                 print(f"== {key}: {stage}", file=sys.stderr, flush=True)
                 t0 = time.perf_counter()
                 result = common.run_child([*argv, "--child", stage, key])
-                done[tag] = {**result, "wall_s": time.perf_counter() - t0}
+                done[tag] = {**result, "wall_s": time.perf_counter() - t0, "settings": wanted}
                 common.write_json(partial_path, partial)
         results[key] = assemble(key, done)
     if not results:
