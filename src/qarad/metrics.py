@@ -9,14 +9,16 @@ exact keeps every graded pixel (its float32 score and label: curves from the pos
 plus one sorted array of the negatives', ties exact); streaming keeps a histogram of normal and
 defect pixels per score bin, plus the defect pixels' region weights per bin, which is all that
 ROC, PR and PRO curves need (PRO(t) is the weighted count of defect pixels above t, each
-weighted 1 / size of its region). A bin is a float32 score with its lowest bits dropped: no
-range is needed in advance, and while the scores take at most `max_bins` distinct values no
-bit is dropped and the streamed curves are the exact ones. Beyond that every bin drops one
-more bit at a time (neighbours merge), so memory stays bounded whatever the pixel count and
-only scores within a relative 2^(shift-23) of each other are ever tied.
+weighted 1 / size of its region). Bins are 2^e wide on a grid through 0, and only occupied
+bins are stored. The first image sets e finer than float32 resolves (no range is needed in
+advance); whenever more than `max_bins` bins are occupied, e grows by one and neighbouring bins
+merge, so memory stays bounded whatever the pixel count or the score range (an outlier costs
+one bin), and only scores less than 2^e apart are ever tied. Until the bins first widen the
+streamed curves are the exact ones.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +34,8 @@ LABELS = {"image_auroc": "image AUROC", "image_ap": "image AP", "image_f1max": "
 PIXEL_MODES = ("auto", "exact", "streaming")  # auto: exact up to EXACT_PIXEL_LIMIT graded pixels
 EXACT_PIXEL_LIMIT = 2**24  # ~16.8 Mpx (e.g. 256 maps of 256x256); exact mode peaks at ~20 bytes a pixel
 MAX_BINS = 2**18  # score bins a streaming accumulator keeps (28 bytes each; twice that while merging)
-_MANTISSA_BITS = 23  # of a float32: dropping `shift` bits leaves bins 2^(shift-23) wide, relative
+_KEY_BITS = 61  # |score| / bin width < 2^61: keys, and bins' sums of them, fit int64
+_START_BITS = 52  # a first image's bins are 2^-52 of its largest |score|: finer than float32 resolves
 
 
 @dataclass(frozen=True)
@@ -141,48 +144,56 @@ def region_weights(masks: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([inv / total for inv, _ in parts]) if parts else np.zeros(0)
 
 
-def _float_keys(scores: np.ndarray) -> np.ndarray:
-    """uint32 keys in the order of the float32 scores (sign bit flipped for positives, all bits for
-    negatives); -0.0 and +0.0 share a key, as they compare equal."""
-    bits = np.ascontiguousarray(np.asarray(scores, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
-    return np.where(bits >= np.uint32(1 << 31), ~bits, bits | np.uint32(1 << 31))
+def _finest_exponent(top: float) -> int:
+    """The smallest e for which keys floor(score / 2^e) of scores up to |top| stay inside _KEY_LIMIT."""
+    return math.frexp(top)[1] - _KEY_BITS if top > 0 else -_START_BITS
 
 
 @dataclass(frozen=True)
 class Histogram:
-    """Graded pixels per score bin, bins in increasing score order. A bin holds the float32 scores
-    whose key (`_float_keys`) agrees once its lowest `shift` bits are dropped."""
+    """Graded pixels per score bin; bin k holds the scores in [k 2^exponent, (k + 1) 2^exponent).
+    Only occupied bins are stored, in increasing score order."""
 
-    keys: np.ndarray  # (bins,) uint32, strictly increasing
+    keys: np.ndarray  # (bins,) int64 bin numbers, strictly increasing
     neg: np.ndarray  # (bins,) int64 normal pixels
     pos: np.ndarray  # (bins,) int64 defect pixels
     pos_weight: np.ndarray  # (bins,) float64: sum of 1 / region size over the bin's defect pixels
-    shift: int
+    exponent: int  # bins are 2^exponent wide
 
     @staticmethod
-    def collapse(keys, neg, pos, pos_weight, shift: int) -> "Histogram":
+    def of(scores: np.ndarray, labels: np.ndarray, weight: np.ndarray, exponent: int) -> "Histogram":
+        """Bin one image's pixels (`weight`: 1 / region size for defect pixels, 0 for normal ones)."""
+        keys = np.floor(scores.astype(np.float64) * 2.0 ** -exponent).astype(np.int64)  # exact: a power of 2
+        order = np.argsort(keys, kind="stable")
+        labels = labels[order]
+        return Histogram.collapse(keys[order], (~labels).astype(np.int64), labels.astype(np.int64), weight[order],
+                                  exponent)
+
+    @staticmethod
+    def collapse(keys, neg, pos, pos_weight, exponent: int) -> "Histogram":
         """Sum the entries of equal keys (`keys` sorted, repeats allowed)."""
         if keys.size == 0:
-            return Histogram(keys, neg, pos, pos_weight, shift)
+            return Histogram(keys, neg, pos, pos_weight, exponent)
         start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
         return Histogram(keys[start], np.add.reduceat(neg, start), np.add.reduceat(pos, start),
-                         np.add.reduceat(pos_weight, start), shift)
+                         np.add.reduceat(pos_weight, start), exponent)
 
     @staticmethod
-    def merge(parts: list["Histogram"], shift: int) -> "Histogram":
-        parts = [p.coarsened(shift) for p in parts]
+    def merge(parts: list["Histogram"], exponent: int) -> "Histogram":
+        parts = [p.coarsened(exponent) for p in parts]
         keys = np.concatenate([p.keys for p in parts])
         order = np.argsort(keys, kind="stable")
         return Histogram.collapse(keys[order], *(np.concatenate([getattr(p, f) for p in parts])[order]
-                                                 for f in ("neg", "pos", "pos_weight")), shift)
+                                                 for f in ("neg", "pos", "pos_weight")), exponent)
 
-    def coarsened(self, shift: int) -> "Histogram":
-        if shift < self.shift:
-            raise ValueError(f"cannot refine bins from shift {self.shift} to {shift}")
-        if shift == self.shift:
+    def coarsened(self, exponent: int) -> "Histogram":
+        """The same pixels in bins 2^(exponent - self.exponent) times as wide (floor division of the keys)."""
+        if exponent < self.exponent:
+            raise ValueError(f"cannot refine bins of 2^{self.exponent} into 2^{exponent}")
+        if exponent == self.exponent:
             return self
-        return Histogram.collapse(self.keys >> np.uint32(shift - self.shift), self.neg, self.pos, self.pos_weight,
-                                  shift)
+        return Histogram.collapse(self.keys >> (exponent - self.exponent), self.neg, self.pos, self.pos_weight,
+                                  exponent)
 
 
 class ImagePixels:
@@ -195,20 +206,19 @@ class ImagePixels:
             raise ValueError(f"anomaly map {np.shape(anomaly_map)} and mask {np.shape(mask)} differ in size")
         mask = np.asarray(mask, dtype=bool)
         self.scores = np.asarray(anomaly_map, dtype=np.float32).ravel()
+        if not np.isfinite(self.scores).all():
+            raise ValueError("anomaly map has scores that are not finite (NaN or infinity)")
         self.labels = mask.ravel()
         self.inv_size, self.n_regions = _inverse_region_sizes(mask)  # per defect pixel, scores[labels] order
-        self._base: Histogram | None = None
+        self.top = float(np.abs(self.scores).max()) if self.scores.size else 0.0
+        self._binned: Histogram | None = None
 
-    def histogram(self, shift: int = 0) -> Histogram:
-        if self._base is None:  # one sort per image, whatever the accumulators' shifts
-            keys = _float_keys(self.scores)
-            order = np.argsort(keys, kind="stable")
+    def histogram(self, exponent: int) -> Histogram:
+        if self._binned is None or exponent < self._binned.exponent:  # else coarsen the finest made so far
             weight = np.zeros(self.scores.size)
             weight[self.labels] = self.inv_size
-            labels = self.labels[order]
-            self._base = Histogram.collapse(keys[order], (~labels).astype(np.int64), labels.astype(np.int64),
-                                            weight[order], 0)
-        return self._base.coarsened(shift)
+            self._binned = Histogram.of(self.scores, self.labels, weight, exponent)
+        return self._binned.coarsened(exponent)
 
 
 class PixelMetrics:
@@ -222,7 +232,8 @@ class PixelMetrics:
         self._hist: Histogram | None = None  # streaming: merged bins ...
         self._pending: list[Histogram] = []  # ... and images' bins not merged yet
         self._pending_bins = 0
-        self._shift = 0
+        self._start: int | None = None  # the first image's bin exponent
+        self._exponent = 0
         self._curves: tuple[Curve, Curve] | None = None
 
     def add(self, pixels: ImagePixels) -> None:
@@ -233,22 +244,32 @@ class PixelMetrics:
         if not self.streaming:
             self._kept.append((pixels.scores, pixels.labels, pixels.inv_size))
             return
-        part = pixels.histogram(self._shift)
+        if self._start is None:  # finer than float32 resolves: ties only where the scores are equal
+            self._start = self._exponent = _finest_exponent(pixels.top) + _KEY_BITS - _START_BITS
+        if _finest_exponent(pixels.top) > self._exponent:  # scores far beyond the first image's: wider bins
+            self._merge(_finest_exponent(pixels.top))
+        part = pixels.histogram(self._exponent)
         self._pending.append(part)
         self._pending_bins += part.keys.size
         if self._pending_bins > self.max_bins:
             self._merge()
 
-    def _merge(self) -> None:
+    def _merge(self, exponent: int | None = None) -> None:
         parts = ([self._hist] if self._hist is not None else []) + self._pending
         if not parts:
             empty = np.zeros(0, np.int64)
-            parts = [Histogram(np.zeros(0, np.uint32), empty, empty, np.zeros(0), self._shift)]
-        merged = Histogram.merge(parts, self._shift)
-        while merged.keys.size > self.max_bins:  # one more bit dropped: neighbouring bins merge
-            self._shift += 1
-            merged = merged.coarsened(self._shift)
+            parts = [Histogram(empty, empty, empty, np.zeros(0), self._exponent)]
+        self._exponent = max(self._exponent, exponent or self._exponent)
+        merged = Histogram.merge(parts, self._exponent)
+        while merged.keys.size > self.max_bins:  # bins twice as wide: neighbours merge
+            self._exponent += 1
+            merged = merged.coarsened(self._exponent)
         self._hist, self._pending, self._pending_bins = merged, [], 0
+
+    @property
+    def coarsened(self) -> bool:
+        """Whether the bins ever widened beyond the first image's (exact curves until they do)."""
+        return self._start is not None and self._exponent > self._start
 
     def histogram(self) -> Histogram:
         """The streamed bins (streaming mode only)."""
@@ -290,10 +311,9 @@ class PixelMetrics:
             h = self.histogram()
             tied = float(np.sum(h.pos * h.neg.astype(np.float64)))
             pairs = float(h.pos.sum()) * float(h.neg.sum())
-            out.update(bins=int(h.keys.size), dropped_bits=h.shift,
-                       relative_bin_width=2.0 ** (h.shift - _MANTISSA_BITS) if h.shift else 0.0,
-                       # every (defect, normal) pair sharing a bin counts 1/2 instead of 0 or 1
-                       pixel_auroc_error_bound=0.5 * tied / pairs if h.shift and pairs else 0.0)
+            out.update(bins=int(h.keys.size), bin_width=2.0 ** h.exponent, coarsened=self.coarsened,
+                       # every (defect, normal) pair sharing a bin counts 1/2 where exact counts 0 or 1
+                       pixel_auroc_error_bound=0.5 * tied / pairs if self.coarsened and pairs else 0.0)
         return out
 
 
