@@ -30,8 +30,7 @@ def run_report(result: dict, ev: "Evaluation", run: Path) -> Report:
     threshold = result["threshold"]
     policy = result["policy"]
     px = result["pixel_metrics"]
-    mode = px["mode"] + (f", {px['bins']} score bins, {px['dropped_bits']} bits dropped" if px["mode"] == "streaming"
-                         else "")
+    mode = px["mode"] + (f", {px['bins']} score bins {px['bin_width']:.3g} wide" if px["mode"] == "streaming" else "")
     report = Report(f"QARAD evaluation: {result['category']} ({result['method']})",
                     f"run {run}; policy {policy['mode']} {policy['size']} px; threshold {threshold:.4f}; "
                     f"{ev.overall['n_images']} test images")
