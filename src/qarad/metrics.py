@@ -164,27 +164,31 @@ class Histogram:
     def of(scores: np.ndarray, labels: np.ndarray, weight: np.ndarray, exponent: int) -> "Histogram":
         """Bin one image's pixels (`weight`: 1 / region size for defect pixels, 0 for normal ones)."""
         keys = np.floor(scores.astype(np.float64) * 2.0 ** -exponent).astype(np.int64)  # exact: a power of 2
-        order = np.argsort(keys, kind="stable")
-        labels = labels[order]
-        return Histogram.collapse(keys[order], (~labels).astype(np.int64), labels.astype(np.int64), weight[order],
-                                  exponent)
+        return Histogram.collapse(keys, (~labels).astype(np.int64), labels.astype(np.int64), weight, exponent)
 
     @staticmethod
     def collapse(keys, neg, pos, pos_weight, exponent: int) -> "Histogram":
-        """Sum the entries of equal keys (`keys` sorted, repeats allowed)."""
+        """Sum the entries of equal keys (in any order, repeats allowed): by counting over the keys'
+        span when it is short (no sort), else by sorting."""
         if keys.size == 0:
             return Histogram(keys, neg, pos, pos_weight, exponent)
+        lo, hi = int(keys.min()), int(keys.max())
+        if hi - lo < 2 * keys.size + 1024:
+            k = keys - lo
+            n_neg = np.bincount(k, weights=neg).astype(np.int64)  # float64 counts are exact below 2^53
+            n_pos = np.bincount(k, weights=pos).astype(np.int64)
+            at = np.flatnonzero(n_neg + n_pos)
+            return Histogram(at + lo, n_neg[at], n_pos[at], np.bincount(k, weights=pos_weight)[at], exponent)
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
         start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        return Histogram(keys[start], np.add.reduceat(neg, start), np.add.reduceat(pos, start),
-                         np.add.reduceat(pos_weight, start), exponent)
+        return Histogram(keys[start], *(np.add.reduceat(a[order], start) for a in (neg, pos, pos_weight)), exponent)
 
     @staticmethod
     def merge(parts: list["Histogram"], exponent: int) -> "Histogram":
         parts = [p.coarsened(exponent) for p in parts]
-        keys = np.concatenate([p.keys for p in parts])
-        order = np.argsort(keys, kind="stable")
-        return Histogram.collapse(keys[order], *(np.concatenate([getattr(p, f) for p in parts])[order]
-                                                 for f in ("neg", "pos", "pos_weight")), exponent)
+        return Histogram.collapse(*(np.concatenate([getattr(p, f) for p in parts])
+                                    for f in ("keys", "neg", "pos", "pos_weight")), exponent)
 
     def coarsened(self, exponent: int) -> "Histogram":
         """The same pixels in bins 2^(exponent - self.exponent) times as wide (floor division of the keys)."""
