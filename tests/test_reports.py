@@ -97,3 +97,12 @@ def test_report_opens_in_a_headless_browser(run):
                          check=True).stdout
     for section in SECTIONS:
         assert section in dom
+
+
+def test_eval_pixel_metrics_choices_are_the_modes():
+    from qarad import metrics
+    from qarad.cli import main_parser
+
+    sub = next(a for a in main_parser()._actions if a.dest == "verb").choices["eval"]
+    flag = next(a for a in sub._actions if a.dest == "pixel_metrics")
+    assert tuple(flag.choices) == metrics.PIXEL_MODES and flag.default == "auto"
