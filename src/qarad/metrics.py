@@ -145,8 +145,8 @@ def region_weights(masks: list[np.ndarray]) -> np.ndarray:
 
 
 def _finest_exponent(top: float) -> int:
-    """The smallest e for which keys floor(score / 2^e) of scores up to |top| stay inside _KEY_LIMIT."""
-    return math.frexp(top)[1] - _KEY_BITS if top > 0 else -_START_BITS
+    """The smallest e for which the keys floor(score / 2^e) of scores up to |top| stay below 2^_KEY_BITS."""
+    return math.frexp(top if top > 0 else 1.0)[1] - _KEY_BITS
 
 
 @dataclass(frozen=True)
