@@ -201,17 +201,18 @@ def score_set(args, key: str, folder: Path) -> dict:
 # ---- detectors on cached features ----------------------------------------------------------
 def evaluate_cached(head, cached: list, test: list) -> dict:
     """Metrics exactly as evaluate() grades them (same map/mask pairing, same metric function)."""
-    from qarad.detection.evaluate import graded_pair, summary_metrics
+    from qarad import metrics as M
+    from qarad.detection.evaluate import graded_pair, graded_pixels, summary_metrics
     from qarad.detection.train import score_cached
 
-    maps, scores, masks = [], [], []
+    pixels = M.PixelMetrics(streaming=M.streams(graded_pixels(test, head.policy)))
+    scores = []
     for sample, c, (m, score) in zip(test, cached, score_cached(head, cached)):
         graded, mask = graded_pair(c.layout, m, sample)
         if mask is not None:
-            maps.append(graded)
-            masks.append(mask)
+            pixels.add(M.ImagePixels(graded, mask))
         scores.append(score)
-    return summary_metrics(scores, [s.label for s in test], maps, masks)
+    return summary_metrics(scores, [s.label for s in test], pixels if pixels.n_images else None)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

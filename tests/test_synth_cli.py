@@ -98,6 +98,24 @@ def test_score_writes_a_score_into_every_line(setup):
     assert len(scores) == 4 and all(-1.0 <= s <= 1.0 for s in scores)
 
 
+def test_synth_writes_a_gallery_that_score_fills_in(setup):
+    base, model, images, masks = setup
+    out = base / "gallery"
+    assert _synth(model, images, out, "--masks", str(masks)) == 0
+    html = (out / "gallery.html").read_text()
+    assert html.count("<img src='data:image/png;base64,") == 4 and "http" not in html
+    assert "\u201ca thin dark scratch\u201d" in html and "\u201ca round hole\u201d" in html
+    assert "Not scored yet" in html and "(not scored)" in html
+    assert main(["score", str(out)]) == 0
+    html = (out / "gallery.html").read_text()
+    entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    best = max(entries, key=lambda e: e["score"])
+    assert "Not scored yet" not in html and f"#{best['id']} (QAW {best['score']:.2f})" in html
+    assert html.index(f"#{best['id']} (QAW") < min(html.index(f"#{e['id']} (QAW") for e in entries if e is not best)
+    assert "<th class=r>mean QAW</th>" in html
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # written atomically
+
+
 @pytest.mark.parametrize("prompt,problem", [("", "prompt is empty"), ("   ", "prompt is empty"),
                                             ("x" * 10_000, "300"), ("bad\x1bprompt", "control character")])
 def test_bad_prompts_are_refused_before_any_output(setup, prompt, problem, capsys):
@@ -197,3 +215,4 @@ def test_workers_split_the_job_and_merge_to_the_single_process_result(setup, one
         a = np.asarray(Image.open(single / e["image"]))
         b = np.asarray(Image.open(parallel / e["image"]))
         assert np.array_equal(a, b)  # one thread on both sides: same arithmetic, same draws
+    assert (parallel / "gallery.html").read_text().count("<img src='data:image/png;base64,") == 4  # after the merge

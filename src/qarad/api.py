@@ -94,8 +94,9 @@ def synth(model: str | Path, images: list, prompts: list[str], out: str | Path, 
           masks: list | None = None, auto_masks: bool = False, sampler: SamplerConfig = SamplerConfig(),
           shard: tuple[int, int] | None = None, workers: int = 1) -> Synthesized:
     """Write `n` prompted defects into `images` (files or folders), inside `masks` (one per image) or,
-    with `auto_masks`, in regions proposed on the object. Resumes an unfinished `out`; `shard` (i, n)
-    does every n-th sample from i; `workers` > 1 runs that many single-threaded shard processes."""
+    with `auto_masks`, in regions proposed on the object, and OUT/gallery.html of them. Resumes an
+    unfinished `out`; `shard` (i, n) does every n-th sample from i (and writes no gallery);
+    `workers` > 1 runs that many single-threaded shard processes."""
     from .defects.masks import FAMILY_MASK_KIND, foreground_mask, propose_mask
     from .defects.prompts import family_of, normalise_prompt
     from .synthesis import jobs
@@ -134,6 +135,8 @@ def synth(model: str | Path, images: list, prompts: list[str], out: str | Path, 
     made_any = lambda: bool(jobs.read_manifest(Path(out) / jobs.manifest_name(shard)))  # noqa: E731
     with discarded_on_failure(out, created=fresh, worth_keeping=made_any), bar(total, "synth") as tick:
         made = jobs.run(work, make, out, "aras", settings, shard, on_done=tick)
+    if shard is None:  # a shard's samples are shown once the workers' manifests are merged
+        _write_gallery(out)
     return Synthesized(Path(out), total, made, 1)
 
 
@@ -172,12 +175,14 @@ def _synth_in_workers(argv: list[str], out: Path, n: int, total: int, fresh: boo
             raise ValueError(f"synth worker {failed[0]}/{n} failed: {message}")
     made = done() - before
     jobs.merge_manifests(out)
+    _write_gallery(out)
     return Synthesized(out, total, made, n)
 
 
 def score(synth_dir: str | Path, model: str | Path | None = None) -> np.ndarray:
     """QAW-score every sample of a `synth` folder against its prompt, with `model`'s scorer (default:
-    the model that made the samples); writes the scores into its manifest and returns them."""
+    the model that made the samples); writes the scores into its manifest, rewrites its
+    gallery.html with them and returns them."""
     from .quality.scoring import score_folder
     from .synthesis import jobs
     from .synthesis import model as M
@@ -194,7 +199,15 @@ def score(synth_dir: str | Path, model: str | Path | None = None) -> np.ndarray:
     n = len(jobs.read_manifest(Path(synth_dir) / jobs.MANIFEST))
     with bar(n, "score (QAW)") as tick:
         scores = score_folder(synth_dir, scorer, config.policy, config.fit.window_rule, on_sample=tick)
+    _write_gallery(synth_dir)  # now with the scores
     return np.asarray(scores)
+
+
+def _write_gallery(synth_dir: str | Path) -> Path:
+    """OUT/gallery.html of a synth folder: its samples, prompts and QAW scores once scored."""
+    from .report.pages import write_gallery
+
+    return write_gallery(Path(synth_dir))
 
 
 # ---- detection: train, evaluate, predict, export ----------------------------------------------
@@ -296,10 +309,13 @@ def _train_qarad(config: "SegmenterConfig", training: QaradTraining, policy: Res
 
 
 def evaluate(run: str | Path, data: str | Path | None = None, allow_missing_masks: bool = False,
-             batch_size: int = 8, device: str = "cpu", curves: bool = False) -> dict:
+             batch_size: int = 8, device: str = "cpu", curves: bool = False, pixel_metrics: str = "auto") -> dict:
     """Evaluate a trained run on its category's test split (under `data`, default the root it was
-    trained on); writes RUN/metrics.json and RUN/scores.csv and returns metrics.json's content."""
+    trained on); writes RUN/metrics.json, RUN/scores.csv and RUN/report.html and returns
+    metrics.json's content (with the plotted curves when `curves`). `pixel_metrics`: auto, exact or
+    streaming (qarad.metrics; auto streams above metrics.EXACT_PIXEL_LIMIT graded pixels)."""
     from .detection.evaluate import evaluate as evaluate_split
+    from .report.pages import REPORT, run_report
 
     cfg = runs.read_config(run)
     check_output_folder(run)  # metrics.json goes here: refuse an unwritable run before evaluating
@@ -307,14 +323,15 @@ def evaluate(run: str | Path, data: str | Path | None = None, allow_missing_mask
     root = Path(data or cfg["data"]["root"])
     test = scan_mvtec(root, cfg["data"]["category"], "test", allow_missing_masks=allow_missing_masks)
     with bar(len(test), "eval") as tick:
-        ev = evaluate_split(detector, test, batch_size, on_image=tick, curves=curves)
+        ev = evaluate_split(detector, test, batch_size, on_image=tick, pixel_mode=pixel_metrics)
     result = {"method": cfg["method"], "category": cfg["data"]["category"], "policy": cfg["policy"],
               "threshold": detector.threshold_, "overall": ev.overall, "per_type": ev.per_type,
-              "test_images_per_s": ev.images_per_s}
+              "test_images_per_s": ev.images_per_s, "pixel_metrics": ev.pixel_metrics}
     if curves:
         result["curves"] = ev.curves
     write_json(Path(run) / "metrics.json", result)
     write_text(Path(run) / "scores.csv", _csv(ev.records))
+    run_report(result, ev, Path(run)).write(Path(run) / REPORT)
     return result
 
 

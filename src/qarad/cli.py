@@ -65,11 +65,15 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
 
-    p = _sub(subs, "eval", "Evaluate a trained run on its category's test split; writes RUN/metrics.json.")
+    p = _sub(subs, "eval", "Evaluate a trained run on its category's test split; writes RUN/metrics.json and "
+                           "RUN/report.html.")
     p.add_argument("run", type=Path)
     p.add_argument("--data", type=Path, help="override the dataset root stored in the run")
     p.add_argument("--allow-missing-masks", action="store_true",
                    help="use defect images without masks for image metrics only")
+    p.add_argument("--pixel-metrics", choices=["auto", "exact", "streaming"], default="auto",
+                   help="exact keeps every graded pixel; streaming keeps score histograms in bounded memory "
+                        "(within 0.001 of exact); auto (default) streams above 2^24 graded pixels")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
 

@@ -20,18 +20,17 @@ import torch
 
 from . import api, runs
 from .data.demo import DemoConfig, make_demo_dataset
-from .data.io import read_image, read_mask, write_json, write_text
+from .data.io import write_json
 from .data.mvtec import scan_mvtec
 from .data.resolution import ResolutionPolicy
 from .detection.inference import score_images
-from .metrics import LABELS, METRICS
+from .metrics import METRICS
 from .progress import bar
-from .report.figures import outline, overlay
 from .report.html import Report
-from .report.plots import line_plot
+from .report.sections import METRIC_HEADER, curve_plots, heat_card, metric_cells, qaw_text, synth_card, verdict
 from .synthesis.model import read_timings
 
-HEADER = ["category", "method", *(LABELS[k] for k in METRICS), "test img/s"]
+HEADER = ["category", "method", *METRIC_HEADER, "test img/s"]
 METHODS = {"qarad": "QARAD (ARAS + QAW detector)", "patchcore": "PatchCore (no synthesis)"}
 # One prompt per corpus family that reads naturally on textures. None names the demo's test defects
 # (foreign objects, smudges, cuts): the detector must find kinds of defect it never saw.
@@ -106,11 +105,11 @@ def _heat_cards(run: Path, data: Path, category: str, limit: int) -> list[tuple[
     detector = runs.load_detector(run)
     test = [s for s in scan_mvtec(data, category, "test") if s.label == 1][:limit]
     cards = []
-    for sample, res in zip(test, score_images(detector, [s.image for s in test], keep_images=True)):
+    for sample, res in zip(test, score_images(detector, [s.image for s in test])):
         full = res.layout.to_source(torch.from_numpy(res.anomaly_map)).numpy()
-        shown = outline(overlay(res.image, full, detector.threshold_), read_mask(sample.mask, full.shape))
-        verdict = "defect" if res.score > detector.threshold_ else "normal"
-        cards.append((shown, f"{category}/{sample.defect_type}: score {res.score:.2f} -> {verdict}"))
+        cards.append(heat_card(sample.image, full, detector.threshold_, sample.mask,
+                               f"{category}/{sample.defect_type}: score {res.score:.2f} -> "
+                               f"{verdict(res.score, detector.threshold_)}"))
     return cards
 
 
@@ -118,12 +117,7 @@ def _synth_cards(synth: Path, category: str, per_side: int) -> list[tuple[np.nda
     """The best- and worst-scored synthetic samples (QAW), mask outlined in green."""
     entries = sorted(_manifest(synth), key=lambda e: -e["score"])
     picks = [("best", e) for e in entries[:per_side]] + [("worst", e) for e in entries[-per_side:][::-1]]
-    cards = []
-    for rank, e in picks:
-        image = read_image(synth / e["image"])
-        cards.append((outline(image, read_mask(synth / e["mask"], image.shape[:2])),
-                      f"{category} ({rank} QAW {e['score']:.2f}): \u201c{e['prompt']}\u201d"))
-    return cards
+    return [synth_card(synth, e, f"{category} ({rank} {qaw_text(e)}): \u201c{e['prompt']}\u201d") for rank, e in picks]
 
 
 def _manifest(synth: Path) -> list[dict]:
@@ -134,11 +128,7 @@ def _manifest(synth: Path) -> list[dict]:
 
 def _curve_plots(results: dict[str, dict]) -> list[str]:
     """Image ROC, pixel ROC and PRO, ours vs baseline, for one category."""
-    specs = [("image_roc", "image ROC", "FPR", 1.0), ("pixel_roc", "pixel ROC", "FPR", 1.0),
-             ("pro", "PRO (to FPR 0.3)", "FPR", 0.3)]
-    return [line_plot(title, {METHODS[m].split(" (")[0]: r["curves"][key] for m, r in results.items()
-                              if r.get("curves")}, x, "TPR" if key != "pro" else "PRO", x_max)
-            for key, title, x, x_max in specs]
+    return curve_plots({METHODS[m].split(" (")[0]: r.get("curves", {}) for m, r in results.items()})
 
 
 def run_demo(out: Path, seed: int = 0, quick: bool = False) -> Path:
@@ -159,7 +149,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False) -> Path:
             _train(plan, data, category, method, run, synth)
             results[method] = api.evaluate(run, curves=True)
             m = results[method]["overall"]
-            rows.append([category, METHODS[method], *[m[k] for k in METRICS], results[method]["test_images_per_s"]])
+            rows.append([category, METHODS[method], *metric_cells(m), results[method]["test_images_per_s"]])
         summary[category] = {method: {k: r["overall"][k] for k in METRICS} for method, r in results.items()}
         summary[category]["synth_per_s"] = speed[category]
         gallery += _synth_cards(synth, category, per_side=2 if not quick else 1)
@@ -168,7 +158,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False) -> Path:
     minutes = (time.perf_counter() - start) / 60
     summary["wall_minutes"] = minutes
     path = out / "report.html"
-    write_text(path, _report(plan, rows, gallery, heat, plots, speed, model, minutes).render())
+    _report(plan, rows, gallery, heat, plots, speed, model, minutes).write(path)
     write_json(out / "summary.json", summary)
     return path
 

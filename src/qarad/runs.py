@@ -2,7 +2,7 @@
 
 RUN/config.json   what was trained on and how (data, method, resolution policy)
 RUN/model.*       the detector (safetensors + JSON)
-RUN/metrics.json  written by `qarad eval`
+RUN/metrics.json  written by `qarad eval`, with RUN/scores.csv and RUN/report.html (report/pages.py)
 """
 from __future__ import annotations
 

@@ -39,9 +39,11 @@ def format_table(overall: dict, per_type: dict) -> str:
 
 
 def eval(args) -> int:  # noqa: A001 (the verb's name)
-    result = api.evaluate(args.run, args.data, args.allow_missing_masks, args.batch_size, args.device)
+    result = api.evaluate(args.run, args.data, args.allow_missing_masks, args.batch_size, args.device,
+                          pixel_metrics=args.pixel_metrics)
     print(format_table(result["overall"], result["per_type"]))
-    print(f"metrics: {Path(args.run) / 'metrics.json'}")
+    print(f"pixel metrics: {result['pixel_metrics']['mode']} over {result['pixel_metrics']['pixels']} pixels\n"
+          f"metrics: {Path(args.run) / 'metrics.json'}\nreport: {Path(args.run) / 'report.html'}")
     return 0
 
 

@@ -24,7 +24,7 @@ def score(args) -> int:
 
     s = api.score(args.synth_dir, args.model)
     print(f"scored {len(s)} samples: mean {s.mean():.3f}, min {s.min():.3f}, max {s.max():.3f}\n"
-          f"manifest: {Path(args.synth_dir) / MANIFEST}")
+          f"manifest: {Path(args.synth_dir) / MANIFEST}\ngallery: {Path(args.synth_dir) / 'gallery.html'}")
     return 0
 
 
@@ -35,6 +35,8 @@ def synth(args) -> int:
         print(f"{done.total} samples in {args.out} ({done.workers} workers)")
     else:
         print(f"{done.made} new samples ({done.total} in total) in {args.out}")
+    if args.shard is None:
+        print(f"gallery: {Path(args.out) / 'gallery.html'}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""A self-contained static HTML report: images are embedded as PNG data URIs."""
+"""A self-contained static HTML report: images are embedded as PNG data URIs, plots as inline SVG,
+so one file opens anywhere without a network."""
 from __future__ import annotations
 
 import base64
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from ..data.io import to_uint8
+from ..data.io import to_uint8, write_text
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
@@ -60,8 +61,8 @@ class Report:
             out.append("<tr>" + "".join(cells) + "</tr>")
         self.parts.append("\n".join(out) + "</table>")
 
-    def gallery(self, cards: list[tuple[np.ndarray, str]]) -> None:
-        items = "".join(f"<div class=card><img src='{png_data_uri(img)}'><div>{html.escape(cap)}</div></div>"
+    def gallery(self, cards: list[tuple[np.ndarray, str]], max_side: int = 320) -> None:
+        items = "".join(f"<div class=card><img src='{png_data_uri(img, max_side)}'><div>{html.escape(cap)}</div></div>"
                         for img, cap in cards)
         self.parts.append(f"<div class=gallery>{items}</div>")
 
@@ -74,3 +75,7 @@ class Report:
         return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                 f"<style>{CSS}</style></head><body><h1>{html.escape(self.title)}</h1>"
                 f"<p class=sub>{html.escape(self.subtitle)}</p>{body}</body></html>\n")
+
+    def write(self, path) -> None:
+        """Render and write atomically (a temporary file renamed onto `path`)."""
+        write_text(path, self.render())

@@ -5,6 +5,7 @@ Output folder:
     images/NNNNNN.png   synthetic images (source resolution, 8-bit RGB)
     masks/NNNNNN.png    the pixels that changed (0/255)
     manifest.jsonl      one JSON line per finished sample, appended after its files exist
+    gallery.html        the samples with their prompts (and QAW scores once scored): report/pages.py
 
 Every sample has its own seed derived from (seed, id), so a run that is killed and resumed
 produces exactly the same files and manifest as one that was never interrupted. With
@@ -72,6 +73,11 @@ def read_manifest(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             break
     return entries
+
+
+def read_settings(out: Path) -> dict:
+    """The folder's synth.json (the settings it was made with)."""
+    return checkpoint.load_config(Path(out) / SETTINGS)
 
 
 def prepare_output(out: Path, settings: dict) -> None:
