@@ -168,7 +168,8 @@ def _csv(rows: dict[str, dict], mean: dict[str, float]) -> str:
 def _write_tables(out: Path, data, layout: str, method: str, settings: dict, rows: dict[str, dict],
                   skipped: list[str]) -> Benchmarked:
     mean = _mean(rows)
-    title = f"{method} on {Path(data).resolve()} ({layout} layout, {len(rows)} {"category" if len(rows) == 1 else "categories"})"
+    counted = f"{len(rows)} {'category' if len(rows) == 1 else 'categories'}"
+    title = f"{method} on {Path(data).resolve()} ({layout} layout, {counted})"
     text = markdown(title, rows, mean)
     make_folder(out)
     tables = [out / f"{TABLE}.{ext}" for ext in ("md", "csv", "json")]
