@@ -146,3 +146,40 @@ def test_benchmark_takes_the_train_flags_and_is_in_the_api():
     shared = set(flags["train"]) - {"category"}
     assert shared <= set(flags["benchmark"]) and all(flags["train"][k] == flags["benchmark"][k] for k in shared)
     assert qarad.benchmark is benchmarking.benchmark
+
+
+def test_runs_and_models_written_before_layouts_existed_still_match(tmp_path, capsys):
+    """config.json / aras.json "data" without the layout keys (earlier versions) read as an MVTec AD run."""
+    from qarad.synthesis import model as M
+    from qarad.testing import make_tiny_aras
+
+    data, run = make_mvtec_tree(tmp_path / "data", n_train=4, size=(64, 64)), tmp_path / "run"
+    argv = ["train", "--data", str(data), "--category", "widget", "--out", str(run), *SMALL]
+    assert main(argv) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert (config["data"].pop("layout"), config["data"].pop("folder")) == ("mvtec", None)
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(argv) == 0 and "already trained" in capsys.readouterr().out
+    folder = make_tiny_aras(tmp_path / "model")
+    meta = json.loads((folder / M.CONFIG).read_text())
+    del meta["data"]["layout"], meta["data"]["folder"]
+    (folder / M.CONFIG).write_text(json.dumps(meta))
+    assert M.prepare_folder(folder, M.read_config(folder)) is False  # the same fit: kept, resumable
+
+
+def test_fit_reads_its_images_through_the_layout(tmp_path, monkeypatch):
+    from qarad import api
+    from qarad.synthesis.fit import normal_images
+
+    data = make_btad_tree(tmp_path / "btad", "01", n_train=5)
+    picked = normal_images(data, ["01"], 3, 0, "auto")
+    assert len(picked) == 3 and {p.parent for p in picked} == {data / "01" / "train" / "ok"}
+    seen = {}
+    monkeypatch.setattr(api, "fit", lambda *a, **k: seen.update(args=a) or api.Fitted(tmp_path, 0.0))
+    assert main(["fit", "--data", str(data), "--category", "01", "--out", str(tmp_path / "m"), "--layout", "btad"]) == 0
+    assert seen["args"][-2:] == ("btad", None)
+    parts = make_folder_tree(tmp_path / "parts")
+    assert main(["fit", "--data", str(parts), "--category", "parts", "--out", str(tmp_path / "m"),
+                 "--normal-dir", "good", "--split-seed", "5"]) == 0
+    assert seen["args"][-1].normal_dir == "good" and seen["args"][-1].seed == 5

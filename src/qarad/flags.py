@@ -99,10 +99,13 @@ def add_dataset_flags(parser: argparse.ArgumentParser, run_default: bool = False
                         "out for test (never trained on)")
     g.add_argument("--test-split-ratio", type=float, default=0.2,
                    help="folder layout: share of --normal-dir held out for test without --normal-test-dir "
-                        "(default 0.2, drawn with --seed)")
+                        "(default 0.2)")
+    g.add_argument("--split-seed", type=int, default=0,
+                   help="folder layout: seed of that held-out share (default 0; part of the dataset, not of "
+                        "the run, so fit, train and benchmark hold out the same images)")
 
 
-def folder_from_args(args: argparse.Namespace, seed: int = 0):
+def folder_from_args(args: argparse.Namespace):
     """The FolderSplit that `add_dataset_flags`' folder flags describe, or None without --normal-dir."""
     from .data.layouts import FolderSplit
 
@@ -113,5 +116,5 @@ def folder_from_args(args: argparse.Namespace, seed: int = 0):
             raise ValueError(f"{', '.join(given)} need --normal-dir (the folder layout)")
         return None
     return FolderSplit(args.normal_dir, args.abnormal_dir, args.mask_dir, args.normal_test_dir,
-                       args.test_split_ratio, seed)
+                       args.test_split_ratio, args.split_seed)
 

@@ -29,7 +29,7 @@ def train(args) -> int:
     detector, training = detector_configs(args)
     done = api.train(args.data, args.category, args.out, detector, training, policy_from_args(args),
                      args.max_train_images, args.device, args.overwrite, args.layout,
-                     folder_from_args(args, args.seed))
+                     folder_from_args(args))
     if done.already_trained:
         print(f"{args.out}: this run is already trained; nothing to do (pass --overwrite to retrain)")
     else:
@@ -43,7 +43,7 @@ def benchmark(args) -> int:
 
     detector, training = detector_configs(args)
     done = run_benchmark(args.data, args.out, detector, training, policy_from_args(args), args.categories,
-                         args.layout, folder_from_args(args, args.seed), args.max_train_images,
+                         args.layout, folder_from_args(args), args.max_train_images,
                          args.allow_missing_masks, args.batch_size, args.device, args.overwrite)
     print(done.markdown)
     skipped = f" ({len(done.skipped)} finished earlier, skipped)" if done.skipped else ""

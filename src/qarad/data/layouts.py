@@ -49,7 +49,7 @@ class FolderSplit:
     mask_dir: str | None = None  # masks named like their abnormal image: <stem>.* or <stem>_mask.*
     normal_test_dir: str | None = None
     test_split_ratio: float = 0.2  # share of normal_dir held out for test when normal_test_dir is None
-    seed: int = 0
+    seed: int = 0  # of that share: the dataset's, not a run's, so every verb holds out the same images
 
 
 def resolve_layout(root: str | Path, layout: str = "auto", category: str | None = None,
