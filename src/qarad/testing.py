@@ -116,7 +116,8 @@ def make_visa_tree(root: Path, objects: tuple[str, ...] = ("candle",), n_train: 
         for i in range(n_defect):
             image, mask = defect_image(rng, i, size)
             Image.fromarray(image).save(data / f"Images/Anomaly/{i:03d}.JPG", quality=95)
-            Image.fromarray(mask.astype(np.uint8) * (255 if i % 2 == 0 else 1)).save(data / f"Masks/Anomaly/{i:03d}.png")
+            value = 255 if i % 2 == 0 else 1
+            Image.fromarray(mask.astype(np.uint8) * value).save(data / f"Masks/Anomaly/{i:03d}.png")
             rows.append((obj, "test", "anomaly", f"{obj}/Data/Images/Anomaly/{i:03d}.JPG",
                          f"{obj}/Data/Masks/Anomaly/{i:03d}.png"))
     (root / "split_csv").mkdir(parents=True, exist_ok=True)
