@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,7 +81,7 @@ def fit(data: str | Path, category: str | list[str], out: str | Path, config: "F
     layout = resolve_layout(data, layout, categories[0], folder)
     info = FitData(root=str(Path(data).resolve()), category=categories[0] if len(categories) == 1 else categories,
                    max_train_images=max_train_images, layout=layout,
-                   folder=json.loads(json.dumps(folder.__dict__)) if folder else None)
+                   folder=asdict(folder) if folder else None)
     images = F.normal_images(data, categories, max_train_images, config.seed, layout, folder)
     seconds = F.fit_model(out, ModelConfig(config, policy, info), images, overwrite=overwrite, progress=_FitBars())
     return Fitted(out, seconds)
@@ -245,7 +245,7 @@ def run_config(data: str | Path, category: str, detector: "PatchCoreConfig | Seg
                          "or --negatives without 'synthetic' (perlin, feature)")
     info = runs.RunData(root=str(Path(data).resolve()), category=category, max_train_images=max_train_images,
                         seed=detector.seed, layout=resolve_layout(data, layout, category, folder),
-                        folder=json.loads(json.dumps(folder.__dict__)) if folder else None)
+                        folder=asdict(folder) if folder else None)
     return method, runs.config_json(method, info, policy, runs.detector_settings(method, *configs))
 
 
