@@ -79,13 +79,14 @@ TIMING = "ablation_timing.json"  # seconds spent making / scoring a synthetic se
 # ---- data ----------------------------------------------------------------------------------
 def splits(args, key: str) -> tuple[list, list]:
     """(train, test) samples: common.TRAIN_LIMIT normal images; --limit-* shrink both (smoke runs)."""
-    from qarad.data.mvtec import scan_mvtec, subsample
+    from qarad.data.layouts import scan
+    from qarad.data.mvtec import subsample
 
     base = key.removesuffix(TILE_SUFFIX)
     root, cat = common.DATASETS[base]
     limits = [n for n in (common.TRAIN_LIMIT.get(base), args.limit_train) if n is not None]
-    train = subsample(scan_mvtec(args.data / root, cat, "train"), min(limits) if limits else None, seed=0)
-    test = scan_mvtec(args.data / root, cat, "test")
+    train = subsample(scan(args.data / root, cat, "train", "mvtec"), min(limits) if limits else None, seed=0)
+    test = scan(args.data / root, cat, "test", "mvtec")
     if args.limit_test is not None:  # half normal, half defective, in scan order
         good, bad = [s for s in test if s.label == 0], [s for s in test if s.label == 1]
         k = args.limit_test // 2

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import common  # noqa: E402
-from qarad.data.mvtec import scan_mvtec  # noqa: E402
+from qarad.data.layouts import scan  # noqa: E402
 from qarad.data.stream import iter_loaded, map_views  # noqa: E402
 from qarad.detection.coreset import CoresetSampler  # noqa: E402
 from qarad.detection.evaluate import evaluate  # noqa: E402
@@ -62,8 +62,8 @@ def main() -> None:
             continue
         root, cat = common.DATASETS[key]
         model = PatchCore(PatchCoreConfig())
-        feats, srcs = features(model, [s.image for s in scan_mvtec(args.data / root, cat, "train")])
-        test = scan_mvtec(args.data / root, cat, "test") if key == "mpdd/metal_plate" else None
+        feats, srcs = features(model, [s.image for s in scan(args.data / root, cat, "train", "mvtec")])
+        test = scan(args.data / root, cat, "test", "mvtec") if key == "mpdd/metal_plate" else None
         for name, partition in variants.items():
             memory, source, seconds = select(feats, srcs, partition)
             r = {"patches": len(feats), "bank_rows": len(memory), "selection_s": round(seconds, 1)}

@@ -27,14 +27,15 @@ MEMORY_LIMIT = {"resize": None, "keep-aspect": 16384, "tile": 16384}
 
 def run_one(data_root: Path, key: str, policy_name: str, memory_limit: int | None, size: int = 256,
             scale: float = 1.0) -> dict:
-    from qarad.data.mvtec import scan_mvtec, subsample
+    from qarad.data.layouts import scan
+    from qarad.data.mvtec import subsample
     from qarad.data.resolution import ResolutionPolicy
     from qarad.detection.evaluate import evaluate
     from qarad.detection.patchcore import PatchCore, PatchCoreConfig
 
     root, cat = common.DATASETS[key]
-    train = subsample(scan_mvtec(data_root / root, cat, "train"), common.TRAIN_LIMIT.get(key), seed=0)
-    test = scan_mvtec(data_root / root, cat, "test")
+    train = subsample(scan(data_root / root, cat, "train", "mvtec"), common.TRAIN_LIMIT.get(key), seed=0)
+    test = scan(data_root / root, cat, "test", "mvtec")
     policy = ResolutionPolicy(mode=policy_name, size=size, scale=scale)
     model = PatchCore(PatchCoreConfig(memory_limit=memory_limit), policy)
     t0 = time.perf_counter()

@@ -530,16 +530,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     from qarad.backbone import Backbone, BackboneConfig
-    from qarad.data.mvtec import scan_mvtec
+    from qarad.data.layouts import scan
     from qarad.backbone import PatchEmbedder
     from qarad.synthesis.aras import SamplerConfig
     from qarad.synthesis.pipeline import ARAS
 
     t0 = time.perf_counter()
     root, cat = common.DATASETS[args.dataset]
-    goods = [str(s.image) for s in scan_mvtec(args.data / root, cat, "test") if s.label == 0]
-    defects = [s for s in scan_mvtec(args.data / root, cat, "test") if s.label == 1 and s.mask is not None]
-    train = [str(s.image) for s in scan_mvtec(args.data / root, cat, "train")]
+    goods = [str(s.image) for s in scan(args.data / root, cat, "test", "mvtec") if s.label == 0]
+    defects = [s for s in scan(args.data / root, cat, "test", "mvtec") if s.label == 1 and s.mask is not None]
+    train = [str(s.image) for s in scan(args.data / root, cat, "train", "mvtec")]
     aras = ARAS.load(args.model)
     embedder = PatchEmbedder(Backbone(BackboneConfig(strides=(8, 16)))).eval()
     gallery: list = []

@@ -149,15 +149,15 @@ def main() -> None:
     if bad:
         ap.error(f"--sides must be multiples of 8 and at least 32, got {bad}")
     from qarad.backbone import Backbone, BackboneConfig
-    from qarad.data.mvtec import scan_mvtec
+    from qarad.data.layouts import scan
     from qarad.backbone import PatchEmbedder
     from qarad.synthesis.model import read_config
     from qarad.synthesis.pipeline import ARAS
 
     t0 = time.perf_counter()
     root, cat = common.DATASETS[args.dataset]
-    goods = [str(s.image) for s in scan_mvtec(args.data / root, cat, "test") if s.label == 0]
-    train = [str(s.image) for s in scan_mvtec(args.data / root, cat, "train")]
+    goods = [str(s.image) for s in scan(args.data / root, cat, "test", "mvtec") if s.label == 0]
+    train = [str(s.image) for s in scan(args.data / root, cat, "train", "mvtec")]
     model = ARAS.load(args.model)
     meta, fixed_s = read_config(args.model), fixed_stage_seconds(args.model)
     embedder = PatchEmbedder(Backbone(BackboneConfig(strides=(8, 16)))).eval()

@@ -4,7 +4,7 @@ Language-conditioned local auto-regressive anomaly synthesis (ARAS), quality-awa
 (QAW) and detection, after Qian et al., arXiv 2508.03539 (AAAI 2026).
 
 The verbs of the `qarad` command are functions here (qarad.fit, synth, score, train, evaluate,
-predict, export; see qarad.api) and the detectors objects (qarad.PatchCore, qarad.Segmenter).
+predict, export; see qarad.api; qarad.benchmark, see qarad.benchmarking) and the detectors objects (qarad.PatchCore, qarad.Segmenter).
 They are imported on first use, so `import qarad` stays cheap.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ _LAZY = {
     "FitConfig": "qarad.synthesis.model",
     "SamplerConfig": "qarad.synthesis.sampler_config",
     "load_detector": "qarad.runs",
+    "benchmark": "qarad.benchmarking",
+    "scan": "qarad.data.layouts", "list_categories": "qarad.data.layouts", "FolderSplit": "qarad.data.layouts",
 }
 __all__ = ["__version__", *_LAZY]
 

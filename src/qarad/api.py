@@ -5,6 +5,8 @@
 Each does the verb's work (progress bars on stderr included), writes the same folders the verb
 writes and returns what it made; the commands in `commands/` only turn flags into these arguments
 and print the result, and `demo.py` chains them. `import qarad` exposes them as `qarad.fit` etc.
+(`benchmark`, which chains train and evaluate over a dataset's categories, is in benchmarking.py.)
+Datasets are read through data/layouts.py (`layout`: mvtec, visa, btad, folder or auto).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +25,8 @@ import numpy as np
 from . import checkpoint, flags, runs
 from .data.io import (atomic_path, check_output_folder, discarded_on_failure, make_folder, write_image, write_json,
                       write_text)
-from .data.mvtec import expand_images, scan_mvtec, subsample
+from .data.layouts import FolderSplit, resolve_layout, scan
+from .data.mvtec import expand_images, subsample
 from .data.resolution import ResolutionPolicy
 from .progress import bar, loss_bar
 from .synthesis.sampler_config import SamplerConfig
@@ -65,19 +68,21 @@ class _FitBars:
 
 def fit(data: str | Path, category: str | list[str], out: str | Path, config: "FitConfig | None" = None,
         policy: ResolutionPolicy = ResolutionPolicy(), max_train_images: int | None = None,
-        overwrite: bool = False) -> Fitted:
+        overwrite: bool = False, layout: str = "auto", folder: FolderSplit | None = None) -> Fitted:
     """Fit an ARAS model (corpus, tokenizer, prior, refiner, QAW scorer) on the normal images of one
     category or several pooled; `out` resumes when it holds the same fit. `config` defaults to
-    `fit_config()`."""
+    `fit_config()`; `layout` and `folder` are the dataset's (data/layouts.py)."""
     from .synthesis import fit as F
     from .synthesis.model import FitData, ModelConfig
 
     out = check_output_folder(out)  # a file in the way or no permission: refuse before any work
     config = config or fit_config()
     categories = [category] if isinstance(category, str) else list(category)
+    layout = resolve_layout(data, layout, categories[0], folder)
     info = FitData(root=str(Path(data).resolve()), category=categories[0] if len(categories) == 1 else categories,
-                   max_train_images=max_train_images)
-    images = F.normal_images(data, categories, max_train_images, config.seed)
+                   max_train_images=max_train_images, layout=layout,
+                   folder=asdict(folder) if folder else None)
+    images = F.normal_images(data, categories, max_train_images, config.seed, layout, folder)
     seconds = F.fit_model(out, ModelConfig(config, policy, info), images, overwrite=overwrite, progress=_FitBars())
     return Fitted(out, seconds)
 
@@ -231,12 +236,12 @@ class Trained:
     already_trained: bool  # the same run was complete in `run`: nothing was done
 
 
-def train(data: str | Path, category: str, out: str | Path, detector: "PatchCoreConfig | SegmenterConfig",
-          training: QaradTraining = QaradTraining(), policy: ResolutionPolicy = ResolutionPolicy(),
-          max_train_images: int | None = None, device: str = "cpu", overwrite: bool = False) -> Trained:
-    """Train a detector into the run folder `out`: PatchCore for a PatchCoreConfig, the qarad detector
-    (with `training`) for a SegmenterConfig. The subset of `max_train_images` is drawn with the
-    detector's seed. A run already complete in `out` is kept as it is."""
+def run_config(data: str | Path, category: str, detector: "PatchCoreConfig | SegmenterConfig",
+               training: QaradTraining = QaradTraining(), policy: ResolutionPolicy = ResolutionPolicy(),
+               max_train_images: int | None = None, layout: str = "auto",
+               folder: FolderSplit | None = None) -> tuple[str, dict]:
+    """(method, config.json content) of the run `train` makes with these arguments: what a run
+    folder is compared with to tell whether it already holds this run."""
     from .detection.patchcore import PatchCoreConfig
     from .detection.segmenter import SegmenterConfig
 
@@ -248,13 +253,27 @@ def train(data: str | Path, category: str, out: str | Path, detector: "PatchCore
         method, configs = "qarad", (stored, detector)  # batch_size: the feature batch, not the head's
     else:
         raise TypeError(f"detector must be a PatchCoreConfig or a SegmenterConfig, got {type(detector).__name__}")
-    info = runs.RunData(root=str(Path(data).resolve()), category=category, max_train_images=max_train_images,
-                        seed=detector.seed)
-    config = runs.config_json(method, info, policy, runs.detector_settings(method, *configs))
     if method == "qarad" and "synthetic" in detector.negatives and not training.synth:
         raise ValueError("--method qarad needs --synth SYNTH_DIR (made by `qarad synth`, scored by `qarad score`), "
                          "or --negatives without 'synthetic' (perlin, feature)")
-    train_set = subsample(scan_mvtec(data, category, "train"), max_train_images, detector.seed)
+    info = runs.RunData(root=str(Path(data).resolve()), category=category, max_train_images=max_train_images,
+                        seed=detector.seed, layout=resolve_layout(data, layout, category, folder),
+                        folder=asdict(folder) if folder else None)
+    return method, runs.config_json(method, info, policy, runs.detector_settings(method, *configs))
+
+
+def train(data: str | Path, category: str, out: str | Path, detector: "PatchCoreConfig | SegmenterConfig",
+          training: QaradTraining = QaradTraining(), policy: ResolutionPolicy = ResolutionPolicy(),
+          max_train_images: int | None = None, device: str = "cpu", overwrite: bool = False,
+          layout: str = "auto", folder: FolderSplit | None = None) -> Trained:
+    """Train a detector into the run folder `out`: PatchCore for a PatchCoreConfig, the qarad detector
+    (with `training`) for a SegmenterConfig, on the normal images of `category` of the dataset at
+    `data` in `layout` (data/layouts.py; "auto" detects it, `folder` describes a plain-folder one).
+    The subset of `max_train_images` is drawn with the detector's seed. A run already complete in
+    `out` is kept as it is."""
+    method, config = run_config(data, category, detector, training, policy, max_train_images, layout, folder)
+    train_set = subsample(scan(data, category, "train", config["data"]["layout"], folder), max_train_images,
+                          detector.seed)
     out = Path(out)
     fresh = not out.exists()
     if runs.prepare(out, config, overwrite):
@@ -309,11 +328,13 @@ def _train_qarad(config: "SegmenterConfig", training: QaradTraining, policy: Res
 
 
 def evaluate(run: str | Path, data: str | Path | None = None, allow_missing_masks: bool = False,
-             batch_size: int = 8, device: str = "cpu", curves: bool = False, pixel_metrics: str = "auto") -> dict:
+             batch_size: int = 8, device: str = "cpu", curves: bool = False, pixel_metrics: str = "auto",
+             layout: str | None = None, folder: FolderSplit | None = None) -> dict:
     """Evaluate a trained run on its category's test split (under `data`, default the root it was
-    trained on); writes RUN/metrics.json, RUN/scores.csv and RUN/report.html and returns
-    metrics.json's content (with the plotted curves when `curves`). `pixel_metrics`: auto, exact or
-    streaming (qarad.metrics; auto streams above metrics.EXACT_PIXEL_LIMIT graded pixels)."""
+    trained on; in `layout` with `folder`, default the run's); writes RUN/metrics.json, RUN/scores.csv
+    and RUN/report.html and returns metrics.json's content (with the plotted curves when `curves`).
+    `pixel_metrics`: auto, exact or streaming (qarad.metrics; auto streams above
+    metrics.EXACT_PIXEL_LIMIT graded pixels)."""
     from .detection.evaluate import evaluate as evaluate_split
     from .report.pages import REPORT, run_report
 
@@ -321,7 +342,10 @@ def evaluate(run: str | Path, data: str | Path | None = None, allow_missing_mask
     check_output_folder(run)  # metrics.json goes here: refuse an unwritable run before evaluating
     detector = runs.load_detector(run, device)
     root = Path(data or cfg["data"]["root"])
-    test = scan_mvtec(root, cfg["data"]["category"], "test", allow_missing_masks=allow_missing_masks)
+    stored = cfg["data"].get("folder")
+    folder = folder or (FolderSplit(**stored) if stored and layout in (None, "auto", "folder") else None)
+    test = scan(root, cfg["data"]["category"], "test", layout or cfg["data"].get("layout", "mvtec"), folder,
+                allow_missing_masks)
     with bar(len(test), "eval") as tick:
         ev = evaluate_split(detector, test, batch_size, on_image=tick, pixel_mode=pixel_metrics)
     result = {"method": cfg["method"], "category": cfg["data"]["category"], "policy": cfg["policy"],

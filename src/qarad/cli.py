@@ -6,11 +6,12 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .flags import add_flags, add_policy_flags
+from .flags import add_dataset_flags, add_flags, add_policy_flags
 from .synthesis.sampler_config import SamplerConfig
 
 EXAMPLES = {
     "train": "qarad train --method patchcore --data ../shared/data/mpdd --category metal_plate --out runs/mpdd",
+    "benchmark": "qarad benchmark --data ../shared/data/mpdd --method patchcore --out runs/bench-mpdd",
     "eval": "qarad eval runs/mpdd",
     "predict": "qarad predict runs/mpdd new_images/ --out runs/mpdd/predictions",
     "export": "qarad export runs/mpdd --format onnx --out mpdd.onnx",
@@ -26,17 +27,10 @@ def _sub(subs, name: str, help_text: str) -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def main_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="qarad", description="Offline industrial anomaly synthesis and detection.")
-    ap.add_argument("--version", action="version", version=f"qarad {__version__}")
-    subs = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
-
-    p = _sub(subs, "train", "Train a detector on the normal images of one category (MVTec AD layout).")
+def _add_detector_flags(p: argparse.ArgumentParser, synth_help: str | None = None) -> None:
+    """The detector's settings, shared by `train` and `benchmark` (commands.detect.detector_configs reads them)."""
     p.add_argument("--method", choices=["patchcore", "qarad"], default="patchcore",
                    help="patchcore: memory bank, no synthesis; qarad: head trained on normal + synthetic defects")
-    p.add_argument("--data", type=Path, required=True, help="dataset root holding CATEGORY/train/good")
-    p.add_argument("--category", required=True)
-    p.add_argument("--out", type=Path, required=True, help="run folder to create")
     add_policy_flags(p)
     p.add_argument("--coreset-ratio", type=float, default=0.1, help="fraction of patches kept (default 0.1)")
     p.add_argument("--memory-limit", type=int, default=None, help="cap on memory-bank rows (default: none)")
@@ -45,14 +39,15 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train-images", type=int, default=None,
                    help="fit on a reproducible random subset of this many normal images")
     g = p.add_argument_group("qarad method")
-    g.add_argument("--synth", type=Path, help="synthetic defects folder (qarad synth, then qarad score)")
+    g.add_argument("--synth", type=Path,
+                   help=synth_help or "synthetic defects folder (qarad synth, then qarad score)")
     g.add_argument("--weighting", choices=["none", "linear", "softmax"], default="linear",
                    help="QAW calibration of sample weights (default linear)")
     g.add_argument("--negatives", nargs="+", choices=["synthetic", "perlin", "feature"],
                    default=["synthetic", "perlin"],
                    help="defects the head learns from: synthetic (--synth, QAW-weighted), perlin (DRAEM-style "
-                        "texture patches on the normal images), feature (noise in feature space; measured "
-                        "worse, BENCHMARKS.md). Default: synthetic perlin")
+                        "texture patches on the normal images; needs no ARAS model), feature (noise in feature "
+                        "space; measured worse, BENCHMARKS.md). Default: synthetic perlin")
     g.add_argument("--perlin-samples", type=int, default=200, help="Perlin texture patches drawn (default 200)")
     g.add_argument("--no-residual", dest="residual", action="store_false",
                    help="head reads frozen features only, not the residual to the memory bank")
@@ -65,10 +60,36 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
 
+
+def main_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="qarad", description="Offline industrial anomaly synthesis and detection.")
+    ap.add_argument("--version", action="version", version=f"qarad {__version__}")
+    subs = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = _sub(subs, "train", "Train a detector on the normal images of one category (MVTec AD, VisA, BTAD or folders).")
+    p.add_argument("--data", type=Path, required=True, help="dataset root (holding CATEGORY/train/good for MVTec AD)")
+    p.add_argument("--category", required=True, help="category (for --layout folder: the name of the dataset)")
+    p.add_argument("--out", type=Path, required=True, help="run folder to create")
+    add_dataset_flags(p)
+    _add_detector_flags(p)
+
+    p = _sub(subs, "benchmark", "Train and evaluate a method on every category of a dataset root (or the ones "
+                                "listed): one run per category, resumable, and a table (Markdown, CSV, JSON).")
+    p.add_argument("--data", type=Path, required=True, help="dataset root")
+    p.add_argument("--categories", nargs="+", help="categories to run (default: every category of the root)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="benchmark folder: OUT/runs/CATEGORY run folders, OUT/benchmark.{md,csv,json}; a rerun "
+                        "skips the finished categories")
+    add_dataset_flags(p)
+    p.add_argument("--allow-missing-masks", action="store_true",
+                   help="use defect images without masks for image metrics only")
+    _add_detector_flags(p, synth_help="a folder of synthetic-defect folders, one per category: SYNTH/CATEGORY")
+
     p = _sub(subs, "eval", "Evaluate a trained run on its category's test split; writes RUN/metrics.json and "
                            "RUN/report.html.")
     p.add_argument("run", type=Path)
     p.add_argument("--data", type=Path, help="override the dataset root stored in the run")
+    add_dataset_flags(p, run_default=True)
     p.add_argument("--allow-missing-masks", action="store_true",
                    help="use defect images without masks for image metrics only")
     p.add_argument("--pixel-metrics", choices=["auto", "exact", "streaming"], default="auto",
@@ -92,10 +113,11 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a different file already at --out")
 
     p = _sub(subs, "fit", "Fit ARAS (corpus, VQ tokenizer, text-conditioned prior) on a category's normal images.")
-    p.add_argument("--data", type=Path, required=True, help="dataset root holding CATEGORY/train/good")
+    p.add_argument("--data", type=Path, required=True, help="dataset root (holding CATEGORY/train/good for MVTec AD)")
     p.add_argument("--category", required=True, nargs="+",
                    help="one category, or several whose normal images are pooled into one model")
     p.add_argument("--out", type=Path, required=True, help="model folder (resumes if it holds the same fit)")
+    add_dataset_flags(p)
     add_policy_flags(p)
     p.add_argument("--window", type=int, default=64,
                    help="working px a side of the local window the prior sees (multiple of 8; default 64)")

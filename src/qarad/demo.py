@@ -21,7 +21,7 @@ import torch
 from . import api, runs
 from .data.demo import DemoConfig, make_demo_dataset
 from .data.io import write_json
-from .data.mvtec import scan_mvtec
+from .data.layouts import scan
 from .data.resolution import ResolutionPolicy
 from .detection.inference import score_images
 from .metrics import METRICS
@@ -103,7 +103,7 @@ def _train(plan: DemoPlan, data: Path, category: str, method: str, run: Path, sy
 
 def _heat_cards(run: Path, data: Path, category: str, limit: int) -> list[tuple[np.ndarray, str]]:
     detector = runs.load_detector(run)
-    test = [s for s in scan_mvtec(data, category, "test") if s.label == 1][:limit]
+    test = [s for s in scan(data, category, "test", "mvtec") if s.label == 1][:limit]
     cards = []
     for sample, res in zip(test, score_images(detector, [s.image for s in test])):
         full = res.layout.to_source(torch.from_numpy(res.anomaly_map)).numpy()

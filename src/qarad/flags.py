@@ -74,3 +74,47 @@ def policy_from_args(args: argparse.Namespace):
     from .data.resolution import ResolutionPolicy  # imports torch: only once a verb runs
 
     return ResolutionPolicy(mode=args.policy, size=args.size, scale=args.scale, overlap=args.overlap)
+
+
+LAYOUT_CHOICES = ("auto", "mvtec", "visa", "btad", "folder")  # "auto" + data.layouts.LAYOUTS (torch-free here)
+
+
+def add_dataset_flags(parser: argparse.ArgumentParser, run_default: bool = False) -> None:
+    """--layout and the folder layout's --normal-dir ... (read back with `folder_from_args`).
+    `run_default`: for a verb that reads a trained run: only --layout, whose default is the run's
+    (a folder-layout run keeps its folders)."""
+    g = parser.add_argument_group("dataset layout (data/layouts.py)")
+    layouts = "mvtec (CAT/train/good), visa (split_csv/1cls.csv), btad (NN/train/ok), folder (--normal-dir ...)"
+    if run_default:
+        g.add_argument("--layout", choices=LAYOUT_CHOICES, default=None,
+                       help=f"{layouts}; auto: what the root holds. Default: the run's")
+        return
+    g.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto",
+                   help=f"{layouts}; auto (default): folder when --normal-dir is given, else what the root holds")
+    g.add_argument("--normal-dir", help="folder layout: normal images (relative to --data, or absolute)")
+    g.add_argument("--abnormal-dir", help="folder layout: defective test images")
+    g.add_argument("--mask-dir", help="folder layout: masks of the defective images, <stem>.png or <stem>_mask.png")
+    g.add_argument("--normal-test-dir",
+                   help="folder layout: normal test images; without it a seeded share of --normal-dir is held "
+                        "out for test (never trained on)")
+    g.add_argument("--test-split-ratio", type=float, default=0.2,
+                   help="folder layout: share of --normal-dir held out for test without --normal-test-dir "
+                        "(default 0.2)")
+    g.add_argument("--split-seed", type=int, default=0,
+                   help="folder layout: seed of that held-out share (default 0; part of the dataset, not of "
+                        "the run, so fit, train and benchmark hold out the same images)")
+
+
+def folder_from_args(args: argparse.Namespace):
+    """The FolderSplit that `add_dataset_flags`' folder flags describe, or None without --normal-dir."""
+    from .data.layouts import FolderSplit
+
+    folder_flags = ("abnormal_dir", "mask_dir", "normal_test_dir")
+    if args.normal_dir is None:
+        given = [f"--{name.replace('_', '-')}" for name in folder_flags if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} need --normal-dir (the folder layout)")
+        return None
+    return FolderSplit(args.normal_dir, args.abnormal_dir, args.mask_dir, args.normal_test_dir,
+                       args.test_split_ratio, args.split_seed)
+

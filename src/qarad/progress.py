@@ -32,3 +32,9 @@ def loss_bar(total: int, desc: str, start: int = 0) -> Iterator[Callable[[float]
             t.update(1)
 
         yield tick
+
+
+def note(text: str) -> None:
+    """One line of progress on stderr (hidden with the bars by QARAD_PROGRESS=0)."""
+    if os.environ.get("QARAD_PROGRESS") != "0":
+        print(text, file=sys.stderr, flush=True)

@@ -7,11 +7,12 @@ RUN/metrics.json  written by `qarad eval`, with RUN/scores.csv and RUN/report.ht
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from . import __version__, checkpoint
 from .data.io import make_folder, write_json
+from .data.layouts import FolderSplit
 from .data.resolution import ResolutionPolicy
 
 CONFIG = "config.json"
@@ -33,6 +34,8 @@ class RunData:
     category: str
     max_train_images: int | None
     seed: int
+    layout: str = "mvtec"  # data/layouts.py; runs written before layouts existed read MVTec AD trees
+    folder: dict | None = None  # the folder layout's FolderSplit
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,22 @@ def prepare(out: Path, config: dict, overwrite: bool = False) -> bool:
     if any(out.iterdir()) and not overwrite:
         if not existing.is_file():
             raise RunError(f"{out}: folder is not empty and is not a qarad run; choose another --out")
-        old = _read_json(existing)
-        if {k: v for k, v in old.items() if k != "qarad_version"} != config:
+        if not holds(out, config):
             raise RunError(f"{out}: holds a different run ({existing}); choose another --out or pass --overwrite")
         return (out / f"{MODEL}.safetensors").is_file() and (out / f"{MODEL}.json").is_file()
     write_json(existing, {"qarad_version": __version__, **config})
     return False
+
+
+def holds(run: Path, config: dict) -> bool:
+    """Whether RUN/config.json describes `config` (api.run_config's; qarad_version aside)."""
+    path = Path(run) / CONFIG
+    if not path.is_file():
+        return False
+    old = {k: v for k, v in _read_json(path).items() if k != "qarad_version"}
+    if isinstance(old.get("data"), dict):  # a run written before a RunData field existed has its default
+        old["data"] = {**{f.name: f.default for f in fields(RunData) if f.default is not MISSING}, **old["data"]}
+    return old == config
 
 
 def _read_json(path: Path) -> dict:
@@ -115,7 +128,9 @@ def read_config(run: Path) -> dict:
     if config["method"] not in DETECTORS:
         raise RunError(f"{path}: unknown method {config['method']!r}; expected one of {sorted(DETECTORS)}")
     try:
-        checkpoint.build_config(RunData, config["data"], f"{path} (data)")
+        data = checkpoint.build_config(RunData, config["data"], f"{path} (data)")
+        if data.folder is not None:
+            checkpoint.build_config(FolderSplit, data.folder, f"{path} (data.folder)")
         checkpoint.build_config(ResolutionPolicy, config["policy"], f"{path} (policy)")
         checkpoint.build_config(DETECTORS[config["method"]], config["detector"], f"{path} (detector)")
     except checkpoint.CheckpointError as exc:

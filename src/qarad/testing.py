@@ -1,8 +1,10 @@
 """Tiny generated data and random-weight models, for tests, benchmarks and smoke checks.
 
 Nothing here is fitted or measured: `make_mvtec_tree` writes a fake MVTec AD tree (grey noise,
-bright squares as defects) and `make_tiny_aras` a randomly initialised ARAS model folder in the
-layout `qarad fit` writes (synthesis/model.py), so that commands can run in seconds.
+bright squares as defects), `make_visa_tree`, `make_btad_tree` and `make_folder_tree` the same
+kind of images in the other dataset layouts (data/layouts.py), and `make_tiny_aras` a randomly
+initialised ARAS model folder in the layout `qarad fit` writes (synthesis/model.py), so that
+commands can run in seconds.
 """
 from __future__ import annotations
 
@@ -76,6 +78,100 @@ def make_mvtec_tree(root: Path, category: str = "widget", n_train: int = 6, n_go
         Image.fromarray(mask).save(cat / "ground_truth" / kind / f"{stem}_mask.png")
     return root
 
+
+def defect_image(rng: np.random.Generator, i: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(image uint8 (H, W, 3), mask bool (H, W)) of defect image i: texture with the bright square of
+    `defect_box(i, size)`."""
+    image = texture(rng, size)
+    mask = np.zeros(size, dtype=bool)
+    y0, y1, x0, x1 = defect_box(i, size)
+    image[y0:y1, x0:x1] = 255
+    mask[y0:y1, x0:x1] = True
+    return image, mask
+
+
+def make_visa_tree(root: Path, objects: tuple[str, ...] = ("candle",), n_train: int = 6, n_good: int = 3,
+                   n_defect: int = 3, size: tuple[int, int] = (48, 64)) -> Path:
+    """Write a tiny VisA tree under `root` and return `root`.
+
+    root/split_csv/1cls.csv                              object,split,label,image,mask (paths relative to root)
+    root/OBJECT/Data/Images/Normal/0000.JPG ...          n_train + n_good normal images (train first)
+    root/OBJECT/Data/Images/Anomaly/000.JPG ...          n_defect images with the bright square
+    root/OBJECT/Data/Masks/Anomaly/000.png               its mask: 255 on even i, 1 on odd i (VisA has both)
+
+    JPEGs at quality 95 as in VisA; deterministic for given arguments. Calling it again replaces the
+    csv with one for the objects of that call only.
+    """
+    root = Path(root)
+    rows = []
+    for obj in objects:
+        rng = np.random.default_rng([n_train, n_good, n_defect, *size, *obj.encode()])
+        data = root / obj / "Data"
+        for folder in ("Images/Normal", "Images/Anomaly", "Masks/Anomaly"):
+            (data / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n_train + n_good):
+            name = f"Images/Normal/{i:04d}.JPG"
+            Image.fromarray(texture(rng, size)).save(data / name, quality=95)
+            rows.append((obj, "train" if i < n_train else "test", "normal", f"{obj}/Data/{name}", ""))
+        for i in range(n_defect):
+            image, mask = defect_image(rng, i, size)
+            Image.fromarray(image).save(data / f"Images/Anomaly/{i:03d}.JPG", quality=95)
+            value = 255 if i % 2 == 0 else 1
+            Image.fromarray(mask.astype(np.uint8) * value).save(data / f"Masks/Anomaly/{i:03d}.png")
+            rows.append((obj, "test", "anomaly", f"{obj}/Data/Images/Anomaly/{i:03d}.JPG",
+                         f"{obj}/Data/Masks/Anomaly/{i:03d}.png"))
+    (root / "split_csv").mkdir(parents=True, exist_ok=True)
+    lines = ["object,split,label,image,mask", *(",".join(r) for r in rows)]
+    (root / "split_csv" / "1cls.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_btad_tree(root: Path, category: str = "01", n_train: int = 6, n_good: int = 3, n_defect: int = 3,
+                   size: tuple[int, int] = (48, 64), image_suffix: str = ".bmp", mask_suffix: str = ".png") -> Path:
+    """Write a tiny BTAD tree under `root` and return `root`.
+
+    root/NN/train/ok/0000.bmp ...          n_train normal images
+    root/NN/test/ok/0000.bmp ...           n_good normal images
+    root/NN/test/ko/0000.bmp ...           n_defect images with the bright square
+    root/NN/ground_truth/ko/0000.png       0/255 mask, same stem as its image
+
+    BTAD's product 01 has .bmp images and .png masks; pass the suffixes for other mixes.
+    Calling it again with another category adds it beside the first.
+    """
+    root = Path(root)
+    cat = root / category
+    rng = np.random.default_rng([n_train, n_good, n_defect, *size, *category.encode()])
+    for folder in ("train/ok", "test/ok", "test/ko", "ground_truth/ko"):
+        (cat / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(n_train):
+        Image.fromarray(texture(rng, size)).save(cat / "train" / "ok" / f"{i:04d}{image_suffix}")
+    for i in range(n_good):
+        Image.fromarray(texture(rng, size)).save(cat / "test" / "ok" / f"{i:04d}{image_suffix}")
+    for i in range(n_defect):
+        image, mask = defect_image(rng, i, size)
+        Image.fromarray(image).save(cat / "test" / "ko" / f"{i:04d}{image_suffix}")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(cat / "ground_truth" / "ko" / f"{i:04d}{mask_suffix}")
+    return root
+
+
+def make_folder_tree(root: Path, n_normal: int = 10, n_abnormal: int = 3, size: tuple[int, int] = (48, 64),
+                     n_normal_test: int = 0) -> Path:
+    """Write plain folders under `root` and return `root`: root/good (n_normal normal images),
+    root/bad (n_abnormal with the bright square), root/masks/<stem>_mask.png (0/255) and, when
+    n_normal_test > 0, root/good_test."""
+    root = Path(root)
+    rng = np.random.default_rng([n_normal, n_abnormal, n_normal_test, *size])
+    for folder in ("good", "bad", "masks", *(["good_test"] if n_normal_test else [])):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(n_normal):
+        Image.fromarray(texture(rng, size)).save(root / "good" / f"{i:03d}.png")
+    for i in range(n_normal_test):
+        Image.fromarray(texture(rng, size)).save(root / "good_test" / f"{i:03d}.png")
+    for i in range(n_abnormal):
+        image, mask = defect_image(rng, i, size)
+        Image.fromarray(image).save(root / "bad" / f"d{i:03d}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"d{i:03d}_mask.png")
+    return root
 
 
 def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0, refiner: bool = True,

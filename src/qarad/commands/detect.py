@@ -5,11 +5,12 @@ from pathlib import Path
 
 from .. import api
 from ..data.io import check_output_folder
-from ..flags import policy_from_args
+from ..flags import folder_from_args, policy_from_args
 from ..metrics import LABELS, METRICS
 
 
-def train(args) -> int:
+def detector_configs(args) -> tuple:
+    """(detector config, api.QaradTraining) from the flags cli._add_detector_flags defines."""
     from ..detection.patchcore import PatchCoreConfig
     from ..detection.segmenter import SegmenterConfig
 
@@ -21,13 +22,33 @@ def train(args) -> int:
                                    residual=args.residual, fusion=args.fusion, search=args.search)
     training = api.QaradTraining(synth=args.synth, weighting=args.weighting, max_normal_views=args.max_normal_views,
                                  perlin_samples=args.perlin_samples, batch_size=args.batch_size)
+    return detector, training
+
+
+def train(args) -> int:
+    detector, training = detector_configs(args)
     done = api.train(args.data, args.category, args.out, detector, training, policy_from_args(args),
-                     args.max_train_images, args.device, args.overwrite)
+                     args.max_train_images, args.device, args.overwrite, args.layout,
+                     folder_from_args(args))
     if done.already_trained:
         print(f"{args.out}: this run is already trained; nothing to do (pass --overwrite to retrain)")
     else:
         print(f"trained {done.method} on {done.n_images} normal images, threshold {done.threshold:.4f}\n"
               f"run folder: {args.out}")
+    return 0
+
+
+def benchmark(args) -> int:
+    from ..benchmarking import benchmark as run_benchmark
+
+    detector, training = detector_configs(args)
+    done = run_benchmark(args.data, args.out, detector, training, policy_from_args(args), args.categories,
+                         args.layout, folder_from_args(args), args.max_train_images,
+                         args.allow_missing_masks, args.batch_size, args.device, args.overwrite)
+    print(done.markdown)
+    skipped = f" ({len(done.skipped)} finished earlier, skipped)" if done.skipped else ""
+    print(f"{len(done.rows)} {'category' if len(done.rows) == 1 else 'categories'}{skipped}\n"
+          f"tables: {', '.join(str(p) for p in done.tables)}")
     return 0
 
 
@@ -40,7 +61,7 @@ def format_table(overall: dict, per_type: dict) -> str:
 
 def eval(args) -> int:  # noqa: A001 (the verb's name)
     result = api.evaluate(args.run, args.data, args.allow_missing_masks, args.batch_size, args.device,
-                          pixel_metrics=args.pixel_metrics)
+                          pixel_metrics=args.pixel_metrics, layout=args.layout)
     print(format_table(result["overall"], result["per_type"]))
     print(f"pixel metrics: {result['pixel_metrics']['mode']} over {result['pixel_metrics']['pixels']} pixels\n"
           f"metrics: {Path(args.run) / 'metrics.json'}\nreport: {Path(args.run) / 'report.html'}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import api, flags
-from ..flags import policy_from_args
+from ..flags import folder_from_args, policy_from_args
 from ..synthesis.sampler_config import SamplerConfig
 
 
@@ -14,7 +14,7 @@ def fit(args) -> int:
                             prior_steps=args.prior_steps, refiner_steps=args.refiner_steps, qaw_steps=args.qaw_steps,
                             batch_size=args.batch_size, seed=args.seed)
     done = api.fit(args.data, args.category, args.out, config, policy_from_args(args), args.max_train_images,
-                   args.overwrite)
+                   args.overwrite, args.layout, folder_from_args(args))
     print(f"ARAS model: {done.model} (fit time {done.seconds / 60:.1f} min)")
     return 0
 

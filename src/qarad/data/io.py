@@ -112,21 +112,32 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return h, w
 
 
-def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+MASK_ENCODINGS = ("binary", "nonzero")
+
+
+def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None, encoding: str = "binary") -> np.ndarray:
     """Read a binary defect mask (0 = normal, anything at full scale = defect) as bool (H, W).
 
     Accepted encodings are {0, 255}, {0, 1} and {0, 65535}. Soft or multi-level masks are refused
-    rather than guessed at: binarise them yourself at the threshold you mean.
+    rather than guessed at: binarise them yourself at the threshold you mean. `encoding="nonzero"`
+    reads every nonzero pixel as defect, for datasets whose masks are documented that way (VisA's
+    carry values other than 0/255; its reference preparation sets every nonzero pixel to 255).
     """
+    if encoding not in MASK_ENCODINGS:
+        raise ValueError(f"mask encoding must be one of {MASK_ENCODINGS}, got {encoding!r}")
     with _opened(path, MAX_PIXELS) as img:
         if img.mode in ("RGB", "RGBA", "P", "LA"):
-            img = img.convert("L")
-        arr = np.asarray(img)
+            if encoding == "nonzero":  # any colour channel set counts (luminance could round it to 0)
+                arr = np.asarray(img.convert("RGB")).max(axis=2)
+            else:
+                arr = np.asarray(img.convert("L"))
+        else:
+            arr = np.asarray(img)
     if arr.ndim != 2:
         raise ImageError(path, f"mask must be single-channel, got shape {arr.shape}")
     values = np.unique(arr)
     top = values.max(initial=0)
-    if not (set(values.tolist()) <= {0, top} and top in (0, 1, 255, 65535, True)):
+    if encoding == "binary" and not (set(values.tolist()) <= {0, top} and top in (0, 1, 255, 65535, True)):
         shown = ", ".join(str(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
         raise ImageError(path, f"mask has values other than 0/255 ({shown}); binarise it first")
     if shape is not None and arr.shape != tuple(shape):

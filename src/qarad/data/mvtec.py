@@ -24,6 +24,7 @@ class Sample:
     image: Path
     defect_type: str  # "good" for normal images
     mask: Path | None = None  # None for normal images (all-normal ground truth)
+    mask_encoding: str = "binary"  # how read_mask reads it: "binary" (0/255, 0/1) or "nonzero" (VisA)
 
     @property
     def label(self) -> int:

@@ -69,7 +69,7 @@ def graded_pair(layout, anomaly_map: np.ndarray, sample: Sample, at_source: bool
     """The (map, ground-truth mask) pair that pixel metrics grade; mask None = image metrics only."""
     graded = layout.to_source(torch.from_numpy(anomaly_map)).numpy() if at_source else anomaly_map
     if sample.mask is not None:
-        mask = read_mask(sample.mask, layout.source_hw)
+        mask = read_mask(sample.mask, layout.source_hw, sample.mask_encoding)
         return graded, mask.astype(bool) if at_source else layout.mask_to_work(mask)
     if sample.defect_type == NORMAL:
         return graded, np.zeros(graded.shape, dtype=bool)

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from .. import checkpoint
 from ..backbone import Backbone, BackboneConfig
 from ..data.io import discarded_on_failure, read_image, write_json
-from ..data.mvtec import scan_mvtec, subsample
+from ..data.layouts import FolderSplit, scan
+from ..data.mvtec import subsample
 from ..data.resolution import ResolutionPolicy
 from ..defects.corpus import CorpusConfig, make_sample
 from ..defects.renderer import FAMILIES
@@ -294,9 +295,10 @@ class FitProgress:
         return nullcontext(lambda loss: None)
 
 
-def normal_images(root: Path, categories: list[str], limit: int | None, seed: int) -> list[Path]:
+def normal_images(root: Path, categories: list[str], limit: int | None, seed: int, layout: str = "auto",
+                  folder: FolderSplit | None = None) -> list[Path]:
     """The training images of `categories` pooled, as a reproducible subset of at most `limit`."""
-    train = [s for category in categories for s in scan_mvtec(root, category, "train")]
+    train = [s for category in categories for s in scan(root, category, "train", layout, folder)]
     return [s.image for s in subsample(train, limit, seed)]
 
 

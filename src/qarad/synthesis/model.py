@@ -116,6 +116,8 @@ class FitData:
     root: str | None = None
     category: str | list[str] | None = None
     max_train_images: int | None = None
+    layout: str = "mvtec"  # data/layouts.py; models fitted before layouts existed read MVTec AD trees
+    folder: dict | None = None  # the folder layout's FolderSplit
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,10 @@ def prepare_folder(out: str | Path, config: ModelConfig, overwrite: bool = False
     out = Path(out)
     path = out / CONFIG
     if path.is_file():
-        if checkpoint.load_config(path) != config_json(config):
+        old = checkpoint.load_config(path)
+        if isinstance(old.get("data"), dict):  # a model fitted before a FitData field existed has its default
+            old["data"] = {**asdict(FitData()), **old["data"]}
+        if old != config_json(config):
             if not overwrite:
                 raise ValueError(f"{out}: holds an ARAS model fitted with other settings; choose another --out "
                                  "or pass --overwrite")

@@ -1,0 +1,179 @@
+"""`qarad benchmark`: one method trained and evaluated on every category of a dataset root, resumably,
+with one table per run in the shape of the paper's tables (a row per category and their mean; the
+seven metrics `qarad eval` reports, fit seconds and test images per second).
+
+    OUT/runs/CATEGORY/           the category's run folder (api.train, then api.evaluate)
+    OUT/runs/CATEGORY/fit.json   wall seconds of its training, written right after it
+    OUT/runs/CATEGORY/row.json   its table row, written last: the category is finished when this exists
+                                 and its run's config.json is the run these settings make
+    OUT/benchmark.md|csv|json    the table over this call's categories (JSON: with the settings)
+
+Every file is written atomically, so a killed benchmark leaves either a finished category or one
+that a rerun completes (a trained run whose evaluation was cut short is evaluated, not retrained).
+This module owns that folder; `qarad.benchmark` is its `benchmark`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import api, runs
+from .data.io import check_output_folder, make_folder, write_json, write_text
+from .data.layouts import FolderSplit, list_categories, resolve_layout
+from .data.mvtec import DatasetError
+from .data.resolution import ResolutionPolicy
+from .metrics import LABELS, METRICS
+from .progress import note
+
+if TYPE_CHECKING:
+    from .detection.patchcore import PatchCoreConfig
+    from .detection.segmenter import SegmenterConfig
+
+RUNS = "runs"
+FIT = "fit.json"
+ROW = "row.json"
+TABLE = "benchmark"  # OUT/benchmark.md, .csv, .json
+COLUMNS = (*METRICS, "fit_s", "test_images_per_s")  # table columns after the category
+COUNTS = ("n_train", "n_test")  # in each row, not averaged
+HEADINGS = {**LABELS, "fit_s": "fit s", "test_images_per_s": "img/s"}
+MEAN = "mean"
+
+
+@dataclass(frozen=True)
+class Benchmarked:
+    folder: Path
+    method: str
+    rows: dict[str, dict]  # category -> metrics, fit_s, test_images_per_s, n_train, n_test
+    mean: dict[str, float]  # over the categories, per column (NaN when a category has none)
+    skipped: list[str]  # categories finished by an earlier call
+    markdown: str
+    tables: list[Path]  # OUT/benchmark.md, .csv, .json
+
+
+def benchmark(data: str | Path, out: str | Path, detector: "PatchCoreConfig | SegmenterConfig",
+              training: api.QaradTraining = api.QaradTraining(), policy: ResolutionPolicy = ResolutionPolicy(),
+              categories: list[str] | None = None, layout: str = "auto", folder: FolderSplit | None = None,
+              max_train_images: int | None = None, allow_missing_masks: bool = False, batch_size: int = 8,
+              device: str = "cpu", overwrite: bool = False) -> Benchmarked:
+    """Train (`api.train`) and evaluate (`api.evaluate`) `detector` on each of `categories` (default:
+    every category of the root) into OUT/runs/CATEGORY, skipping the finished ones, then write the
+    table. The qarad method's `training.synth`, when given, is a folder of synth folders, one per
+    category (SYNTH/CATEGORY). `overwrite` retrains a category whose folder holds a different run."""
+    out = check_output_folder(out)
+    if out.is_dir() and any(out.iterdir()) and not ((out / RUNS).is_dir() or (out / f"{TABLE}.json").is_file()):
+        raise runs.RunError(f"{out}: folder is not empty and is not a qarad benchmark; choose another --out")
+    layout = resolve_layout(data, layout, categories[0] if categories else None, folder)
+    available = list_categories(data, layout, folder)
+    categories = list(categories or available)
+    unknown = [c for c in categories if c not in available and layout != "folder"]
+    if unknown:
+        raise DatasetError(f"{data}: no category {', '.join(map(repr, unknown))} in this {layout} dataset; "
+                           f"its categories are {', '.join(available)}")
+    plans = {}  # category -> (its training, method, the run's config.json): every setting checked before any work
+    for category in categories:
+        own = replace(training, synth=Path(training.synth) / category) if training.synth else training
+        if own.synth and not Path(own.synth).is_dir():
+            raise ValueError(f"{own.synth}: no synthetic-defect folder for category {category!r} (benchmark "
+                             f"--synth SYNTH reads SYNTH/CATEGORY)")
+        plans[category] = (own, *api.run_config(data, category, detector, own, policy, max_train_images, layout,
+                                                folder))
+    method = plans[categories[0]][1]
+    rows, skipped = {}, []
+    for i, category in enumerate(categories, 1):
+        own, _, config = plans[category]
+        run = out / RUNS / category
+        step = f"benchmark [{i}/{len(categories)}] {category}"
+        if (run / ROW).is_file() and runs.holds(run, config):
+            rows[category] = json.loads((run / ROW).read_text())
+            skipped.append(category)
+            note(f"{step}: finished earlier, skipped")
+            continue
+        rows[category] = _run_category(step, data, category, run, config, detector, own, policy, max_train_images,
+                                       layout, folder, allow_missing_masks, batch_size, device, overwrite)
+    return _write_tables(out, data, layout, method, config_settings(plans[categories[0]][2]), rows, skipped)
+
+
+def _run_category(step: str, data, category: str, run: Path, config: dict, detector, training, policy,
+                  max_train_images, layout, folder, allow_missing_masks: bool, batch_size: int, device: str,
+                  overwrite: bool) -> dict:
+    fit = run / FIT
+    replace_run = overwrite and (run / runs.CONFIG).is_file() and not runs.holds(run, config)
+    if replace_run:  # another run's time and row must never vouch for this one
+        (run / ROW).unlink(missing_ok=True)
+        fit.unlink(missing_ok=True)
+    note(f"{step}: train")
+    start = time.perf_counter()
+    # a different run in `run` is refused here (unless overwrite), before anything in it is touched
+    done = api.train(data, category, run, detector, training, policy, max_train_images, device, replace_run, layout,
+                     folder)
+    if done.already_trained and not fit.is_file():  # trained, but killed before its time was written
+        note(f"{step}: its training time was not recorded; training again")
+        start = time.perf_counter()
+        done = api.train(data, category, run, detector, training, policy, max_train_images, device, True, layout,
+                         folder)
+    if not done.already_trained:
+        write_json(fit, {"fit_s": round(time.perf_counter() - start, 2)})
+    fit_s = json.loads(fit.read_text())["fit_s"]
+    note(f"{step}: eval")
+    result = api.evaluate(run, allow_missing_masks=allow_missing_masks, batch_size=batch_size, device=device)
+    row = {m: result["overall"][m] for m in METRICS}
+    row.update(fit_s=fit_s, test_images_per_s=round(result["test_images_per_s"], 3), n_train=done.n_images,
+               n_test=result["overall"]["n_images"])
+    write_json(run / ROW, row)
+    note(f"{step}: done (image AUROC {row['image_auroc']:.3f}, AUPRO {row['aupro']:.3f})")
+    return row
+
+
+def config_settings(config: dict) -> dict:
+    """What a benchmark's runs share: a run's config.json less its category."""
+    data = {k: v for k, v in config["data"].items() if k != "category"}
+    return {"method": config["method"], "data": data, "policy": config["policy"], "detector": config["detector"]}
+
+
+def _mean(rows: dict[str, dict]) -> dict[str, float]:
+    return {c: sum(r[c] for r in rows.values()) / len(rows) for c in COLUMNS}  # NaN stays NaN
+
+
+def _cell(value: float, column: str) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    return f"{value:.1f}" if column in ("fit_s", "test_images_per_s") else f"{value:.3f}"
+
+
+def markdown(title: str, rows: dict[str, dict], mean: dict[str, float]) -> str:
+    head = "| category | " + " | ".join(HEADINGS[c] for c in COLUMNS) + " |"
+    lines = [f"**{title}**", "", head, "|---|" + "---:|" * len(COLUMNS)]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(row[c], c) for c in COLUMNS) + " |")
+    lines.append(f"| **{MEAN}** | " + " | ".join(_cell(mean[c], c) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _csv(rows: dict[str, dict], mean: dict[str, float]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["category", *COLUMNS, *COUNTS])
+    for name, row in rows.items():
+        writer.writerow([name, *(row[c] for c in COLUMNS), *(row[c] for c in COUNTS)])
+    writer.writerow([MEAN, *(mean[c] for c in COLUMNS), *([""] * len(COUNTS))])
+    return buf.getvalue()
+
+
+def _write_tables(out: Path, data, layout: str, method: str, settings: dict, rows: dict[str, dict],
+                  skipped: list[str]) -> Benchmarked:
+    mean = _mean(rows)
+    counted = f"{len(rows)} {'category' if len(rows) == 1 else 'categories'}"
+    title = f"{method} on {Path(data).resolve()} ({layout} layout, {counted})"
+    text = markdown(title, rows, mean)
+    make_folder(out)
+    tables = [out / f"{TABLE}.{ext}" for ext in ("md", "csv", "json")]
+    write_text(tables[0], text + "\n")
+    write_text(tables[1], _csv(rows, mean))
+    write_json(tables[2], {"settings": settings, "categories": rows, MEAN: mean})
+    return Benchmarked(out, method, rows, mean, skipped, text, tables)
