@@ -2,10 +2,12 @@
 
     python benchmarks/ablation.py --models magnetic_tile/magnetic_tile=benchmarks/models/magnetic_tile
         [--models KEY=MODEL_DIR ...] [--datasets KEY ...] [--seeds 0 1 2] [--n-synth 300] [--work DIR]
+        [--backbone efficientnet-lite0|efficientnet-lite2]
 
 Dataset keys are those of benchmarks/common.py plus `deeppcb/deeppcb@tile` (DeepPCB under the
 tile policy at scale 1, where PatchCore is strongest on it); every other key runs at `resize` 256.
-Methods, all with the same backbone, policy, normal images (common.TRAIN_LIMIT) and seeds:
+Methods, all with the same backbone (--backbone, default Lite0: the PatchCore rows and every head),
+policy, normal images (common.TRAIN_LIMIT) and seeds:
   patchcore            memory bank, no synthesis, the default (IVF) nearest-neighbour search
   patchcore_exact      the same bank searched exactly (the IVF search's metric change)
   qarad                exactly what `qarad train --method qarad` does by default: ARAS samples with
@@ -18,6 +20,8 @@ Methods, all with the same backbone, policy, normal images (common.TRAIN_LIMIT) 
   qarad_no_residual    ... head on frozen features only (the old head's inputs), fused
   qarad_no_fusion      ... map = head probability alone
 A dataset without a --models entry runs no method that needs ARAS samples ("skipped").
+To compare backbones, run once per --backbone with its own --out-json (the ARAS set in --work is
+shared: it does not depend on the detector's backbone).
 
 Cost control: per dataset, the ARAS set is made once into --work (resumable), backbone features of
 the normal, synthetic, Perlin and test images are computed once, the memory bank is built and every
@@ -51,6 +55,8 @@ import common  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detect import METRICS  # noqa: E402
+
+from qarad.backbone_config import BACKBONES, DETECTOR_BACKBONE, LEGACY_BACKBONE  # noqa: E402
 
 SIZE = 256  # resize policy side, every method
 DEFAULT = ("synthetic", "perlin")  # as SegmenterConfig.negatives
@@ -110,6 +116,10 @@ def model_for(args, key: str) -> Path | None:
 
 def dataset_dir(args, key: str) -> Path:
     return args.work / key.replace("/", "__")
+
+
+def speed_head_path(args, key: str) -> Path:
+    return dataset_dir(args, key) / f"speed_head_{args.backbone}"  # one per backbone: runs may share --work
 
 
 # ---- synthesis -----------------------------------------------------------------------------
@@ -277,11 +287,11 @@ def run_detectors(args, key: str) -> dict:
     if model_for(args, key) is not None:
         args.synth_folder, synth_timing = synth_set(args, key, "aras", train_paths)
         synth_timing = score_set(args, key, args.synth_folder)
-    bank = Segmenter(SegmenterConfig(), policy)  # its backbone embeds; its bank serves every head
+    bank = Segmenter(SegmenterConfig(backbone=args.backbone), policy)  # its backbone embeds; its bank serves every head
     views, features_s, cached = cache_features(args, key, bank, train_paths, test)
     _, bank_s = _timed(fit_bank, bank, views["normal"], [v for k, v in views.items() if k != "normal"])
 
-    methods, skipped, speed_head, speed_method = {}, {}, dataset_dir(args, key) / "speed_head", None
+    methods, skipped, speed_head, speed_method = {}, {}, speed_head_path(args, key), None
     for name, (negatives, calibration, residual, fusion) in VARIANTS.items():
         if name not in args.methods:
             skipped[name] = "not asked for (--methods)"
@@ -292,7 +302,7 @@ def run_detectors(args, key: str) -> dict:
         pools, runs = _pools(views, calibration), []
         for seed in args.seeds:
             config = SegmenterConfig(steps=args.steps, seed=seed, negatives=negatives, residual=residual,
-                                     fusion=fusion)
+                                     fusion=fusion, backbone=args.backbone)
             head = Segmenter(config, policy, bank.backbone)
             head.share_bank(bank)
             with bar(args.steps, f"{key}: {name}, seed {seed}", unit="step") as tick:
@@ -338,7 +348,7 @@ def run_speed(args, key: str) -> dict:
     _, test = splits(args, key)
     paths = [s.image for s in test][: N_WARMUP + N_SPEED]
     warm, timed = paths[: min(N_WARMUP, len(paths) - 1)], paths[min(N_WARMUP, len(paths) - 1):]
-    model = Segmenter.load(dataset_dir(args, key) / "speed_head")
+    model = Segmenter.load(speed_head_path(args, key))
     for _ in score_images(model, warm, args.speed_batch):  # loads the backbone, first-call allocations
         pass
     t0 = time.perf_counter()
@@ -362,7 +372,8 @@ def run_patchcore(args, key: str, search: str = "ivf") -> dict:
     from qarad.progress import bar
 
     train, test = splits(args, key)
-    config = PatchCoreConfig(search=search, batch_size=args.speed_batch)  # 10% coreset, uncapped
+    config = PatchCoreConfig(search=search, batch_size=args.speed_batch,  # 10% coreset, uncapped
+                             backbone=args.backbone)
     model = PatchCore(config, policy_of(key))
     t0 = time.perf_counter()
     with bar(len(train), f"{key}: patchcore fit ({search})") as tick:
@@ -434,6 +445,11 @@ def table(key: str, res: dict) -> str:
     return "\n".join(lines)
 
 
+def _backbone_name(settings: dict) -> str:
+    name = settings.get("backbone", DETECTOR_BACKBONE)  # results written before the setting: Lite0
+    return "EfficientNet-" + name.removeprefix("efficientnet-").capitalize()
+
+
 def markdown(env: dict) -> str:
     results, st = env["results"], env["settings"]
     smoke = st["limit_train"] or st["limit_test"]
@@ -444,7 +460,7 @@ def markdown(env: dict) -> str:
         f"```sh\n{env['command']}\n```", "",
         f"Run of {env['date']}, whole run {env['wall_s'] / 60:.1f} min (stages summed, resumes included) on "
         f"{env['machine']}.", "",
-        f"Settings: `resize` 256 (`@tile`: 256 tiles at scale 1), EfficientNet-Lite0 stride 8 + 16 features, "
+        f"Settings: `resize` 256 (`@tile`: 256 tiles at scale 1), {_backbone_name(st)} stride 8 + 16 features, "
         f"the normal train images of benchmarks/detect.py; {st['n_synth']} ARAS samples, "
         f"{st['perlin_samples']} Perlin patches, {st['steps']} head steps, seeds "
         f"{', '.join(map(str, st['seeds']))}; detector rows are mean ± sample std over the seeds (head "
@@ -475,6 +491,8 @@ def parser() -> argparse.ArgumentParser:
                     help="detector variants to train (PatchCore always runs)")
     ap.add_argument("--perlin-samples", type=int, default=200, help="Perlin patches per dataset (as qarad train)")
     ap.add_argument("--steps", type=int, default=1000, help="head training steps (default: as qarad train)")
+    ap.add_argument("--backbone", choices=list(BACKBONES), default=DETECTOR_BACKBONE,
+                    help="the detectors' backbone, as qarad train --backbone (PatchCore rows and every head)")
     ap.add_argument("--speed-batch", type=int, default=8, help="backbone batch size for evaluation and speed")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="synthetic sets and the speed-check head")
     ap.add_argument("--limit-train", type=int, default=None, help="smoke runs only: at most N normal train images")
@@ -516,6 +534,7 @@ def _stage_settings(settings: dict, key: str, stage: str) -> dict:
     from qarad.detection.patchcore import PatchCoreConfig
 
     out = {k: settings[k] for k in COMMON_SETTINGS}
+    out["backbone"] = settings.get("backbone", LEGACY_BACKBONE)  # runs before the setting: Lite0
     if stage in PATCHCORES:  # PatchCore's defaults (its search) are part of what it measured
         return {**out, "speed_batch": settings["speed_batch"], "patchcore": asdict(PatchCoreConfig())}
     out.update({k: settings[k] for k in DETECTOR_SETTINGS}, model=settings["models"].get(key.removesuffix(TILE_SUFFIX)))
@@ -552,7 +571,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = {"data": str(args.data.resolve()), "models": {k: str(v.resolve()) for k, v in args.models.items()},
                 "seeds": args.seeds, "n_synth": args.n_synth, "steps": args.steps, "work": str(args.work),
                 "perlin_samples": args.perlin_samples, "speed_batch": args.speed_batch, "methods": args.methods,
-                "limit_train": args.limit_train, "limit_test": args.limit_test}
+                "limit_train": args.limit_train, "limit_test": args.limit_test, "backbone": args.backbone}
     partial = {} if args.fresh or not partial_path.exists() else json.loads(partial_path.read_text())
     done, results = _reusable(partial), {}
     partial = {"settings": settings, "done": done}

@@ -170,9 +170,10 @@ def test_run_config_detector_part_keeps_its_keys():
     from qarad.detection.segmenter import SegmenterConfig
 
     assert runs.detector_settings("patchcore", PatchCoreConfig(memory_limit=7)) == {
-        "coreset_ratio": 0.1, "memory_limit": 7, "batch_size": 8, "seed": 0, "search": "ivf"}
+        "coreset_ratio": 0.1, "memory_limit": 7, "batch_size": 8, "seed": 0, "search": "ivf",
+        "backbone": "efficientnet-lite0"}
     stored = qarad.QaradTraining(synth="/s", batch_size=4)
     assert runs.detector_settings("qarad", stored, SegmenterConfig(steps=30, seed=2)) == {
         "steps": 30, "synth": "/s", "weighting": "linear", "max_normal_views": 4000, "batch_size": 4, "seed": 2,
         "negatives": ["synthetic", "perlin"], "residual": True, "fusion": True, "perlin_samples": 200,
-        "search": "ivf"}
+        "search": "ivf", "backbone": "efficientnet-lite0"}

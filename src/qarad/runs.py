@@ -11,6 +11,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from . import __version__, checkpoint
+from .backbone_config import LEGACY_BACKBONE
 from .data.io import make_folder, write_json
 from .data.layouts import FolderSplit
 from .data.resolution import ResolutionPolicy
@@ -45,6 +46,7 @@ class PatchCoreSettings:
     batch_size: int
     seed: int
     search: str = "exact"  # runs written before the search setting existed searched exactly
+    backbone: str = LEGACY_BACKBONE  # ... and before the backbone setting, used EfficientNet-Lite0
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class QaradSettings:
     fusion: bool = False
     perlin_samples: int = 0
     search: str = "exact"
+    backbone: str = LEGACY_BACKBONE
 
 
 DETECTORS = {"patchcore": PatchCoreSettings, "qarad": QaradSettings}

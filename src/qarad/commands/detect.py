@@ -16,10 +16,12 @@ def detector_configs(args) -> tuple:
 
     if args.method == "patchcore":
         detector = PatchCoreConfig(coreset_ratio=args.coreset_ratio, memory_limit=args.memory_limit,
-                                   batch_size=args.batch_size, seed=args.seed, search=args.search)
+                                   batch_size=args.batch_size, seed=args.seed, search=args.search,
+                                   backbone=args.backbone)
     else:
         detector = SegmenterConfig(steps=args.steps, seed=args.seed, negatives=tuple(args.negatives),
-                                   residual=args.residual, fusion=args.fusion, search=args.search)
+                                   residual=args.residual, fusion=args.fusion, search=args.search,
+                                   backbone=args.backbone)
     training = api.QaradTraining(synth=args.synth, weighting=args.weighting, max_normal_views=args.max_normal_views,
                                  perlin_samples=args.perlin_samples, batch_size=args.batch_size)
     return detector, training

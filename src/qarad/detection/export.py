@@ -55,7 +55,7 @@ class NearestNeighbourScores(nn.Module):
 
 
 class SegmenterScores(nn.Module):
-    """(N, 152, h, w) patch features -> (N, h, w) the QARAD detector's cell scores (segmenter.cell_scores)."""
+    """(N, C, h, w) patch features -> (N, h, w) the QARAD detector's cell scores (segmenter.cell_scores)."""
 
     def __init__(self, detector: Segmenter):
         super().__init__()
@@ -127,7 +127,8 @@ def sidecar(detector: PatchCore | Segmenter, onnx_bytes: bytes) -> dict:
     return {
         "qarad_version": __version__, "format": "onnx", "opset": OPSET,
         "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
-        "method": detector.method, "policy": policy.to_dict(), "threshold": threshold,
+        "method": detector.method, "backbone": detector.config.backbone, "policy": policy.to_dict(),
+        "threshold": threshold,
         "blur_sigma": detector.config.blur_sigma,
         "inputs": {INPUT: {"dtype": "float32", "shape": ["batch", 3, *spatial],
                            "values": "RGB in [0, 1]; normalisation happens inside the graph"}},

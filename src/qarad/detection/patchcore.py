@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from .. import checkpoint
 from ..backbone import PATCH_STRIDE, Backbone, BackboneConfig, PatchEmbedder
+from ..backbone_config import DETECTOR_BACKBONE, LEGACY_BACKBONE
 from ..data.resolution import ResolutionPolicy
 from ..data.stream import iter_loaded, map_views
 from .anomaly_map import gaussian_blur, upsample
@@ -38,6 +39,14 @@ class PatchCoreConfig:
     # IVF cells scanned per query: 16 keeps the mean distance error vs exact under 0.3% on held-out
     # normals (benchmarks/search.py; 8 gave ~0.8% and cost 0.008 image AUROC on magnetic tile)
     nprobe: int = 16
+    backbone: str = DETECTOR_BACKBONE  # whose stride 8 + 16 features (backbone_config.BACKBONES)
+
+    def __post_init__(self):
+        BackboneConfig(self.backbone)  # validates
+
+    @property
+    def backbone_config(self) -> BackboneConfig:
+        return BackboneConfig(self.backbone, strides=(8, 16))
 
 
 def patch_valid(valid: torch.Tensor) -> torch.Tensor:
@@ -55,7 +64,10 @@ class PatchCore:
                  backbone: Backbone | None = None):
         self.config = config
         self.policy = policy
-        self.embedder = PatchEmbedder(backbone or Backbone(BackboneConfig(strides=(8, 16))))
+        wanted = config.backbone_config
+        if backbone is not None and backbone.config != wanted:
+            raise ValueError(f"the backbone is {backbone.config}; this PatchCore was configured for {wanted}")
+        self.embedder = PatchEmbedder(backbone or Backbone(wanted))
         self.device = torch.device("cpu")
 
     def to(self, device: str | torch.device) -> "PatchCore":
@@ -146,7 +158,10 @@ class PatchCore:
             raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.json')}: not a PatchCore config "
                                              f"(keys {sorted(cfg)})")
         source = Path(stem).with_suffix(".json")
-        model = cls(checkpoint.build_config(PatchCoreConfig, cfg["patchcore"], source),
+        settings = cfg["patchcore"]
+        if isinstance(settings, dict):  # saved without a backbone setting: Lite0, whatever the default is now
+            settings = {"backbone": LEGACY_BACKBONE, **settings}
+        model = cls(checkpoint.build_config(PatchCoreConfig, settings, source),
                     checkpoint.build_config(ResolutionPolicy, cfg["policy"], source))
         tensors = checkpoint.load_tensors(stem, {"memory": (None, model.embedder.channels), "memory_source": (None,)})
         if len(tensors["memory"]) != len(tensors["memory_source"]):

@@ -3,7 +3,8 @@
 Qian et al., "Quality-Aware Language-Conditioned Local Auto-Regressive Anomaly Synthesis and
 Detection", arXiv 2508.03539: a detector learns from normal images (every pixel 0) and synthetic
 anomalies (defect pixels 1), each synthetic sample's loss multiplied by its QAW weight
-(DESIGN.md 4.6). Features are the PatchCore ones (stride 8 + 16, 3x3-aggregated, 152 ch).
+(DESIGN.md 4.6). Features are the PatchCore ones (stride 8 + 16, 3x3-aggregated: C = 152 channels
+for EfficientNet-Lite0, 168 for Lite2; `SegmenterConfig.backbone`).
 
 A head on frozen ImageNet features alone must learn "normal" from a few hundred views and lost
 to PatchCore (BENCHMARKS.md). So, as RealNet (reconstruction residuals), PRN (residuals to normal
@@ -29,12 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import checkpoint
-from ..backbone import PATCH_STRIDE, TAP_CHANNELS, Backbone, BackboneConfig, PatchEmbedder
+from ..backbone import PATCH_STRIDE, Backbone, BackboneConfig, PatchEmbedder
+from ..backbone_config import DETECTOR_BACKBONE, LEGACY_BACKBONE
 from ..data.resolution import ResolutionPolicy
 from .anomaly_map import gaussian_blur, upsample
 from .knn import NearestNeighbours, SearchConfig
 
-FEATURE_CHANNELS = TAP_CHANNELS[8] + TAP_CHANNELS[16]  # what PatchEmbedder gives for strides (8, 16)
 CONV_LAYERS = 2  # 3x3 layers after the adaptor: receptive field of 5x5 cells = 40 px on top of the taps
 PRIOR_PROBABILITY = 0.01  # initial defect probability (focal-loss bias init, Lin et al. 2017)
 NEGATIVE_SOURCES = ("synthetic", "perlin", "feature")
@@ -60,6 +61,7 @@ class SegmenterConfig:
     memory_limit: int | None = None
     search: str = "ivf"  # nearest-neighbour search (detection/knn.py)
     nprobe: int = 8
+    backbone: str = DETECTOR_BACKBONE  # whose stride 8 + 16 features (backbone_config.BACKBONES)
 
     def __post_init__(self):
         unknown = set(self.negatives) - set(NEGATIVE_SOURCES)
@@ -68,15 +70,23 @@ class SegmenterConfig:
         if not 0 < self.normal_fraction < 1:
             raise ValueError(f"normal_fraction must be in (0, 1), got {self.normal_fraction}")
         SearchConfig(self.search, self.nprobe)  # validates
-
+        BackboneConfig(self.backbone)  # validates
 
     @property
     def uses_bank(self) -> bool:
         return self.residual or self.fusion
 
     @property
+    def backbone_config(self) -> BackboneConfig:
+        return BackboneConfig(self.backbone, strides=(8, 16))
+
+    @property
+    def feature_channels(self) -> int:
+        return self.backbone_config.feature_channels
+
+    @property
     def in_channels(self) -> int:
-        return 2 * FEATURE_CHANNELS + 1 if self.residual else FEATURE_CHANNELS
+        return 2 * self.feature_channels + 1 if self.residual else self.feature_channels
 
 
 # Models saved before the residual detector: their head reads features only and has no bank.
@@ -146,7 +156,7 @@ class Reference:
 
 def head_inputs(features: torch.Tensor, nearest: torch.Tensor | None, dist: torch.Tensor | None,
                 residual: bool, dist_scale: float) -> torch.Tensor:
-    """(B, 152, h, w) features, their nearest bank rows (B, 152, h, w) and distances (B, h, w)."""
+    """(B, C, h, w) features, their nearest bank rows (B, C, h, w) and distances (B, h, w)."""
     if not residual:
         return features
     return torch.cat([features, features - nearest, (dist / dist_scale)[:, None]], 1)
@@ -162,10 +172,10 @@ def cell_scores(logit: torch.Tensor, dist: torch.Tensor | None, fusion: bool, re
     return (logit[:, 0] - ref.logit_mean) / ref.logit_std + (dist - ref.dist_mean) / ref.dist_std
 
 
-def _check_features(name: str, features: torch.Tensor) -> None:
-    if features.dim() != 4 or features.shape[1] != FEATURE_CHANNELS:
-        raise ValueError(f"{name} must be (N, {FEATURE_CHANNELS}, h, w) PatchEmbedder features, "
-                         f"got {tuple(features.shape)}")
+def _check_features(name: str, features: torch.Tensor, config: SegmenterConfig) -> None:
+    if features.dim() != 4 or features.shape[1] != config.feature_channels:
+        raise ValueError(f"{name} must be (N, {config.feature_channels}, h, w) PatchEmbedder features of "
+                         f"{config.backbone}, got {tuple(features.shape)}")
 
 
 class Segmenter:
@@ -188,10 +198,11 @@ class Segmenter:
     def _embedder(self) -> PatchEmbedder:
         # Built on first use: loading EfficientNet is not needed to fit on cached features.
         if getattr(self, "_patch_embedder", None) is None:
-            self._patch_embedder = PatchEmbedder(self.backbone or Backbone(BackboneConfig(strides=(8, 16))))
-            if self._patch_embedder.channels != FEATURE_CHANNELS:
-                raise ValueError(f"the backbone gives {self._patch_embedder.channels} channels; the "
-                                 f"segmenter needs strides (8, 16) = {FEATURE_CHANNELS} channels")
+            wanted = self.config.backbone_config
+            self._patch_embedder = PatchEmbedder(self.backbone or Backbone(wanted))
+            if self._patch_embedder.backbone.config != wanted:
+                raise ValueError(f"the backbone is {self._patch_embedder.backbone.config}; this segmenter "
+                                 f"was configured for {wanted}")
             self._patch_embedder.to(self.device)
         return self._patch_embedder
 
@@ -207,7 +218,7 @@ class Segmenter:
         return self
 
     def embed(self, views: torch.Tensor) -> torch.Tensor:
-        """(n, 3, vh, vw) in [0, 1] -> (n, 152, vh/8, vw/8) frozen features on the CPU, for caching."""
+        """(n, 3, vh, vw) in [0, 1] -> (n, C, vh/8, vw/8) frozen features on the CPU, for caching."""
         with torch.no_grad():
             return self._embedder()(views.to(self.device)).cpu()
 
@@ -224,7 +235,7 @@ class Segmenter:
 
     def nearest(self, features: torch.Tensor, exclude_source: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 152, h, w) -> distance (B, h, w) and bank row (B, h, w); `exclude_source` (B,) skips each
+        """(B, C, h, w) -> distance (B, h, w) and bank row (B, h, w); `exclude_source` (B,) skips each
         view's own image (honest training residuals)."""
         b, c, h, w = features.shape
         flat = features.permute(0, 2, 3, 1).reshape(-1, c)
@@ -233,7 +244,7 @@ class Segmenter:
         return dist.view(b, h, w), rows.view(b, h, w)
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """(B, h, w) bank rows -> (B, 152, h, w) their features."""
+        """(B, h, w) bank rows -> (B, C, h, w) their features."""
         return self.memory_[rows].permute(0, 3, 1, 2)
 
     # --- scoring -----------------------------------------------------------------------------
@@ -250,15 +261,15 @@ class Segmenter:
         return self.head_(self.inputs(features, dist, rows).to(self.device)).cpu()
 
     def cells_from_features(self, features: torch.Tensor, exclude_source: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 152, h, w) -> (B, h, w) anomaly score per stride-8 cell."""
+        """(B, C, h, w) -> (B, h, w) anomaly score per stride-8 cell."""
         self._check_fitted()
-        _check_features("features", features)
+        _check_features("features", features, self.config)
         features = features.float()
         dist, rows = self.nearest(features, exclude_source) if self.config.uses_bank else (None, None)
         return cell_scores(self.logits(features, dist, rows), dist, self.config.fusion, self.reference_)
 
     def maps_from_features(self, features: torch.Tensor, exclude_source: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 152, h, w) -> (B, 8h, 8w) anomaly map, bilinear from the stride-8 grid."""
+        """(B, C, h, w) -> (B, 8h, 8w) anomaly map, bilinear from the stride-8 grid."""
         cells = self.cells_from_features(features, exclude_source)
         h, w = cells.shape[-2:]
         return upsample(cells, (h * PATCH_STRIDE, w * PATCH_STRIDE))
@@ -299,8 +310,8 @@ class Segmenter:
         if not isinstance(cfg["threshold"], (int, float)) or not isinstance(cfg["calibration_scores"], list):
             raise checkpoint.CheckpointError(f"{source}: threshold must be a number and calibration_scores a list")
         settings = cfg["segmenter"]
-        if isinstance(settings, dict) and "reference" not in cfg:
-            settings = {**LEGACY_DEFAULTS, **settings}
+        if isinstance(settings, dict):  # saved without a backbone setting: Lite0, whatever the default is now
+            settings = {"backbone": LEGACY_BACKBONE, **(LEGACY_DEFAULTS if "reference" not in cfg else {}), **settings}
         model = cls(checkpoint.build_config(SegmenterConfig, settings, source),
                     checkpoint.build_config(ResolutionPolicy, cfg["policy"], source), backbone)
         model.reference_ = checkpoint.build_config(Reference, cfg.get("reference", {}), source)
@@ -312,7 +323,7 @@ class Segmenter:
                                              f"{sorted(bank)} besides the head, found {sorted(rest)[:5]}")
         if bank:
             memory, rows = rest["memory"], rest["memory_source"]
-            if memory.dim() != 2 or memory.shape[1] != FEATURE_CHANNELS or rows.shape != (len(memory),):
+            if memory.dim() != 2 or memory.shape[1] != model.config.feature_channels or rows.shape != (len(memory),):
                 raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.safetensors')}: memory bank shapes "
                                                  f"{tuple(memory.shape)} / {tuple(rows.shape)} do not fit")
             model.set_bank(memory, rows)

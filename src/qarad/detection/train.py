@@ -38,8 +38,7 @@ from ..synthesis.jobs import MANIFEST, read_manifest
 from ..training import optimizer_step
 from .coreset import CoresetSampler
 from .patchcore import THRESHOLD_SIGMAS, patch_valid
-from .segmenter import (FEATURE_CHANNELS, Reference, Segmenter, SegmenterConfig, SegmentationHead, cell_targets,
-                        per_sample_loss)
+from .segmenter import Reference, Segmenter, SegmenterConfig, SegmentationHead, cell_targets, per_sample_loss
 
 FEATURE_DTYPE = torch.float16  # halves the cache; the head trains in float32
 HOLDOUT_FRACTION = 0.1  # normal views kept aside for the fusion statistics and the threshold
@@ -55,7 +54,7 @@ NOISE_SCALE = (0.5, 1.5)  # ... times config.feature_noise times each channel's 
 @dataclass
 class ViewSet:
     """Cached views: per view its features, valid cells and source image; defects add targets, weights."""
-    features: list[torch.Tensor]  # (152, h, w) FEATURE_DTYPE per view
+    features: list[torch.Tensor]  # (C, h, w) FEATURE_DTYPE per view (C: the backbone's feature channels)
     valid: list[torch.Tensor]  # (h, w) bool: cells over real pixels (keep-aspect padding excluded)
     source: torch.Tensor  # (n,) int64: index of the normal training image the view shows or was drawn on; -1 none
     targets: list[torch.Tensor] | None = None  # (h, w) defect coverage per cell
@@ -257,7 +256,7 @@ class _Trainer:
         self.crop = (min(TRAIN_CROP, *(s[0] for s in shapes)), min(TRAIN_CROP, *(s[1] for s in shapes)))
         self.sources = [s for s in cfg.negatives if s == "feature" or s in pools]
         cells = torch.stack([f.float().flatten(1).std(1) for f in normal.features[:256]])
-        self.channel_std = cells.mean(0)[:, None, None]  # (152, 1, 1)
+        self.channel_std = cells.mean(0)[:, None, None]  # (C, 1, 1)
 
     def _pick(self, views: ViewSet, n: int, batch: _Batch, defect: bool) -> None:
         for i in torch.randint(len(views), (n,), generator=self.generator).tolist():
@@ -361,8 +360,9 @@ def _check_inputs(config: SegmenterConfig, normal: ViewSet, pools: dict[str, Vie
     if missing:
         raise ValueError(f"negatives {missing} asked for but no such defect views were given")
     for name, views in (("normal", normal), *pools.items()):
-        if any(f.dim() != 3 or f.shape[0] != FEATURE_CHANNELS for f in views.features):
-            raise ValueError(f"{name} views must be ({FEATURE_CHANNELS}, h, w) PatchEmbedder features")
+        if any(f.dim() != 3 or f.shape[0] != config.feature_channels for f in views.features):
+            raise ValueError(f"{name} views must be ({config.feature_channels}, h, w) PatchEmbedder features of "
+                             f"{config.backbone}")
     for name, views in pools.items():
         w = views.weights
         if w is None or w.shape != (len(views),) or not torch.isfinite(w).all() or (w < 0).any():
@@ -419,7 +419,7 @@ def _std(x: torch.Tensor) -> float:
 @dataclass
 class CachedImage:
     layout: Layout
-    features: torch.Tensor  # (n_views, 152, h, w) float32: exactly what view_maps computes from the views
+    features: torch.Tensor  # (n_views, C, h, w) float32: exactly what view_maps computes from the views
 
 
 def cache_images(model: Segmenter, paths: list[Path], batch_size: int = 8,

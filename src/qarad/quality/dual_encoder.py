@@ -4,7 +4,7 @@ Qian et al., "Quality-Aware Language-Conditioned Local Auto-Regressive Anomaly S
 Detection", arXiv 2508.03539: each synthetic sample is scored by the cosine similarity of an image
 embedding of its defect region and a text embedding of its prompt (DESIGN.md 4.5).
 
-Image tower: frozen PatchEmbedder features (stride 8, 152 ch) pooled over the region and over a
+Image tower: frozen EfficientNet-Lite0 PatchEmbedder features (stride 8, 152 ch; `FEATURES`) pooled over the region and over a
 ring of context around it (`region_pool`), then a trained MLP. Text tower: frozen MiniLM (384-d)
 plus a trained MLP. Both outputs are L2-normalised, so `score` is a cosine in [-1, 1].
 
@@ -19,16 +19,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbone_config import LITE0, BackboneConfig
+
 RING_CELLS = 2  # width of the context ring, in stride-8 feature cells (16 px at working size)
 POOL_EPS = 1e-6  # guards the division of masked means; a region this small counts as empty
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: keeps the learned temperature above 0.01
 HIDDEN_MULT = 2  # MLP hidden width = HIDDEN_MULT * embed_dim
+FEATURES = BackboneConfig(LITE0, strides=(8, 16))  # QAW's taps: Lite0, whatever backbone the detectors use
 
 
 @dataclass(frozen=True)
 class DualEncoderConfig:
     embed_dim: int = 128
-    image_channels: int = 152  # stride-8 40 ch + stride-16 112 ch (PatchEmbedder)
+    image_channels: int = FEATURES.feature_channels  # stride-8 40 ch + stride-16 112 ch (PatchEmbedder)
     text_dim: int = 384  # all-MiniLM-L6-v2
     temperature_init: float = 0.07
 

@@ -24,11 +24,11 @@ FeaturesFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, S, S) in [0, 1] ->
 
 
 def default_features_fn() -> FeaturesFn:
-    """The detector's own features: stride-8 + stride-16 taps, 3x3-aggregated (152 channels)."""
-    from ..backbone import Backbone, BackboneConfig
-    from ..backbone import PatchEmbedder
+    """The detectors' kind of features: Lite0 stride-8 + stride-16 taps, 3x3-aggregated (152 channels)."""
+    from ..backbone import Backbone, PatchEmbedder
+    from .dual_encoder import FEATURES
 
-    return PatchEmbedder(Backbone(BackboneConfig(strides=(8, 16))))
+    return PatchEmbedder(Backbone(FEATURES))
 
 
 def _as_unit_float(images: torch.Tensor) -> torch.Tensor:
