@@ -90,9 +90,27 @@ def main(argv: list[str] | None = None) -> None:
             continue
         results[key] = measure(args.data, key, args.nprobe)
     if results:
-        common.write_json(common.RESULTS / "search.json", {**common.envelope(results), "settings": {
+        env = {**common.envelope(results), "settings": {
             "datasets": args.datasets, "nprobe": args.nprobe, "held_out": HELD_OUT,
-            "max_query_images": MAX_QUERY_IMAGES, "threads": torch.get_num_threads()}})
+            "max_query_images": MAX_QUERY_IMAGES, "threads": torch.get_num_threads()}}
+        common.write_json(common.RESULTS / "search.json", env)
+        common.update_section("search", markdown(env))
+
+
+def markdown(env: dict) -> str:
+    lines = ["## Nearest-neighbour search: time and distance error on held-out normals", "",
+             f"Command: `{env['command']}` ({env['date']}, {env['machine']}; results: "
+             "`benchmarks/results/search.json`). PatchCore bank (10% coreset, `resize` 256) of the training "
+             f"normals minus a seeded {HELD_OUT:.0%}; queries: the held-out normals' patches (no test image is "
+             "used). Error: searched distance / exact distance - 1 (IVF never finds a nearer row).", "",
+             "| dataset | bank rows | search | ms / image | mean error | 99th pct error | image-max error |",
+             "|---|---|---|---|---|---|---|"]
+    for key, res in env["results"].items():
+        for name, r in res.items():
+            if isinstance(r, dict):
+                lines.append(f"| {key} | {res['bank_rows']} | {name} | {r['ms_per_image']:.1f} | "
+                             f"{r['mean_rel_err']:.3%} | {r['p99_rel_err']:.2%} | {r['image_max_rel_err']:.3%} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
