@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,8 +36,9 @@ class PatchCoreConfig:
     batch_size: int = 8
     seed: int = 0
     search: str = "ivf"  # nearest-neighbour search, detection/knn.py ("exact" = brute force)
-    # IVF cells scanned per query: 16 keeps the mean distance error vs exact under 0.3% on held-out
-    # normals (benchmarks/search.py; 8 gave ~0.8% and cost 0.008 image AUROC on magnetic tile)
+    # IVF cells scanned per query: the most a 15 img/s budget affords on 2 cores (benchmarks/search.py:
+    # mean distance error vs exact on held-out normals 0.40% magnetic tile, 0.08% DeepPCB; nprobe 8
+    # doubled it and cost 0.008 image AUROC on magnetic tile)
     nprobe: int = 16
     backbone: str = DETECTOR_BACKBONE  # whose stride 8 + 16 features (backbone_config.BACKBONES)
 
