@@ -56,3 +56,36 @@ def test_search_config_is_checked():
         SearchConfig("annoy")
     with pytest.raises(ValueError, match="nprobe"):
         SearchConfig("ivf", nprobe=0)
+
+
+@pytest.mark.parametrize("excluding", [False, True])
+def test_refine_makes_the_largest_distances_exact(monkeypatch, excluding):
+    monkeypatch.setattr(knn, "MIN_IVF_ROWS", 100)
+    memory, q = _data(rows=2000, dim=16, queries=400, seed=3)
+    source = torch.arange(len(memory)) % 7
+    own = torch.arange(len(q)) % 7 if excluding else None
+    ref = torch.cdist(q, memory)
+    if excluding:
+        ref[source[None, :] == own[:, None]] = float("inf")
+    exact = ref.min(1).values
+    coarse = NearestNeighbours(memory, source, SearchConfig("ivf", nprobe=1)).search(q, own)[0]
+    refined = NearestNeighbours(memory, source, SearchConfig("ivf", nprobe=1, refine=0.1)).search(q, own)[0]
+    assert (coarse > exact + 1e-4).any()  # the coarse search misses some nearest rows
+    top = torch.topk(coarse, 40).indices  # the 10% largest IVF distances are searched again exactly
+    assert torch.allclose(refined[top], exact[top], atol=1e-4)
+    assert exact.max() - 1e-4 <= refined.max() <= coarse.max() + 1e-4
+    assert (refined >= exact - 1e-4).all()
+    with pytest.raises(ValueError, match="refine"):
+        SearchConfig(refine=1.5)
+
+
+def test_refine_per_view_picks_its_share_in_every_view(monkeypatch):
+    monkeypatch.setattr(knn, "MIN_IVF_ROWS", 100)
+    memory, q = _data(rows=2000, dim=16, queries=400, seed=4)
+    q[:200] *= 0.2  # view 0: every query near the bank; view 1: far from it
+    exact = torch.cdist(q, memory).min(1).values
+    coarse = NearestNeighbours(memory, config=SearchConfig("ivf", nprobe=1)).search(q)[0]
+    refined = NearestNeighbours(memory, config=SearchConfig("ivf", nprobe=1, refine=0.05)).search(q, per_view=200)[0]
+    for start in (0, 200):  # the 10 largest IVF distances of each view are exact, not only view 1's
+        top = start + torch.topk(coarse[start:start + 200], 10).indices
+        assert torch.allclose(refined[top], exact[top], atol=1e-4)

@@ -6,6 +6,11 @@ Voronoi cells around k-means centroids and a query scans only the `nprobe` neare
 default; `exact` (faiss IndexFlatL2, same numbers as the brute-force torch search) stays for
 small banks and for checking. Both return Euclidean distances and row indices.
 
+Refinement (`refine` > 0): the given share of a call's queries with the largest IVF distances are
+searched again exactly, per view. An IVF distance is never below the exact one, so the patches an
+image score reads (the largest distances) are the ones most likely to be overestimated, and each
+query left out has an exact distance no larger than the smallest refined IVF distance.
+
 Leave-own-source-out search (training residuals that look like test residuals): the k nearest
 candidates are fetched and the first whose row comes from another image is kept; the few queries
 whose k candidates all come from their own image are searched again exactly, without those rows.
@@ -28,12 +33,15 @@ class SearchConfig:
     mode: str = "ivf"
     nprobe: int = 8  # IVF cells scanned per query (of ~rows/64)
     seed: int = 0  # k-means initialisation of the IVF centroids
+    refine: float = 0.0  # share of each call's queries (largest IVF distances) searched again exactly
 
     def __post_init__(self):
         if self.mode not in SEARCH_MODES:
             raise ValueError(f"unknown search mode {self.mode!r}; choose from {SEARCH_MODES}")
         if self.nprobe < 1:
             raise ValueError(f"nprobe must be >= 1, got {self.nprobe}")
+        if not 0.0 <= self.refine <= 1.0:
+            raise ValueError(f"refine must be a share in [0, 1], got {self.refine}")
 
 
 def _faiss():
@@ -53,7 +61,9 @@ class NearestNeighbours:
         self.memory = np.ascontiguousarray(memory.detach().cpu().float().numpy())
         self.source = None if source is None else source.detach().cpu().numpy()
         rows, dim = self.memory.shape
-        if config.mode == "exact" or rows < MIN_IVF_ROWS:
+        self.approximate = not (config.mode == "exact" or rows < MIN_IVF_ROWS)
+        self._flat = None
+        if not self.approximate:
             self.index = faiss.IndexFlatL2(dim)
         else:
             nlist = max(1, rows // ROWS_PER_LIST)
@@ -67,26 +77,54 @@ class NearestNeighbours:
     def __len__(self) -> int:
         return len(self.memory)
 
-    def search(self, queries: torch.Tensor, exclude_source: torch.Tensor | None = None
+    def search(self, queries: torch.Tensor, exclude_source: torch.Tensor | None = None, per_view: int | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C) -> distances (N,) and bank rows (N,) int64; `exclude_source` (N,) skips, per query,
-        the rows that came from that image (-1: skip nothing)."""
+        the rows that came from that image (-1: skip nothing). `per_view`: the queries are views of
+        that many patches each, in order, and refinement picks its share in every view."""
         q = np.ascontiguousarray(queries.detach().cpu().float().numpy())
         if len(q) == 0:
             return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
-        if exclude_source is None or self.source is None:
-            d2, idx = self.index.search(q, 1)
-            return _distances(d2[:, 0]), torch.from_numpy(idx[:, 0].astype(np.int64))
-        own = exclude_source.detach().cpu().numpy()
+        own = None if exclude_source is None or self.source is None else exclude_source.detach().cpu().numpy()
+        best_d2, best = self._nearest(self.index, q, own)
+        per = per_view if per_view and len(q) % per_view == 0 else len(q)
+        k = int(np.ceil(self.config.refine * per)) if self.approximate else 0
+        if k:
+            views = best_d2.reshape(-1, per)
+            top = (np.argpartition(-views, k - 1, axis=1)[:, :k] + per * np.arange(len(views))[:, None]).ravel()
+            best_d2[top], best[top] = self._exact_few(q[top], None if own is None else own[top])
+        return _distances(best_d2), torch.from_numpy(best.astype(np.int64))
+
+    def _nearest(self, index, q: np.ndarray, own: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Squared distance and row of each query's nearest row in `index` (not from image `own`)."""
+        if own is None:
+            d2, idx = index.search(q, 1)
+            return d2[:, 0].copy(), idx[:, 0].copy()
         k = min(EXCLUDE_CANDIDATES, len(self.memory))
-        d2, idx = self.index.search(q, k)
+        d2, idx = index.search(q, k)
         allowed = (idx >= 0) & (self.source[np.clip(idx, 0, None)] != own[:, None])
         first = allowed.argmax(1)
         rows = np.arange(len(q))
         best_d2, best = d2[rows, first], idx[rows, first]
         for r in np.flatnonzero(~allowed.any(1)):  # every candidate from its own image: rare, search exactly
             best_d2[r], best[r] = self._exact_excluding(q[r], own[r])
-        return _distances(best_d2), torch.from_numpy(best.astype(np.int64))
+        return best_d2, best
+
+    def _exact_few(self, q: np.ndarray, own: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact nearest rows of a few queries as one matrix product (faster than faiss' flat index for
+        a few dozen queries against a large bank)."""
+        if self._flat is None:
+            memory = torch.from_numpy(self.memory)
+            self._flat = (memory, (memory * memory).sum(1))
+        memory, norms = self._flat
+        qt = torch.from_numpy(q)
+        d2 = torch.addmm(norms[None, :] + (qt * qt).sum(1, keepdim=True), qt, memory.T, alpha=-2)
+        if own is not None:
+            d2[torch.from_numpy(self.source)[None, :] == torch.from_numpy(own)[:, None]] = float("inf")
+        best_d2, best = d2.min(1)
+        if torch.isinf(best_d2).any():
+            raise ValueError("every memory-bank row comes from the query's own image; fit on at least two images")
+        return best_d2.numpy(), best.numpy()
 
     def _exact_excluding(self, query: np.ndarray, source: int) -> tuple[float, int]:
         keep = np.flatnonzero(self.source != source)

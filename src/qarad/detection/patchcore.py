@@ -40,10 +40,14 @@ class PatchCoreConfig:
     # mean distance error vs exact on held-out normals 0.40% magnetic tile, 0.08% DeepPCB; nprobe 8
     # doubled it and cost 0.008 image AUROC on magnetic tile)
     nprobe: int = 16
+    # share of each image's patches (largest IVF distances) searched again exactly: the image score
+    # reads the largest distances, the ones IVF overestimates most (detection/knn.py)
+    refine: float = 0.03
     backbone: str = DETECTOR_BACKBONE  # whose stride 8 + 16 features (backbone_config.BACKBONES)
 
     def __post_init__(self):
         BackboneConfig(self.backbone)  # validates
+        SearchConfig(self.search, self.nprobe, self.seed, self.refine)
 
     @property
     def backbone_config(self) -> BackboneConfig:
@@ -85,7 +89,8 @@ class PatchCore:
         self.memory_ = memory.float().to(self.device)
         self.memory_source_ = source.to(self.device)
         self.index_ = NearestNeighbours(self.memory_, self.memory_source_,
-                                        SearchConfig(self.config.search, self.config.nprobe, self.config.seed))
+                                        SearchConfig(self.config.search, self.config.nprobe, self.config.seed,
+                                                     self.config.refine))
 
     # --- fitting -----------------------------------------------------------------------------
     def fit(self, paths: list[Path], on_image: Callable[[], None] | None = None) -> "PatchCore":
@@ -134,7 +139,7 @@ class PatchCore:
         b, c, h, w = emb.shape
         flat = emb.permute(0, 2, 3, 1).reshape(-1, c)  # (B*h*w, C)
         own = None if exclude_source is None else torch.full((len(flat),), exclude_source, dtype=torch.int64)
-        dist = self.index_.search(flat, own)[0].view(b, h, w)
+        dist = self.index_.search(flat, own, per_view=h * w)[0].view(b, h, w)
         return upsample(dist, (h * PATCH_STRIDE, w * PATCH_STRIDE))
 
     def view_maps(self, views: torch.Tensor) -> torch.Tensor:

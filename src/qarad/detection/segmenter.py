@@ -240,7 +240,7 @@ class Segmenter:
         b, c, h, w = features.shape
         flat = features.permute(0, 2, 3, 1).reshape(-1, c)
         own = None if exclude_source is None else exclude_source.repeat_interleave(h * w)
-        dist, rows = self.index_.search(flat, own)
+        dist, rows = self.index_.search(flat, own, per_view=h * w)
         return dist.view(b, h, w), rows.view(b, h, w)
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
