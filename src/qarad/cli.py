@@ -142,6 +142,9 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train-images", type=int, default=None)
     p.add_argument("--qaw-steps", type=int, default=1500, help="dual-encoder (QAW scorer) training steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                   help="where every stage trains (default cpu; auto = cuda when present). Under torchrun "
+                        "each process takes its own GPU and a slice of every batch (README, Scale out)")
     p.add_argument("--overwrite", action="store_true", help="refit over a model with other settings")
 
     p = _sub(subs, "synth", "Write text-described defects into images inside given or proposed masks.")

@@ -14,8 +14,11 @@ def fit(args) -> int:
                             prior_steps=args.prior_steps, refiner_steps=args.refiner_steps, qaw_steps=args.qaw_steps,
                             batch_size=args.batch_size, seed=args.seed)
     done = api.fit(args.data, args.category, args.out, config, policy_from_args(args), args.max_train_images,
-                   args.overwrite, args.layout, folder_from_args(args))
-    print(f"ARAS model: {done.model} (fit time {done.seconds / 60:.1f} min)")
+                   args.overwrite, args.layout, folder_from_args(args), args.device)
+    from ..distributed import launched_rank
+
+    if launched_rank() == 0:  # under torchrun: one line, not one per process
+        print(f"ARAS model: {done.model} (fit time {done.seconds / 60:.1f} min)")
     return 0
 
 
