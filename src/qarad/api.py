@@ -190,6 +190,25 @@ def _synth_in_workers(argv: list[str], out: Path, n: int, total: int, fresh: boo
     return Synthesized(out, total, made, n)
 
 
+@dataclass(frozen=True)
+class Merged:
+    folder: Path
+    total: int  # samples in the merged manifest
+    missing: list[int]  # sample ids the job plans that no merged folder holds yet
+
+
+def merge(out: str | Path, folders: list) -> Merged:
+    """Merge synth folders written by `synth(..., shard=(i, n))` of one job (other machines, other
+    splits) into `out` (which may be one of them): images, masks, one manifest.jsonl in id order,
+    and gallery.html. The manifest is the one a single run writes, whatever the split."""
+    from .synthesis import jobs
+
+    out = check_output_folder(out)
+    missing = jobs.merge_folders(out, [Path(f) for f in folders])
+    _write_gallery(out)
+    return Merged(out, len(jobs.read_manifest(out / jobs.MANIFEST)), missing)
+
+
 def score(synth_dir: str | Path, model: str | Path | None = None) -> np.ndarray:
     """QAW-score every sample of a `synth` folder against its prompt, with `model`'s scorer (default:
     the model that made the samples); writes the scores into its manifest, rewrites its

@@ -43,6 +43,16 @@ def synth(args) -> int:
     return 0
 
 
+def merge(args) -> int:
+    done = api.merge(args.out, args.folders)
+    print(f"{done.total} samples in {done.folder}")
+    if done.missing:
+        print(f"{len(done.missing)} planned samples are in none of the folders yet (ids {done.missing[:10]}"
+              f"{' ...' if len(done.missing) > 10 else ''}); merge again when their shards are done")
+    print(f"gallery: {Path(done.folder) / 'gallery.html'}")
+    return 0
+
+
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
     if not text:
         return None
