@@ -5,7 +5,8 @@ Each stage is resumable: the corpus is stored once, and every `checkpoint_every`
 model and optimizer state are saved; a rerun continues from the last saved step. Batches are
 drawn from a generator seeded by (seed, step), so a resumed fit sees the same batches as an
 uninterrupted one. `fit_model` runs the stages in order into a model folder (model.py), skipping
-those it already holds.
+those it already holds. Under torchrun the loops train data-parallel, each process on its slice
+of every global batch; ../distributed.py owns all of that, the loops only call it.
 """
 from __future__ import annotations
 
