@@ -159,7 +159,7 @@ def test_device_names(monkeypatch):
 def test_fit_command_under_torchrun_writes_one_model_like_one_process(tmp_path):
     data = make_mvtec_tree(tmp_path / "mvtec", size=(64, 64), n_train=4)
     args = ["fit", "--data", str(data), "--category", "widget", "--size", "64", "--corpus-size", "8",
-            "--tokenizer-steps", "3", "--prior-steps", "3", "--qaw-steps", "2", "--batch-size", "4"]
+            "--tokenizer-steps", "3", "--prior-steps", "3", "--qaw-steps", "2", "--batch-size", "4", "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     run = torchrun("-m", "qarad", *args, "--out", str(tmp_path / "two"))
     assert run.stdout.count("ARAS model:") == 1, run.stdout  # rank 0 reports, the other is quiet
