@@ -14,7 +14,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    **dict.fromkeys(("fit", "synth", "score", "train", "evaluate", "predict", "export", "fit_config",
+    **dict.fromkeys(("fit", "synth", "score", "train", "evaluate", "predict", "export", "merge", "fit_config",
                      "QaradTraining"), "qarad.api"),
     "PatchCore": "qarad.detection.patchcore", "PatchCoreConfig": "qarad.detection.patchcore",
     "Segmenter": "qarad.detection.segmenter", "SegmenterConfig": "qarad.detection.segmenter",

@@ -68,10 +68,14 @@ class _FitBars:
 
 def fit(data: str | Path, category: str | list[str], out: str | Path, config: "FitConfig | None" = None,
         policy: ResolutionPolicy = ResolutionPolicy(), max_train_images: int | None = None,
-        overwrite: bool = False, layout: str = "auto", folder: FolderSplit | None = None) -> Fitted:
+        overwrite: bool = False, layout: str = "auto", folder: FolderSplit | None = None,
+        device: str = "cpu") -> Fitted:
     """Fit an ARAS model (corpus, tokenizer, prior, refiner, QAW scorer) on the normal images of one
-    category or several pooled; `out` resumes when it holds the same fit. `config` defaults to
-    `fit_config()`; `layout` and `folder` are the dataset's (data/layouts.py)."""
+    category or several pooled; `out` resumes when it holds the same fit, with any number of
+    processes. `config` defaults to `fit_config()`; `layout` and `folder` are the dataset's
+    (data/layouts.py); `device` cpu, cuda or auto. Under torchrun every process calls this and the
+    fit runs data-parallel (distributed.py); rank 0 writes the folder."""
+    from . import distributed
     from .synthesis import fit as F
     from .synthesis.model import FitData, ModelConfig
 
@@ -83,7 +87,9 @@ def fit(data: str | Path, category: str | list[str], out: str | Path, config: "F
                    max_train_images=max_train_images, layout=layout,
                    folder=asdict(folder) if folder else None)
     images = F.normal_images(data, categories, max_train_images, config.seed, layout, folder)
-    seconds = F.fit_model(out, ModelConfig(config, policy, info), images, overwrite=overwrite, progress=_FitBars())
+    with distributed.session(device) as dev:
+        seconds = F.fit_model(out, ModelConfig(config, policy, info), images, overwrite=overwrite,
+                              progress=_FitBars(), device=dev)
     return Fitted(out, seconds)
 
 
@@ -182,6 +188,25 @@ def _synth_in_workers(argv: list[str], out: Path, n: int, total: int, fresh: boo
     jobs.merge_manifests(out)
     _write_gallery(out)
     return Synthesized(out, total, made, n)
+
+
+@dataclass(frozen=True)
+class Merged:
+    folder: Path
+    total: int  # samples in the merged manifest
+    missing: list[int]  # sample ids the job plans that no merged folder holds yet
+
+
+def merge(out: str | Path, folders: list) -> Merged:
+    """Merge synth folders written by `synth(..., shard=(i, n))` of one job (other machines, other
+    splits) into `out` (which may be one of them): images, masks, one manifest.jsonl in id order,
+    and gallery.html. The manifest is the one a single run writes, whatever the split."""
+    from .synthesis import jobs
+
+    out = check_output_folder(out)
+    missing = jobs.merge_folders(out, [Path(f) for f in folders])
+    _write_gallery(out)
+    return Merged(out, len(jobs.read_manifest(out / jobs.MANIFEST)), missing)
 
 
 def score(synth_dir: str | Path, model: str | Path | None = None) -> np.ndarray:

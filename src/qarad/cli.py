@@ -18,6 +18,7 @@ EXAMPLES = {
     "export": "qarad export runs/mpdd --format onnx --out mpdd.onnx",
     "demo": "qarad demo --out runs/demo",
     "score": "qarad score synth/",
+    "merge": "qarad merge synth-0 synth-1 --out synth/",
     "fit": "qarad fit --data ../shared/data/magnetic_tile --category magnetic_tile --out models/tile",
     "synth": 'qarad synth models/tile --images good/ --prompts "a thin dark crack" --auto-masks --n 20 --out synth/',
 }
@@ -142,6 +143,9 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train-images", type=int, default=None)
     p.add_argument("--qaw-steps", type=int, default=1500, help="dual-encoder (QAW scorer) training steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                   help="where every stage trains (default cpu; auto = cuda when present). Under torchrun "
+                        "each process takes its own GPU and a slice of every batch (README, Scale out)")
     p.add_argument("--overwrite", action="store_true", help="refit over a model with other settings")
 
     p = _sub(subs, "synth", "Write text-described defects into images inside given or proposed masks.")
@@ -157,6 +161,11 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="i/n: do every n-th sample starting at i (parallel runs)")
     p.add_argument("--workers", type=int, default=1,
                    help="parallel single-threaded processes (e.g. the number of cores; default 1)")
+
+    p = _sub(subs, "merge", "Merge synth folders of one job written with --shard i/n (e.g. on different "
+                            "machines) into one: images, masks and a manifest in id order, as one run writes.")
+    p.add_argument("folders", type=Path, nargs="+", help="synth folders, each from `qarad synth ... --shard i/n`")
+    p.add_argument("--out", type=Path, required=True, help="merged folder (may be one of FOLDERS)")
 
     p = _sub(subs, "score", "Score every synthetic sample against its prompt (QAW); writes scores into the manifest.")
     p.add_argument("synth_dir", type=Path)

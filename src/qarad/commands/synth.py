@@ -14,8 +14,11 @@ def fit(args) -> int:
                             prior_steps=args.prior_steps, refiner_steps=args.refiner_steps, qaw_steps=args.qaw_steps,
                             batch_size=args.batch_size, seed=args.seed)
     done = api.fit(args.data, args.category, args.out, config, policy_from_args(args), args.max_train_images,
-                   args.overwrite, args.layout, folder_from_args(args))
-    print(f"ARAS model: {done.model} (fit time {done.seconds / 60:.1f} min)")
+                   args.overwrite, args.layout, folder_from_args(args), args.device)
+    from ..distributed import launched_rank
+
+    if launched_rank() == 0:  # under torchrun: one line, not one per process
+        print(f"ARAS model: {done.model} (fit time {done.seconds / 60:.1f} min)")
     return 0
 
 
@@ -37,6 +40,16 @@ def synth(args) -> int:
         print(f"{done.made} new samples ({done.total} in total) in {args.out}")
     if args.shard is None:
         print(f"gallery: {Path(args.out) / 'gallery.html'}")
+    return 0
+
+
+def merge(args) -> int:
+    done = api.merge(args.out, args.folders)
+    print(f"{done.total} samples in {done.folder}")
+    if done.missing:
+        print(f"{len(done.missing)} planned samples are in none of the folders yet (ids {done.missing[:10]}"
+              f"{' ...' if len(done.missing) > 10 else ''}); merge again when their shards are done")
+    print(f"gallery: {Path(done.folder) / 'gallery.html'}")
     return 0
 
 

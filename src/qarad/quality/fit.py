@@ -36,26 +36,29 @@ def _as_unit_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def pooled_features(features_fn: FeaturesFn, images: torch.Tensor, masks: torch.Tensor,
-                    batch_size: int = FEATURE_BATCH) -> torch.Tensor:
-    """(N, 3, S, S) images + (N, S, S) masks -> (N, 2C) region-pooled frozen features."""
+                    batch_size: int = FEATURE_BATCH, device: str | torch.device = "cpu") -> torch.Tensor:
+    """(N, 3, S, S) images + (N, S, S) masks -> (N, 2C) region-pooled frozen features (on the CPU;
+    each batch goes to `device`, where `features_fn` runs)."""
     out = []
     # no_grad, not inference_mode: the cached rows later feed a trained layer that saves its input.
     with torch.no_grad():
         for s in range(0, len(images), batch_size):
-            feats = features_fn(_as_unit_float(images[s:s + batch_size]))
-            out.append(region_pool(feats.float(), masks[s:s + batch_size].float()).cpu())
+            feats = features_fn(_as_unit_float(images[s:s + batch_size]).to(device))
+            out.append(region_pool(feats.float(), masks[s:s + batch_size].float().to(device)).cpu())
     return torch.cat(out)
 
 
 def fit_dual_encoder(features_fn: FeaturesFn | None, images: torch.Tensor, masks: torch.Tensor, text: torch.Tensor,
                      families: torch.Tensor, steps: int = 2000, batch_size: int = 64, lr: float = 1e-3,
                      seed: int = 0, on_step: Callable[[float], None] | None = None,
-                     config: DualEncoderConfig = DualEncoderConfig()) -> DualEncoder:
+                     config: DualEncoderConfig = DualEncoderConfig(), device: str | torch.device = "cpu"
+                     ) -> DualEncoder:
     """Train the projections contrastively on (region, prompt) pairs; returns the model in eval mode.
 
     images (N, 3, S, S) uint8 or float in [0, 1]; masks (N, S, S) defect regions; text (N, 384)
     MiniLM embeddings of each sample's prompt; families (N,) prompt-family ids (same family =
-    positives for each other). `features_fn` None uses the frozen EfficientNet-Lite0 embedder.
+    positives for each other). `features_fn` None uses the frozen EfficientNet-Lite0 embedder,
+    moved to `device` (a given `features_fn` runs where it is). Returns the model on the CPU.
     """
     n = len(images)
     if not (len(masks) == len(text) == len(families) == n):
@@ -65,14 +68,15 @@ def fit_dual_encoder(features_fn: FeaturesFn | None, images: torch.Tensor, masks
         raise ValueError("contrastive training needs at least two samples")
     if text.shape[1:] != (config.text_dim,):
         raise ValueError(f"text embeddings must be (N, {config.text_dim}), got {tuple(text.shape)}")
-    pooled = pooled_features(features_fn or default_features_fn(), images, masks)
+    device = torch.device(device)
+    pooled = pooled_features(features_fn or default_features_fn().to(device), images, masks, device=device)
     if pooled.shape[1] != 2 * config.image_channels:
         raise ValueError(f"features have {pooled.shape[1] // 2} channels, config expects {config.image_channels}")
-    text, families = text.float(), families.long()
+    pooled, text, families = pooled.to(device), text.float().to(device), families.long().to(device)
 
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
         torch.manual_seed(seed)
-        model = DualEncoder(config)
+        model = DualEncoder(config).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
     generator = torch.Generator().manual_seed(seed)
@@ -87,7 +91,7 @@ def fit_dual_encoder(features_fn: FeaturesFn | None, images: torch.Tensor, masks
         value = optimizer_step(optimizer, loss, model.parameters())
         if on_step:
             on_step(value)
-    return model.eval()
+    return model.cpu().eval()
 
 
 def save_dual_encoder(stem: str | Path, model: DualEncoder) -> None:

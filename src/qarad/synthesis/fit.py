@@ -5,7 +5,8 @@ Each stage is resumable: the corpus is stored once, and every `checkpoint_every`
 model and optimizer state are saved; a rerun continues from the last saved step. Batches are
 drawn from a generator seeded by (seed, step), so a resumed fit sees the same batches as an
 uninterrupted one. `fit_model` runs the stages in order into a model folder (model.py), skipping
-those it already holds.
+those it already holds. Under torchrun the loops train data-parallel, each process on its slice
+of every global batch; ../distributed.py owns all of that, the loops only call it.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import checkpoint
+from .. import distributed as dist
 from ..backbone import Backbone, BackboneConfig
 from ..data.io import discarded_on_failure, read_image, write_json
 from ..data.layouts import FolderSplit, scan
@@ -35,6 +37,7 @@ from .aras import token_mask_from_pixels
 from . import model as M
 from .model import CORPUS, DUAL_ENCODER, PRIOR, REFINER, STATE, TIMINGS, TOKENIZER, FitConfig, ModelConfig
 from .prior import Prior
+from .prior import loss_terms as prior_loss_terms
 from .refiner import Refiner
 from .tokenizer import VQTokenizer
 from .window import WindowRule, coverage, to_window
@@ -126,9 +129,10 @@ def _set_lr(opt: torch.optim.Optimizer, step: int, base: float, cfg: FitConfig, 
 
 def _end_step(step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: FitConfig, state_stem: Path,
               stage: str, value: float, on_step: Callable[[float], None] | None, buffers: dict | None = None) -> None:
-    """Save the train state every `checkpoint_every` steps, then report the step's loss."""
+    """Save the train state every `checkpoint_every` steps (rank 0: `model` is the unwrapped module,
+    the same on every rank), then report the step's loss."""
     if (step + 1) % cfg.checkpoint_every == 0:
-        save_state(state_stem, model, opt, step + 1, {"stage": stage}, buffers=buffers)
+        dist.on_main(lambda: save_state(state_stem, model, opt, step + 1, {"stage": stage}, buffers=buffers))
     if on_step:
         on_step(value)
 
@@ -168,9 +172,10 @@ def _edit_tokens(masks: torch.Tensor, half: int, cfg: FitConfig) -> torch.Tensor
 
 
 def _pixel_loss(perceptual: Backbone, out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-                cfg: FitConfig) -> torch.Tensor:
-    """Weighted L1 plus an LPIPS-style term (unit-normalised stride-8 feature vectors)."""
-    loss = (weight * (out - target).abs()).mean() / weight.mean()
+                weight_mean: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
+    """Weighted L1 plus an LPIPS-style term (unit-normalised stride-8 feature vectors). `weight` is
+    this process's slice, `weight_mean` the mean weight of the whole global batch."""
+    loss = (weight * (out - target).abs()).mean() / weight_mean
     if cfg.perceptual_weight:
         f_out, f_ref = (F.normalize(perceptual(v)[8], dim=1) for v in (out, target))
         loss = loss + cfg.perceptual_weight * (f_out - f_ref).pow(2).sum(1).mean()
@@ -178,11 +183,15 @@ def _pixel_loss(perceptual: Backbone, out: torch.Tensor, target: torch.Tensor, w
 
 
 def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
-                  on_step: Callable[[float], None] | None = None) -> VQTokenizer:
+                  on_step: Callable[[float], None] | None = None, device: str | torch.device = "cpu") -> VQTokenizer:
+    """Train the VQ tokenizer on `device`; under torchrun each process takes its slice of every
+    global batch (distributed.py). Returns the model on `device`, in eval mode."""
+    device = torch.device(device)
+    dist.check_batch(cfg.batch_size)
     torch.manual_seed(cfg.seed)
-    model = VQTokenizer(cfg.tokenizer)
+    model = VQTokenizer(cfg.tokenizer).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.tokenizer_lr, betas=(0.9, 0.95), weight_decay=0.0)
-    perceptual = Backbone(BackboneConfig(strides=(8,)))
+    perceptual = Backbone(BackboneConfig(strides=(8,))).to(device)
     # code usage since the last dead-code restart: part of the train state, so a resume between two
     # restarts re-seeds the same codes as an uninterrupted fit
     usage = torch.zeros(cfg.tokenizer.codebook_size, dtype=torch.long)
@@ -190,6 +199,7 @@ def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
     if state_stem.with_suffix(".safetensors").is_file():
         start = load_state(state_stem, model, opt, buffers={"usage": usage})[0]
     model.train()
+    ddp = dist.wrap(model, device)
     for step in range(start, cfg.tokenizer_steps):
         idx = _batch(len(corpus.prompts), cfg.batch_size, cfg.seed, step)
         half = cfg.batch_size // 2  # half clean windows, half with defects: the codebook needs both
@@ -198,16 +208,19 @@ def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
         x, source = _augment(x, cfg.seed, step), _augment(source, cfg.seed, step)
         edit = None  # an unconditioned tokenizer encodes every token of its own window
         if cfg.tokenizer.source_conditioned:
-            edit = _edit_tokens(_augment(corpus.mask[idx], cfg.seed, step), half, cfg)
+            edit = dist.local(_edit_tokens(_augment(corpus.mask[idx], cfg.seed, step), half, cfg)).to(device)
         weight = _augment(_pixel_weights(corpus, idx, half, cfg.defect_weight), cfg.seed, step)
+        weight_mean = weight.mean().to(device)  # of the global batch
+        x, source, weight = (dist.local(v).to(device) for v in (x, source, weight))  # this process's slice
         _set_lr(opt, step, cfg.tokenizer_lr, cfg, cfg.tokenizer_steps)
         with step_rng(cfg.seed, step):  # no global-RNG draw today; any added later stays resumable
-            out = model(x, source, edit)  # an unconditioned tokenizer ignores `source`
-            loss = _pixel_loss(perceptual, out.recon, x, weight, cfg) + out.vq_loss
-            value = optimizer_step(opt, loss, model.parameters())
-        usage += model.code_usage(out.codes)
+            out = ddp(x, source, edit)  # an unconditioned tokenizer ignores `source`
+            loss = _pixel_loss(perceptual, out.recon, x, weight, weight_mean, cfg) + out.vq_loss
+            value = dist.mean_value(optimizer_step(opt, loss, model.parameters()))
+        usage += dist.all_sum(model.code_usage(out.codes).cpu())
         if (step + 1) % DEAD_CODE_EVERY == 0:  # re-seed unused codes with this batch's encoder outputs
-            model.restart_dead_codes(out.z_e, usage, generator=torch.Generator().manual_seed(cfg.seed + step))
+            model.restart_dead_codes(dist.all_gather(out.z_e), usage,
+                                     generator=torch.Generator().manual_seed(cfg.seed + step))
             usage.zero_()
         _end_step(step, model, opt, cfg, state_stem, TOKENIZER, value, on_step, buffers={"usage": usage})
     model.eval()
@@ -216,63 +229,79 @@ def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
 
 @torch.inference_mode()
 def encode_corpus(tokenizer: VQTokenizer, corpus: Corpus, cfg: FitConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes of the defect windows (N, G, G) and their editable-token masks (N, G, G)."""
+    """Codes of the defect windows (N, G, G) and their editable-token masks (N, G, G), on the CPU
+    (encoded on the tokenizer's device)."""
+    device = tokenizer.codebook.weight.device
     codes, masks = [], []
     for s in range(0, len(corpus.prompts), 32):
         idx = torch.arange(s, min(s + 32, len(corpus.prompts)))
         edit = _edit_tokens(corpus.mask[idx], 0, cfg)
-        codes.append(tokenizer.encode_edited(corpus.images(idx, "defect"), corpus.images(idx, "clean"), edit).codes)
+        images = (corpus.images(idx, which).to(device) for which in ("defect", "clean"))
+        codes.append(tokenizer.encode_edited(*images, edit.to(device)).codes.cpu())
         masks.append(edit)
     return torch.cat(codes), torch.cat(masks)
 
 
 def fit_prior(codes: torch.Tensor, token_masks: torch.Tensor, text: torch.Tensor, cfg: FitConfig, state_stem: Path,
-              on_step: Callable[[float], None] | None = None) -> Prior:
+              on_step: Callable[[float], None] | None = None, device: str | torch.device = "cpu") -> Prior:
+    """Train the prior on `device` (data-parallel under torchrun, as fit_tokenizer). With
+    PriorConfig.dropout > 0 (0 by default) each process draws its own dropout masks from the same
+    (seed, step), so N processes fit reproducibly but not exactly as one does."""
+    device = torch.device(device)
+    dist.check_batch(cfg.batch_size)
     torch.manual_seed(cfg.seed)
-    model = Prior(cfg.prior)
+    model = Prior(cfg.prior).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.prior_lr, betas=(0.9, 0.95), weight_decay=0.01)
     start = load_state(state_stem, model, opt)[0] if state_stem.with_suffix(".safetensors").is_file() else 0
     model.train()
-    from .prior import loss as prior_loss
-
+    ddp = dist.wrap(model, device)
     for step in range(start, cfg.prior_steps):
         idx = _batch(len(codes), cfg.batch_size, cfg.seed + 1, step)
         g = torch.Generator().manual_seed(cfg.seed * 31 + step)
         drop = torch.rand(len(idx), generator=g) < cfg.prompt_dropout
+        idx, drop = dist.local(idx), dist.local(drop).to(device)  # this process's slice
         _set_lr(opt, step, cfg.prior_lr, cfg, cfg.prior_steps)
         with step_rng(cfg.seed, step):  # dropout masks
-            out = model(codes[idx], token_masks[idx], text[idx], drop)
-            value = optimizer_step(opt, prior_loss(out), model.parameters())
+            out = ddp(*(v[idx].to(device) for v in (codes, token_masks, text)), drop)
+            # the mean over the valid tokens of the global batch (their count differs per sample)
+            loss = dist.global_mean(*prior_loss_terms(out))
+            value = dist.mean_value(optimizer_step(opt, loss, model.parameters()))
         _end_step(step, model, opt, cfg, state_stem, PRIOR, value, on_step)
     model.eval()
     return model
 
 
 def fit_refiner(tokenizer: VQTokenizer, corpus: Corpus, text: torch.Tensor, cfg: FitConfig, state_stem: Path,
-                on_step: Callable[[float], None] | None = None) -> Refiner:
+                on_step: Callable[[float], None] | None = None, device: str | torch.device = "cpu") -> Refiner:
     """Teach the refiner to turn encode/decode of each corpus render back into the render, given
-    the clean window, the defect's mask and the render's prompt embedding."""
+    the clean window, the defect's mask and the render's prompt embedding (on `device`, with the
+    tokenizer there too; data-parallel under torchrun, as fit_tokenizer)."""
+    device = torch.device(device)
+    dist.check_batch(cfg.batch_size)
     torch.manual_seed(cfg.seed)
-    model = Refiner(cfg.refiner)
+    model = Refiner(cfg.refiner).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.tokenizer_lr, betas=(0.9, 0.95), weight_decay=0.0)
-    perceptual = Backbone(BackboneConfig(strides=(8,)))
+    perceptual = Backbone(BackboneConfig(strides=(8,))).to(device)
     start = load_state(state_stem, model, opt)[0] if state_stem.with_suffix(".safetensors").is_file() else 0
     tokenizer.eval()
     model.train()
+    ddp = dist.wrap(model, device)
     for step in range(start, cfg.refiner_steps):
         idx = _batch(len(corpus.prompts), cfg.batch_size, cfg.seed + 2, step)
-        target, clean = corpus.images(idx, "defect"), corpus.images(idx, "clean")
+        weight = _augment(_defect_weights(corpus.mask[idx], cfg.defect_weight), cfg.seed + 2, step)
+        weight_mean = weight.mean().to(device)  # of the global batch
+        idx, weight = dist.local(idx), dist.local(weight).to(device)  # this process's slice
+        target, clean = (corpus.images(idx, which).to(device) for which in ("defect", "clean"))
         with torch.no_grad():
-            edit = _edit_tokens(corpus.mask[idx], 0, cfg) if tokenizer.config.source_conditioned else None
+            edit = _edit_tokens(corpus.mask[idx], 0, cfg).to(device) if tokenizer.config.source_conditioned else None
             decoded = tokenizer(target, clean, edit).recon.clamp(0, 1)
-        mask = corpus.mask[idx].float()[:, None]
-        weight = _defect_weights(corpus.mask[idx], cfg.defect_weight)
-        target, clean, decoded, mask, weight = (_augment(v, cfg.seed + 2, step)
-                                                for v in (target, clean, decoded, mask, weight))
+        mask = corpus.mask[idx].float()[:, None].to(device)
+        target, clean, decoded, mask = (_augment(v, cfg.seed + 2, step) for v in (target, clean, decoded, mask))
         _set_lr(opt, step, cfg.tokenizer_lr, cfg, cfg.refiner_steps)
         with step_rng(cfg.seed, step):
-            out = model(decoded, clean, mask[:, 0], text[idx])
-            value = optimizer_step(opt, _pixel_loss(perceptual, out, target, weight, cfg), model.parameters())
+            out = ddp(decoded, clean, mask[:, 0], text[idx].to(device))
+            loss = _pixel_loss(perceptual, out, target, weight, weight_mean, cfg)
+            value = dist.mean_value(optimizer_step(opt, loss, model.parameters()))
         _end_step(step, model, opt, cfg, state_stem, REFINER, value, on_step)
     model.eval()
     return model
@@ -303,13 +332,16 @@ def normal_images(root: Path, categories: list[str], limit: int | None, seed: in
 
 
 def fit_model(out: Path, config: ModelConfig, images: list[Path], overwrite: bool = False,
-              progress: FitProgress = FitProgress()) -> float:
+              progress: FitProgress = FitProgress(), device: str | torch.device = "cpu") -> float:
     """Fit every stage MODEL `out` does not hold yet: corpus, tokenizer, prior, refiner (when
-    `config.fit.refiner_steps`), QAW dual encoder. A rerun after a crash resumes where it stopped;
-    returns the fit's wall seconds, over every run that worked on it."""
-    fresh = M.prepare_folder(out, config, overwrite)
-    run = _FitRun(Path(out), config.fit, progress)
-    with discarded_on_failure(out, created=fresh):  # a bad image found while rendering: nothing fitted yet
+    `config.fit.refiner_steps`), QAW dual encoder, on `device`. A rerun after a crash resumes where
+    it stopped, with any number of processes; returns the fit's wall seconds, over every run that
+    worked on it. Under torchrun (distributed.session) the tokenizer, prior and refiner train
+    data-parallel; rank 0 alone renders the corpus, fits the QAW scorer and writes files."""
+    dist.check_batch(config.fit.batch_size)  # before anything is written
+    fresh = dist.on_main(lambda: M.prepare_folder(out, config, overwrite))
+    run = _FitRun(Path(out), config.fit, progress if dist.is_main() else FitProgress(), torch.device(device))
+    with discarded_on_failure(out, created=bool(fresh)):  # a bad image found while rendering: nothing fitted yet
         corpus = run.corpus(images, config.policy)
     tokenizer = run.tokenizer(corpus)
     run.prior(tokenizer, corpus)
@@ -335,7 +367,8 @@ class _StageTimer:
         now = self.clock()
         self.times[stage] = round(self.times.get(stage, 0.0) + now - self.start, 1)
         self.start = now
-        write_json(self.path, self.times)
+        if dist.is_main():
+            write_json(self.path, self.times)
 
     def total(self) -> float:
         return sum(self.times.values())
@@ -344,8 +377,9 @@ class _StageTimer:
 class _FitRun:
     """One run of `fit_model`: each stage loads what MODEL holds or fits and saves it."""
 
-    def __init__(self, out: Path, cfg: FitConfig, progress: FitProgress):
+    def __init__(self, out: Path, cfg: FitConfig, progress: FitProgress, device: torch.device):
         self.out, self.cfg, self.progress, self.state = out, cfg, progress, out / STATE
+        self.device = device
         self.timer = _StageTimer(out)
         self.labels = ["render fitting corpus", "tokenizer", "prior", "refiner", "QAW dual encoder"]
         if not cfg.refiner_steps:
@@ -382,19 +416,24 @@ class _FitRun:
             corpus = load_corpus(stem)
             self.timer.restart()
             return corpus
-        with self.progress.corpus(self.label("render fitting corpus"), self.cfg.corpus_size) as tick:
-            corpus = build_corpus(images, policy, self.cfg, on_sample=tick)
-        save_corpus(stem, corpus)
+
+        def render() -> Corpus:
+            with self.progress.corpus(self.label("render fitting corpus"), self.cfg.corpus_size) as tick:
+                corpus = build_corpus(images, policy, self.cfg, on_sample=tick)
+            save_corpus(stem, corpus)
+            return corpus
+
+        corpus = dist.on_main(render) or load_corpus(stem)  # the other processes read what rank 0 wrote
         self.timer.lap("corpus")
         return corpus
 
     def tokenizer(self, corpus: Corpus) -> VQTokenizer:
         if M.has(self.out, TOKENIZER):
-            tokenizer = M.load_tokenizer(self.out)
+            tokenizer = M.load_tokenizer(self.out).to(self.device)
             self.timer.restart()
             return tokenizer
         with self.steps("tokenizer", self.cfg.tokenizer_steps, TOKENIZER) as tick:
-            tokenizer = fit_tokenizer(corpus, self.cfg, self.state / TOKENIZER, on_step=tick)
+            tokenizer = fit_tokenizer(corpus, self.cfg, self.state / TOKENIZER, on_step=tick, device=self.device)
         self._saved(TOKENIZER, tokenizer)
         return tokenizer
 
@@ -404,7 +443,7 @@ class _FitRun:
         codes, token_masks = encode_corpus(tokenizer, corpus, self.cfg)
         text = self.text(corpus)
         with self.steps("prior", self.cfg.prior_steps, PRIOR) as tick:
-            prior = fit_prior(codes, token_masks, text, self.cfg, self.state / PRIOR, on_step=tick)
+            prior = fit_prior(codes, token_masks, text, self.cfg, self.state / PRIOR, on_step=tick, device=self.device)
         self._saved(PRIOR, prior)
 
     def refiner(self, tokenizer: VQTokenizer, corpus: Corpus) -> None:
@@ -412,7 +451,8 @@ class _FitRun:
             return
         text = self.text(corpus)
         with self.steps("refiner", self.cfg.refiner_steps, REFINER) as tick:
-            refiner = fit_refiner(tokenizer, corpus, text, self.cfg, self.state / REFINER, on_step=tick)
+            refiner = fit_refiner(tokenizer, corpus, text, self.cfg, self.state / REFINER, on_step=tick,
+                                  device=self.device)
         self._saved(REFINER, refiner)
 
     def dual_encoder(self, corpus: Corpus) -> None:
@@ -420,12 +460,17 @@ class _FitRun:
             return
         text = self.text(corpus)
         families = torch.tensor([FAMILIES.index(f) for f in corpus.families])
-        with self.steps("QAW dual encoder", self.cfg.qaw_steps, DUAL_ENCODER) as tick:
-            scorer = fit_dual_encoder(None, corpus.defect.permute(0, 3, 1, 2), corpus.mask, text, families,
-                                      steps=self.cfg.qaw_steps, seed=self.cfg.seed, on_step=tick)
-        M.save_dual_encoder(self.out, scorer)
+
+        def fit() -> None:  # small MLPs over cached features: one process fits it, the others wait
+            with self.steps("QAW dual encoder", self.cfg.qaw_steps, DUAL_ENCODER) as tick:
+                scorer = fit_dual_encoder(None, corpus.defect.permute(0, 3, 1, 2), corpus.mask, text, families,
+                                          steps=self.cfg.qaw_steps, seed=self.cfg.seed, on_step=tick,
+                                          device=self.device)
+            M.save_dual_encoder(self.out, scorer)
+
+        dist.on_main(fit)
         self.timer.lap(DUAL_ENCODER)
 
     def _saved(self, part: str, module: torch.nn.Module) -> None:
-        M.save_part(self.out, part, module)
+        dist.on_main(lambda: M.save_part(self.out, part, module))
         self.timer.lap(part)

@@ -10,12 +10,14 @@ Output folder:
 Every sample has its own seed derived from (seed, id), so a run that is killed and resumed
 produces exactly the same files and manifest as one that was never interrupted. With
 `--shard i/n` a process handles ids with id % n == i and writes manifest.shard-i-of-n.jsonl;
-`merge_manifests` joins them in id order.
+`merge_manifests` joins them in id order, and `merge_folders` does the same for shard folders
+written on different machines (`qarad merge`).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -142,13 +144,55 @@ def run(jobs: Iterable[Job], make: Callable[[np.ndarray, np.ndarray | None, Job]
     return made
 
 
-def merge_manifests(out: Path) -> Path:
-    """Join shard manifests into manifest.jsonl, ordered by id (deterministic whatever the shards)."""
-    out = Path(out)
-    entries = [e for p in sorted(out.glob("manifest.shard-*.jsonl")) for e in read_manifest(p)]
-    entries += read_manifest(out / MANIFEST)
+def _entries(folder: Path) -> list[dict]:
+    """Every finished entry of a folder: its shard manifests', then its merged manifest's."""
+    entries = [e for p in sorted(folder.glob("manifest.shard-*.jsonl")) for e in read_manifest(p)]
+    return entries + read_manifest(folder / MANIFEST)
+
+
+def _write_merged(out: Path, entries: Iterable[dict]) -> Path:
     unique = {e["id"]: e for e in entries}
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text("".join(json.dumps(unique[i]) + "\n" for i in sorted(unique)), encoding="utf-8")
     os.replace(tmp, out / MANIFEST)
     return out / MANIFEST
+
+
+def merge_manifests(out: Path) -> Path:
+    """Join shard manifests into manifest.jsonl, ordered by id (deterministic whatever the shards)."""
+    return _write_merged(Path(out), _entries(Path(out)))
+
+
+def merge_folders(out: Path, folders: list[Path]) -> list[int]:
+    """Join synth folders made with the same settings (`--shard i/n` each, e.g. on different
+    machines) into `out`, which may be one of them: their images and masks are copied in and
+    manifest.jsonl lists every sample in id order, as one run's would whatever the split.
+    Folders with other settings, or one sample id made differently in two folders, are refused.
+    Returns the ids the job plans that no folder holds yet (merge again once they are done)."""
+    out, folders = Path(out), [Path(f) for f in folders]
+    if not folders:
+        raise ValueError("name at least one synth folder to merge")
+    for folder in folders:
+        if not (folder / SETTINGS).is_file():
+            raise ValueError(f"{folder}: not a qarad synth output (no {SETTINGS})")
+    settings = read_settings(folders[0])
+    for folder in folders[1:]:
+        other = read_settings(folder)
+        if other != settings:
+            keys = sorted(k for k in set(settings) | set(other) if settings.get(k) != other.get(k))
+            raise ValueError(f"{folder}: made with other settings than {folders[0]} (differ in {keys}); "
+                             "only shards of one job merge")
+    prepare_output(out, settings)
+    merged: dict[int, dict] = {}
+    for folder in [out, *folders]:
+        copy = folder.resolve() != out.resolve()
+        for entry in _entries(folder):
+            if merged.get(entry["id"], entry) != entry:
+                raise ValueError(f"{folder}: sample {entry['id']} differs from the one already merged; "
+                                 "were these folders made by one job?")
+            if copy:
+                for key in ("image", "mask"):
+                    shutil.copyfile(folder / entry[key], out / entry[key])
+            merged[entry["id"]] = entry
+    _write_merged(out, merged.values())
+    return [i for i in range(settings["n"]) if i not in merged]

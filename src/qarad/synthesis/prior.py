@@ -284,9 +284,16 @@ class Prior(nn.Module):
         return self._logits(x[:, -1]), cache
 
 
-def loss(output: PriorOutput) -> torch.Tensor:
-    """Scalar mean cross-entropy over all valid generated tokens of the batch."""
+def loss_terms(output: PriorOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy of the batch's valid generated tokens, their count): a data-parallel
+    fit divides the sum by the count over every process's slice (distributed.global_mean)."""
     B, M, V = output.logits.shape
     ce = F.cross_entropy(output.logits.reshape(B * M, V), output.target.reshape(B * M), reduction="none")
     valid = output.valid.reshape(B * M).to(ce.dtype)
-    return (ce * valid).sum() / valid.sum().clamp_min(1)
+    return (ce * valid).sum(), valid.sum()
+
+
+def loss(output: PriorOutput) -> torch.Tensor:
+    """Scalar mean cross-entropy over all valid generated tokens of the batch."""
+    total, count = loss_terms(output)
+    return total / count.clamp_min(1)

@@ -1,0 +1,4 @@
+"""`python -m qarad ...` (and `torchrun -m qarad ...`): the `qarad` command."""
+from .cli import entrypoint
+
+entrypoint()
