@@ -178,8 +178,8 @@ def test_fit_reads_its_images_through_the_layout(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(api, "fit", lambda *a, **k: seen.update(args=a) or api.Fitted(tmp_path, 0.0))
     assert main(["fit", "--data", str(data), "--category", "01", "--out", str(tmp_path / "m"), "--layout", "btad"]) == 0
-    assert seen["args"][-2:] == ("btad", None)
+    assert seen["args"][-3:] == ("btad", None, "cpu")  # layout, folder split, device
     parts = make_folder_tree(tmp_path / "parts")
     assert main(["fit", "--data", str(parts), "--category", "parts", "--out", str(tmp_path / "m"),
                  "--normal-dir", "good", "--split-seed", "5"]) == 0
-    assert seen["args"][-1].normal_dir == "good" and seen["args"][-1].seed == 5
+    assert seen["args"][-2].normal_dir == "good" and seen["args"][-2].seed == 5
