@@ -78,7 +78,9 @@ MAX_ATTEMPTS = 5  # redraws of a sample whose change came out empty (it would te
 MAX_NORMAL_VIEWS = 4000  # as `qarad train --max-normal-views`
 FEATURE_BATCH = 8
 N_WARMUP, N_SPEED = 3, 50  # inference speed: images scored untimed, then timed
-DEFAULT_WORK = Path("/tmp/qarad-ablation")
+DEFAULT_WORK = Path(__file__).resolve().parent / "models" / "ablation-work"  # git-ignored
+TILE_MEMORY_LIMIT = 16384  # bank rows under @tile, as benchmarks/detect.py's tile rows: uncapped, DeepPCB's
+# 2,700 tiles give a 270k-row bank whose exact search alone takes hours
 TIMING = "ablation_timing.json"  # seconds spent making / scoring a synthetic set, kept across resumes
 
 
@@ -107,6 +109,16 @@ def policy_of(key: str):
     if key.endswith(TILE_SUFFIX):  # as benchmarks/detect.py's tile rows: native pixels, 256 tiles
         return ResolutionPolicy(mode="tile", size=SIZE, scale=1.0, overlap=64)
     return ResolutionPolicy(mode="resize", size=SIZE)
+
+
+def memory_limit(key: str) -> int | None:
+    return TILE_MEMORY_LIMIT if key.endswith(TILE_SUFFIX) else None
+
+
+def stages_of(key: str) -> tuple[str, ...]:
+    """The exact search is skipped under @tile (~9,000 test tiles against the bank: the longest stage
+    of the run); the IVF search's metric change is measured on the resize keys."""
+    return tuple(s for s in STAGES if not (key.endswith(TILE_SUFFIX) and s == "patchcore_exact"))
 
 
 def model_for(args, key: str) -> Path | None:
@@ -277,7 +289,7 @@ def _pools(views: dict, calibration: str) -> dict:
 def run_detectors(args, key: str) -> dict:
     """ARAS set, feature caching, one shared bank, then one head per (method, seed) on cached test features."""
     from qarad.detection.segmenter import Segmenter, SegmenterConfig
-    from qarad.detection.train import fit_bank, fit_head
+    from qarad.detection.train import fit_bank, fit_head, search_cached
     from qarad.progress import bar
 
     train, test = splits(args, key)
@@ -287,9 +299,11 @@ def run_detectors(args, key: str) -> dict:
     if model_for(args, key) is not None:
         args.synth_folder, synth_timing = synth_set(args, key, "aras", train_paths)
         synth_timing = score_set(args, key, args.synth_folder)
-    bank = Segmenter(SegmenterConfig(backbone=args.backbone), policy)  # its backbone embeds; its bank serves every head
+    bank = Segmenter(SegmenterConfig(backbone=args.backbone, memory_limit=memory_limit(key)),
+                     policy)  # its backbone embeds; its bank serves every head
     views, features_s, cached = cache_features(args, key, bank, train_paths, test)
     _, bank_s = _timed(fit_bank, bank, views["normal"], [v for k, v in views.items() if k != "normal"])
+    cached, test_search_s = _timed(search_cached, bank, cached)  # once, for every head on this bank
 
     methods, skipped, speed_head, speed_method = {}, {}, speed_head_path(args, key), None
     for name, (negatives, calibration, residual, fusion) in VARIANTS.items():
@@ -302,7 +316,7 @@ def run_detectors(args, key: str) -> dict:
         pools, runs = _pools(views, calibration), []
         for seed in args.seeds:
             config = SegmenterConfig(steps=args.steps, seed=seed, negatives=negatives, residual=residual,
-                                     fusion=fusion, backbone=args.backbone)
+                                     fusion=fusion, backbone=args.backbone, memory_limit=memory_limit(key))
             head = Segmenter(config, policy, bank.backbone)
             head.share_bank(bank)
             with bar(args.steps, f"{key}: {name}, seed {seed}", unit="step") as tick:
@@ -325,7 +339,7 @@ def run_detectors(args, key: str) -> dict:
         methods[name] = out
     return {"methods": methods, "skipped": skipped, "speed_head": str(speed_head), "speed_method": speed_method,
             "features_s": features_s,
-            "bank_s": bank_s, "bank_rows": len(bank.memory_),
+            "bank_s": bank_s, "test_search_s": test_search_s, "bank_rows": len(bank.memory_),
             "synth": None if synth_timing is None else {**synth_timing, "folder": str(args.synth_folder),
                                                         "n": args.n_synth},
             "n_train": len(train), "n_test": len(test), "peak_rss_mb": common.peak_rss_mb(),
@@ -372,8 +386,8 @@ def run_patchcore(args, key: str, search: str = "ivf") -> dict:
     from qarad.progress import bar
 
     train, test = splits(args, key)
-    config = PatchCoreConfig(search=search, batch_size=args.speed_batch,  # 10% coreset, uncapped
-                             backbone=args.backbone)
+    config = PatchCoreConfig(search=search, batch_size=args.speed_batch,  # 10% coreset, capped under @tile
+                             backbone=args.backbone, memory_limit=memory_limit(key))
     model = PatchCore(config, policy_of(key))
     t0 = time.perf_counter()
     with bar(len(train), f"{key}: patchcore fit ({search})") as tick:
@@ -394,7 +408,8 @@ def run_patchcore(args, key: str, search: str = "ivf") -> dict:
 # ---- results -------------------------------------------------------------------------------
 def assemble(key: str, done: dict) -> dict:
     det, speed = done[f"{key}|detectors"], done[f"{key}|speed"]
-    res = {name: {k: v for k, v in done[f"{key}|{name}"].items() if k != "settings"} for name in PATCHCORES}
+    res = {name: {k: v for k, v in done[f"{key}|{name}"].items() if k != "settings"} for name in PATCHCORES
+           if name in stages_of(key)}
     for name, r in det["methods"].items():
         res[name] = {**r, "peak_rss_mb": det["peak_rss_mb"], "infer_peak_rss_mb": speed["peak_rss_mb"],
                      # the one measured head is the default's; the variants cost the same at test time
@@ -406,7 +421,7 @@ def assemble(key: str, done: dict) -> dict:
     res["shared"] = {"synth": det["synth"], "features_s": det["features_s"], "bank_s": det["bank_s"],
                      "speed_method": det["speed_method"],
                      "bank_rows": det["bank_rows"], "speed": speed, "n_train": det["n_train"],
-                     "n_test": det["n_test"], "wall_s": {s: done[f"{key}|{s}"]["wall_s"] for s in STAGES}}
+                     "n_test": det["n_test"], "wall_s": {s: done[f"{key}|{s}"]["wall_s"] for s in stages_of(key)}}
     return res
 
 
@@ -422,7 +437,11 @@ def table(key: str, res: dict) -> str:
     lines = [f"### `{key}` ({sh['n_train']} normal train images, {sh['n_test']} test images)", "", head,
              "|" + "---|" * 11]
     for name in PATCHCORES:
-        lines.append(f"| {name} ({res[name]['search']} search, 1 run) | " + " | ".join(_cells(res[name], False)) + " |")
+        if name in res:
+            lines.append(f"| {name} ({res[name]['search']} search, 1 run) | " + " | ".join(_cells(res[name], False))
+                         + " |")
+        else:
+            lines.append(f"| {name} | not run under @tile (see `stages_of`) |" + " |" * 9)
     for name in VARIANTS:
         if name in res:
             lines.append(f"| {name} | " + " | ".join(_cells(res[name], len(res[name]["seeds"]) > 1)) + " |")
@@ -536,8 +555,11 @@ def _stage_settings(settings: dict, key: str, stage: str) -> dict:
     out = {k: settings[k] for k in COMMON_SETTINGS}
     out["backbone"] = settings.get("backbone", LEGACY_BACKBONE)  # runs before the setting: Lite0
     if stage in PATCHCORES:  # PatchCore's defaults (its search) are part of what it measured
-        return {**out, "speed_batch": settings["speed_batch"], "patchcore": asdict(PatchCoreConfig())}
+        return {**out, "speed_batch": settings["speed_batch"],
+                "patchcore": asdict(PatchCoreConfig(memory_limit=memory_limit(key)))}
     out.update({k: settings[k] for k in DETECTOR_SETTINGS}, model=settings["models"].get(key.removesuffix(TILE_SUFFIX)))
+    if memory_limit(key) is not None:  # absent for the resize keys: their finished stages stay reusable
+        out["memory_limit"] = memory_limit(key)
     return out if stage == "detectors" else {**out, "speed_batch": settings["speed_batch"]}
 
 
@@ -579,7 +601,7 @@ def main(argv: list[str] | None = None) -> None:
         if not common.available(args.data, key.removesuffix(TILE_SUFFIX)):
             print(f"skip {key}: not found under {args.data}", file=sys.stderr)
             continue
-        for stage in STAGES:
+        for stage in stages_of(key):
             tag = f"{key}|{stage}"
             wanted = json.loads(json.dumps(_stage_settings(settings, key, stage)))  # as it reads back
             if done.get(tag, {}).get("settings") != wanted:

@@ -208,7 +208,7 @@ def test_load_is_strict(fitted, tmp_path):
 def test_scoring_cached_features_equals_scoring_the_images(fitted, backbone, tmp_path, policy):
     from PIL import Image
 
-    from qarad.detection.train import FEATURE_DTYPE, cache_images, score_cached
+    from qarad.detection.train import FEATURE_DTYPE, cache_images, score_cached, search_cached
 
     model = Segmenter(fitted.config, policy, backbone)
     model.head_, model.threshold_, model.reference_ = fitted.head_, fitted.threshold_, fitted.reference_
@@ -227,6 +227,11 @@ def test_scoring_cached_features_equals_scoring_the_images(fitted, backbone, tmp
         assert work.shape == ref.anomaly_map.shape
         np.testing.assert_allclose(work, ref.anomaly_map, rtol=1e-5, atol=1e-6)  # fused maps are ~10: float32 noise
         assert score == pytest.approx(ref.score, rel=1e-5) and score == work.max()
+    if fitted.config.uses_bank:  # the bank searched once for many heads: the same maps
+        searched = search_cached(model, cached, batch_size=2)
+        for (work, score), (ref_work, ref_score) in zip(score_cached(model, searched, batch_size=3), got):
+            np.testing.assert_allclose(work, ref_work, rtol=1e-6, atol=1e-6)
+            assert score == pytest.approx(ref_score, rel=1e-6)
     # a float16 cache (as for training features) still goes through the same path
     half = [type(c)(c.layout, c.features.to(FEATURE_DTYPE)) for c in cached]
     for (work, _), (ref_work, _) in zip(score_cached(model, half), got):

@@ -172,6 +172,19 @@ def cell_scores(logit: torch.Tensor, dist: torch.Tensor | None, fusion: bool, re
     return (logit[:, 0] - ref.logit_mean) / ref.logit_std + (dist - ref.dist_mean) / ref.dist_std
 
 
+def cells_to_map(cells: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) cell scores -> (B, 8h, 8w) anomaly map, bilinear from the stride-8 grid."""
+    h, w = cells.shape[-2:]
+    return upsample(cells, (h * PATCH_STRIDE, w * PATCH_STRIDE))
+
+
+def fit_view(maps: torch.Tensor, view_hw: tuple[int, int]) -> torch.Tensor:
+    """(n, 8h, 8w) maps resized to views of view_hw (a view side not a multiple of 8), on the CPU."""
+    if tuple(maps.shape[-2:]) != tuple(view_hw):
+        maps = upsample(maps, tuple(view_hw))
+    return maps.cpu()
+
+
 def _check_features(name: str, features: torch.Tensor, config: SegmenterConfig) -> None:
     if features.dim() != 4 or features.shape[1] != config.feature_channels:
         raise ValueError(f"{name} must be (N, {config.feature_channels}, h, w) PatchEmbedder features of "
@@ -266,13 +279,18 @@ class Segmenter:
         _check_features("features", features, self.config)
         features = features.float()
         dist, rows = self.nearest(features, exclude_source) if self.config.uses_bank else (None, None)
-        return cell_scores(self.logits(features, dist, rows), dist, self.config.fusion, self.reference_)
+        return self.cells_from_search(features, dist, rows)
+
+    def cells_from_search(self, features: torch.Tensor, dist: torch.Tensor | None, rows: torch.Tensor | None
+                          ) -> torch.Tensor:
+        """As cells_from_features, with the bank already searched (`nearest`): heads sharing one bank
+        score cached test features without searching them again."""
+        self._check_fitted()
+        return cell_scores(self.logits(features.float(), dist, rows), dist, self.config.fusion, self.reference_)
 
     def maps_from_features(self, features: torch.Tensor, exclude_source: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, h, w) -> (B, 8h, 8w) anomaly map, bilinear from the stride-8 grid."""
-        cells = self.cells_from_features(features, exclude_source)
-        h, w = cells.shape[-2:]
-        return upsample(cells, (h * PATCH_STRIDE, w * PATCH_STRIDE))
+        return cells_to_map(self.cells_from_features(features, exclude_source))
 
     def view_maps(self, views: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
@@ -281,10 +299,12 @@ class Segmenter:
     def view_maps_from_features(self, features: torch.Tensor, view_hw: tuple[int, int]) -> torch.Tensor:
         """`embed` output of views of size view_hw (float16 caches too) -> (n, vh, vw) on the CPU, as
         `view_maps` gives for those views: scoring cached features cannot drift from scoring images."""
-        maps = self.maps_from_features(features.float())
-        if tuple(maps.shape[-2:]) != tuple(view_hw):
-            maps = upsample(maps, tuple(view_hw))
-        return maps.cpu()
+        return fit_view(self.maps_from_features(features.float()), view_hw)
+
+    def view_maps_from_search(self, features: torch.Tensor, dist: torch.Tensor | None, rows: torch.Tensor | None,
+                              view_hw: tuple[int, int]) -> torch.Tensor:
+        """view_maps_from_features with the bank already searched (see cells_from_search)."""
+        return fit_view(cells_to_map(self.cells_from_search(features, dist, rows)), view_hw)
 
     def smooth(self, work_map: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(work_map, self.config.blur_sigma)
