@@ -14,8 +14,15 @@ MODEL_DIR is a fitted ARAS model (`qarad fit`). Measured, side by side in one pr
   the test split and each method's synthetic regions, on region_pool features (304-d:
   mean feature inside the region and inside minus a 2-cell ring around it). The global mean of
   the crop is left out on purpose: it mostly describes the normal material, not the defect;
-* seams: Sobel gradient on a 1-px ring around the changed mask, output / input (1 = no added edge).
-Writes benchmarks/results/synthesis.json, benchmarks/results/gallery.png and a BENCHMARKS.md section.
+* seams: Sobel gradient on a 1-px ring around the changed mask, output / input (1 = no added edge);
+* continuous control: along mix 0 -> 1 (`qarad synth --prompt-b B --mix F`) between prompts of
+  two families, the language-control classifier's probability of the second family, per pair
+  (MIX_PAIRS) and as Spearman's rho over every sample (`control_curves.mix_spearman`); along
+  `--strength` 0 -> 1 the mean absolute change inside the mask (`control_curves.strength_spearman`,
+  `control.strength_monotonic`). `--only control` measures this part alone and merges it into
+  an existing --out-json, keeping its other keys.
+Writes benchmarks/results/synthesis.json, benchmarks/results/gallery.png, the mix and strength
+strips (synthesis_mix_strip.png, synthesis_strength_strip.png) and a BENCHMARKS.md section.
 """
 from __future__ import annotations
 
@@ -24,7 +31,6 @@ import json
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -202,8 +208,27 @@ def procedural_renders(train: list[str], policy, rule, n_per_family: int, seed: 
     return renders, torch.tensor(labels)
 
 
-def fit_logreg(x: torch.Tensor, y: torch.Tensor, k: int, seed: int):
-    """Multinomial logistic regression on standardised features (L2, full-batch LBFGS) -> predict(x)."""
+@dataclass
+class LogReg:
+    """A fitted multinomial logistic regression: called on features it predicts the class index."""
+    mean: torch.Tensor
+    std: torch.Tensor
+    w: torch.Tensor
+    b: torch.Tensor
+
+    def logits(self, q: torch.Tensor) -> torch.Tensor:
+        return ((q - self.mean) / self.std) @ self.w + self.b  # (n, d) -> (n, k)
+
+    def proba(self, q: torch.Tensor) -> torch.Tensor:
+        """(n, d) features -> (n, k) class probabilities."""
+        return self.logits(q).softmax(1)
+
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        return self.logits(q).argmax(1)
+
+
+def fit_logreg(x: torch.Tensor, y: torch.Tensor, k: int, seed: int) -> LogReg:
+    """Multinomial logistic regression on standardised features (L2, full-batch LBFGS)."""
     torch.manual_seed(seed)
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     z = (x - mean) / std
@@ -218,8 +243,7 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, k: int, seed: int):
         return loss
 
     opt.step(closure)
-    w, b = w.detach(), b.detach()
-    return lambda q: (((q - mean) / std) @ w + b).argmax(1)
+    return LogReg(mean, std, w.detach(), b.detach())
 
 
 def aras_predictions(aras, embedder, predict, goods, args, sampler, gallery: list):
@@ -258,7 +282,7 @@ class FamilyClassifier:
     labels: torch.Tensor  # (n,) family index of each render
     x: torch.Tensor  # (n, 304) their features at CLASSIFIER_SIDE
     held: torch.Tensor  # (n,) bool: held out from training
-    predict: Callable[[torch.Tensor], torch.Tensor]  # features -> family index
+    predict: LogReg  # features -> family index; .proba: -> family probabilities
 
     @property
     def holdout_top1(self) -> float:
@@ -276,11 +300,10 @@ def family_classifier(embedder, train: list[str], policy, rule, n_render: int, s
     return FamilyClassifier(renders, labels, x, held, fit_logreg(x[~held], labels[~held], len(FAMILIES), seed))
 
 
-def language_control(aras, embedder, goods, train, args, gallery: list) -> dict:
+def language_control(aras, embedder, goods, judge: FamilyClassifier, args, gallery: list) -> dict:
     from qarad.defects.vocab import FAMILIES
     from qarad.synthesis.aras import SamplerConfig
 
-    judge = family_classifier(embedder, train, aras.policy, aras.rule, args.n_render, args.seed)
     renders, labels, held, predict = judge.renders, judge.labels, judge.held, judge.predict
     idx = torch.nonzero(held)[:, 0].tolist()
 
@@ -408,7 +431,185 @@ def realism(aras, embedder, goods, defects, args, gallery: list) -> dict:
     return out
 
 
+# ---- 5. continuous control -----------------------------------------------------------------
+# Family pairs of the mix curve (first -> second), chosen from the family classifier alone, before
+# any sample of this measurement was drawn (magnetic tile, its 176 held-out procedural renders): the
+# second families are the four it recognises best (break 16/16, hole 15/16, dent 11/13,
+# discoloration 16/19), each paired with a first family that it never confuses with it either way
+# (0 held-out confusions), eight different families in all.
+MIX_PAIRS = (("scratch", "hole"), ("crack", "break"), ("stain", "discoloration"), ("fray", "dent"))
+MIX_VALUES = (0.0, 0.25, 0.5, 0.75, 1.0)
+STRENGTH_VALUES = (0.0, 0.25, 0.5, 0.75, 1.0)
+STRIP_ROWS = 3  # rows of the strength strip
+
+
+def region_probabilities(aras, embedder, judge: FamilyClassifier, outs: list) -> np.ndarray:
+    """(len(outs), families) classifier probabilities of the region each synthesis changed; rows of
+    NaN where it changed nothing."""
+    probs = np.full((len(outs), len(judge.predict.b)), np.nan)
+    changed = [i for i, out in enumerate(outs) if out.mask.any()]
+    cuts = [cut(outs[i].image, outs[i].mask, aras.policy, aras.rule) for i in changed]
+    if cuts:
+        x = features(embedder, [c[0] for c in cuts], [c[1] for c in cuts], side=CLASSIFIER_SIDE)
+        probs[changed] = judge.predict.proba(x).numpy()
+    return probs
+
+
+def pair_confusions(judge: FamilyClassifier, a: int, b: int) -> dict:
+    """The classifier on the held-out procedural renders of a and b: how many of each it recognises,
+    and how many of either it takes for the other (what MIX_PAIRS was chosen by)."""
+    pred, y = judge.predict(judge.x[judge.held]), judge.labels[judge.held]
+    count = lambda t, p: int(((y == t) & (pred == p)).sum())  # noqa: E731
+    return {"recognised_first": [count(a, a), int((y == a).sum())],
+            "recognised_second": [count(b, b), int((y == b).sum())], "confused_either_way": count(a, b) + count(b, a)}
+
+
+def pair_separation(judge: FamilyClassifier, a: int, b: int) -> float:
+    """Share of the held-out procedural renders of families a and b that the classifier gives a
+    higher probability for their own family of the two than for the other."""
+    held = judge.held & ((judge.labels == a) | (judge.labels == b))
+    p, y = judge.predict.proba(judge.x[held]), judge.labels[held]
+    own = torch.where(y == a, p[:, a] > p[:, b], p[:, b] > p[:, a])
+    return float(own.double().mean())
+
+
+def spearman(x, y) -> tuple[float, float]:
+    """Spearman's rho and its p-value over the finite pairs."""
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
+    keep = np.isfinite(x) & np.isfinite(y)
+    rho, p = spearmanr(x[keep], y[keep])
+    return float(rho), float(p)
+
+
+def column_means(a: np.ndarray) -> np.ndarray:
+    """(rows, columns) -> (columns,) means over each column's finite entries (NaN where none is)."""
+    finite = np.isfinite(a)
+    return np.where(finite.any(0), np.where(finite, a, 0).sum(0) / np.maximum(finite.sum(0), 1), np.nan)
+
+
+def listed(a) -> list:
+    """Floats for JSON, None for NaN."""
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(a, float).ravel()]
+
+
+def mix_curves(aras, embedder, judge: FamilyClassifier, goods, args, strips: list) -> dict:
+    """Along mix 0 -> 1 from a prompt of family a to one of family b, per pair: the classifier's
+    P(b) of the changed region, for n_mix sources and masks, each drawn with one seed at every mix
+    (so the mix is all that differs along a row). Masks alternate between a's and b's kind."""
+    from qarad.defects.vocab import FAMILIES
+    from qarad.synthesis.aras import SamplerConfig
+
+    rng = np.random.default_rng([args.seed, 8])
+    pairs, x_all, y_all = {}, [], []
+    bar = tqdm(total=len(MIX_PAIRS) * args.n_mix * len(MIX_VALUES), desc="control: mix", unit="sample")
+    for p, (fa, fb) in enumerate(MIX_PAIRS):
+        a, b = FAMILIES.index(fa), FAMILIES.index(fb)
+        p_a, p_b = np.full((args.n_mix, len(MIX_VALUES)), np.nan), np.full((args.n_mix, len(MIX_VALUES)), np.nan)
+        for i in range(args.n_mix):
+            src = load(goods[(p * args.n_mix + i) % len(goods)])
+            params_a, prompt_a = draw_prompt(rng, src[0], fa)
+            params_b, prompt_b = draw_prompt(rng, src[0], fb)
+            mask = family_mask(rng, src, params_a if i % 2 == 0 else params_b)
+            seed = int(rng.integers(2**31))
+            outs = [aras.synthesize(src[0], mask, prompt_a, seed, SamplerConfig(), prompt_b=prompt_b, mix=m)
+                    for m in MIX_VALUES]
+            bar.update(len(MIX_VALUES))
+            probs = region_probabilities(aras, embedder, judge, outs)
+            p_a[i], p_b[i] = probs[:, a], probs[:, b]
+            if i < 2:  # one row with a's mask kind, one with b's
+                captions = [f"mix {m:.2f}\nP({fb}) {q:.2f}" for m, q in zip(MIX_VALUES, p_b[i])]
+                title = (f"{fa} -> {fb} ({fa if i % 2 == 0 else fb} mask): "
+                         f"\u201c{prompt_a}\u201d -> \u201c{prompt_b}\u201d")
+                strips.append((title, src[0], mask, [(o.image, text) for o, text in zip(outs, captions)]))
+        mixes = np.broadcast_to(np.array(MIX_VALUES), p_b.shape)
+        x_all.append(mixes)
+        y_all.append(p_b)
+        means = column_means(p_b)
+        pairs[f"{fa}->{fb}"] = {
+            "p_second": listed(means), "p_first": listed(column_means(p_a)),
+            "two_way_second": listed(column_means(p_b / (p_a + p_b))),
+            "spearman": spearman(mixes, p_b)[0], "spearman_of_means": spearman(MIX_VALUES, means)[0],
+            "classifier_pair_separation": pair_separation(judge, a, b),
+            "classifier_holdout": pair_confusions(judge, a, b),
+            "n_unchanged": int(np.isnan(p_b).sum()), "raw_p_second": [listed(r) for r in p_b],
+            "raw_p_first": [listed(r) for r in p_a]}
+    bar.close()
+    pooled = spearman(np.concatenate(x_all), np.concatenate(y_all))
+    of_means = spearman(np.tile(MIX_VALUES, len(pairs)),
+                        [np.nan if v is None else v for c in pairs.values() for v in c["p_second"]])
+    return {"mix_spearman": pooled[0], "mix_spearman_p": pooled[1], "mix_spearman_of_means": of_means[0],
+            "mix_spearman_of_means_p": of_means[1], "mix_pairs": pairs, "mix_values": list(MIX_VALUES),
+            "n_mix": args.n_mix,
+            "mix_spearman_definition": "Spearman rho of mix vs the classifier's P(second family), pooled over "
+                                       "every pair, source and mix value whose change is not empty; "
+                                       "mix_spearman_of_means: over the per-pair mean curves (pairs x mix values)"}
+
+
+def strength_curve(aras, embedder, judge: FamilyClassifier, goods, args, strips: list) -> dict:
+    """Along strength 0 -> 1: the mean absolute change of the pixels inside the mask (source px,
+    mean over channels) and the classifier's probability of the prompted family, for n_strength
+    prompts (families in turn), each drawn with one seed at every strength."""
+    from qarad.defects.vocab import FAMILIES
+    from qarad.synthesis.aras import SamplerConfig
+
+    rng = np.random.default_rng([args.seed, 9])
+    change = np.zeros((args.n_strength, len(STRENGTH_VALUES)))
+    p_family = np.full((args.n_strength, len(STRENGTH_VALUES)), np.nan)
+    shown = []  # strip rows of every prompt; the strip shows the STRIP_ROWS with the largest change
+    for i in tqdm(range(args.n_strength), desc="control: strength", unit="prompt"):
+        family = FAMILIES[i % len(FAMILIES)]
+        src = load(goods[(i + len(MIX_PAIRS) * args.n_mix) % len(goods)])  # sources the mix curve did not use
+        params, prompt = draw_prompt(rng, src[0], family)
+        mask = family_mask(rng, src, params)
+        seed = int(rng.integers(2**31))
+        outs = [aras.synthesize(src[0], mask, prompt, seed, SamplerConfig(strength=s)) for s in STRENGTH_VALUES]
+        change[i] = [np.abs(o.image - src[0])[mask].mean() for o in outs]
+        p_family[i] = region_probabilities(aras, embedder, judge, outs)[:, FAMILIES.index(family)]
+        captions = [f"strength {s:.2f}\nchange {c:.3f}" for s, c in zip(STRENGTH_VALUES, change[i])]
+        shown.append((f"{family}: \u201c{prompt}\u201d", src[0], mask, list(zip([o.image for o in outs], captions))))
+    for rank, i in enumerate(np.argsort(-change[:, -1], kind="stable")[:STRIP_ROWS]):  # the most visible, for the eye
+        title, *rest = shown[i]
+        strips.append((f"{title} (in-mask change at strength 1: #{rank + 1} of {args.n_strength} prompts)", *rest))
+    means = change.mean(axis=0)
+    pooled = spearman(np.broadcast_to(np.array(STRENGTH_VALUES), change.shape), change)
+    return {"strength_spearman": pooled[0], "strength_spearman_p": pooled[1],
+            "strength_spearman_of_means": spearman(STRENGTH_VALUES, means)[0],
+            "strength_monotonic": bool(np.all(np.diff(means) > 0)),
+            "strength_monotonic_every_sample": bool(np.all(np.diff(change, axis=1) > 0)),
+            "strength_values": list(STRENGTH_VALUES), "strength_change": listed(means),
+            "strength_p_family": listed(column_means(p_family)),  # None at strength 0: nothing changed
+            "strength_raw_change": change.tolist(), "n_strength": args.n_strength}
+
+
+def continuous_control(aras, embedder, judge: FamilyClassifier, goods, args) -> tuple[dict, list, list]:
+    """The mix and strength curves -> (results, mix strip rows, strength strip rows)."""
+    t0 = time.perf_counter()
+    mix_strip, strength_strip = [], []
+    out = {**mix_curves(aras, embedder, judge, goods, args, mix_strip),
+           **strength_curve(aras, embedder, judge, goods, args, strength_strip)}
+    out["runtime_s"] = round(time.perf_counter() - t0, 1)
+    return out, mix_strip, strength_strip
+
+
 # ---- report ------------------------------------------------------------------------------
+def window_tile(image: np.ndarray, mask: np.ndarray, policy, rule, tile: int, outlined: bool):
+    """The model's window around `mask` as a tile x tile PIL image; `outlined`: the mask outlined in
+    red (report/figures.outline) just outside it, drawn at the tile's resolution."""
+    from PIL import Image
+
+    from qarad.report.figures import outline
+
+    win, cover = cut(image, mask, policy, rule)
+    pic = Image.fromarray((np.clip(win.permute(1, 2, 0).numpy(), 0, 1) * 255).astype(np.uint8))
+    pic = np.asarray(pic.resize((tile, tile), Image.NEAREST), np.float32) / 255
+    if outlined:
+        inside = np.asarray(Image.fromarray(cover.numpy() > 0).resize((tile, tile), Image.NEAREST))
+        pic = outline(pic, ndimage.binary_dilation(inside, iterations=max(2, tile // 64)), colour=(1.0, 0.0, 0.0))
+    return Image.fromarray((pic * 255).astype(np.uint8))
+
+
 def gallery_png(items: list, policy, rule, path: Path, tile: int = 160) -> None:
     """Rows of (source window | result window, mask outlined in red just outside it), prompt underneath."""
     from PIL import Image, ImageDraw, ImageFont
@@ -422,23 +623,83 @@ def gallery_png(items: list, policy, rule, path: Path, tile: int = 160) -> None:
     for r, row in enumerate(rows):
         for c, (method, before, after, mask, prompt) in enumerate(row):
             x0, y0 = c * (cell_w + 2 * pad) + pad, r * (cell_h + pad) + pad
-            pics = []
-            for img in (before, after):
-                win, cover = cut(img, mask, policy, rule)
-                pics.append(win.permute(1, 2, 0).numpy())
-            grown = ndimage.binary_dilation(cover.numpy() > 0, np.ones((3, 3), bool), iterations=2)
-            outline = grown ^ ndimage.binary_erosion(grown, np.ones((3, 3), bool))  # just outside the mask
-            pics[1] = np.where(outline[..., None], np.array([1.0, 0.0, 0.0]), pics[1])
-            for j, pic in enumerate(pics):
-                im = Image.fromarray((np.clip(pic, 0, 1) * 255).astype(np.uint8)).resize((tile, tile), Image.NEAREST)
-                sheet.paste(im, (x0 + j * (tile + pad), y0))
+            for j, img in enumerate((before, after)):
+                sheet.paste(window_tile(img, mask, policy, rule, tile, outlined=j == 1), (x0 + j * (tile + pad), y0))
             lines = textwrap.wrap(f"{method}: {prompt}", width=int(cell_w / 6))[:3]
             draw.multiline_text((x0, y0 + tile + 2), "\n".join(lines), fill="black", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
 
 
-def table(res: dict, dataset: str, gallery_rel: str) -> str:
+def strip_png(rows: list, policy, rule, path: Path, tile: int = 150) -> None:
+    """One row per (title, source, mask, [(result, caption), ...]): the source window, then each
+    result's window with the mask outlined (one source and one mask per row), caption under each
+    tile and the title under the row."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font, pad, caption_h, title_h = ImageFont.load_default(), 6, 28, 30
+    n = 1 + max(len(r[3]) for r in rows)
+    row_h = tile + caption_h + title_h
+    sheet = Image.new("RGB", (n * (tile + pad) + pad, len(rows) * (row_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (title, source, mask, results) in enumerate(rows):
+        y0 = r * (row_h + pad) + pad
+        tiles = [(source, "source", False)] + [(img, caption, True) for img, caption in results]
+        for j, (img, caption, outlined) in enumerate(tiles):
+            x0 = j * (tile + pad) + pad
+            sheet.paste(window_tile(img, mask, policy, rule, tile, outlined), (x0, y0))
+            draw.multiline_text((x0, y0 + tile + 2), caption, fill="black", font=font)
+        lines = textwrap.wrap(title, width=int(n * (tile + pad) / 6))[:2]
+        draw.multiline_text((pad, y0 + tile + caption_h), "\n".join(lines), fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
+def control_table(res: dict, rels: dict[str, str]) -> str:
+    """The 'Continuous control' part of the section: per-pair mix curves, the strength curve, strips."""
+    c = res["control"]
+    r = lambda v, d=3: "n/a" if v is None or v != v else f"{v:.{d}f}"  # noqa: E731
+    cells = lambda values, d=3: " | ".join(r(v, d) for v in values)  # noqa: E731
+    mixes = " | ".join(f"{m:g}" for m in c["mix_values"])
+    strengths = " | ".join(f"{s:g}" for s in c["strength_values"])
+    held = lambda p: ("{0}/{1} and {2}/{3} recognised, {4} confused, separation {5:.2f}".format(  # noqa: E731
+        *p["classifier_holdout"]["recognised_first"], *p["classifier_holdout"]["recognised_second"],
+        p["classifier_holdout"]["confused_either_way"], p["classifier_pair_separation"]))
+    n_pooled = sum(len(p["raw_p_second"]) * len(c["mix_values"]) - p["n_unchanged"] for p in c["mix_pairs"].values())
+    lines = [
+        "### Continuous control: prompt mix and strength", "",
+        f"Command: `{c['command']}` ({c['date']}, {c['threads']} torch thread(s), {c['runtime_s'] / 60:.1f} min; "
+        f"classifier held-out top-1 {r(c['classifier_holdout_top1'])}). `qarad synth --prompt-b B --mix F` draws "
+        f"each sample with its prompt's embedding moved towards B's; {c['n_mix']} sources and masks per pair "
+        f"(masks alternate between the two families' kinds), each drawn with one seed at every mix value, so the "
+        f"mix is all that differs along a row. Cells: the family classifier's mean P(second family) of the "
+        f"changed region (9 families, chance 0.111). The pairs were chosen from the classifier's held-out "
+        f"procedural renders alone, not from ARAS samples: the second families are the four it recognises best, "
+        f"each with a first family it never confuses with it (in brackets: renders of each family recognised, "
+        f"confused with the other, and separation, the share it gives the higher probability of the two to the "
+        f"right one).", "",
+        f"| pair (classifier on held-out renders) | {mixes} | Spearman (samples) |",
+        "|---" * (len(c["mix_values"]) + 2) + "|",
+        *[f"| {name} ({held(p)}) | {cells(p['p_second'])} | {r(p['spearman'])} |"
+          for name, p in c["mix_pairs"].items()],
+        "", f"`mix_spearman` (pooled over all {n_pooled} samples: every pair, source and mix value) "
+        f"**{r(c['mix_spearman'])}** (p = {c['mix_spearman_p']:.2g}); over the {len(c['mix_pairs'])} x "
+        f"{len(c['mix_values'])} per-pair means {r(c['mix_spearman_of_means'])} "
+        f"(p = {c['mix_spearman_of_means_p']:.2g}).", "",
+        f"| strength | {strengths} | Spearman (samples) |", "|---" * (len(c["strength_values"]) + 2) + "|",
+        f"| mean absolute in-mask change ({c['n_strength']} prompts) | {cells(c['strength_change'])} "
+        f"| {r(c['strength_spearman'])} |",
+        f"| classifier P(prompted family) | {cells(c['strength_p_family'])} | |",
+        "", f"`strength_spearman` **{r(c['strength_spearman'])}**; monotonic in the mean: "
+        f"{'yes' if c['strength_monotonic'] else 'no'}, in every sample: "
+        f"{'yes' if c['strength_monotonic_every_sample'] else 'no'}. Strength scales the blend of one set of "
+        "codes (the seed fixes them), so the in-mask change is linear in it by construction.", "",
+        f"![mix strip]({rels['mix_strip']})", "", f"![strength strip]({rels['strength_strip']})",
+    ]
+    return "\n".join(lines)
+
+
+def table(res: dict, dataset: str, rels: dict[str, str]) -> str:
     r = lambda v, d=3: "n/a" if v is None or v != v else f"{v:.{d}f}"  # noqa: E731
     methods, fit = ("aras", "procedural", "perlin"), res["fit_minutes"].get(dataset)
     row = lambda label, cells: f"| {label} | " + " | ".join(cells) + " |"  # noqa: E731
@@ -471,9 +732,9 @@ def table(res: dict, dataset: str, gallery_rel: str) -> str:
            f"| {r(res['refiner_ceiling_top1'])} |"] if res.get("refiner") else []),
         "", "Language control per family: "
         + ", ".join(f"{k} {v:.2f}" for k, v in res["language_control_per_family"].items()) + ".",
-        "", f"![gallery]({gallery_rel})",
+        "", f"![gallery]({rels['gallery']})",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + (["", control_table(res, rels)] if "control" in res else []))
 
 
 def fit_minutes(model: Path) -> float | None:
@@ -507,6 +768,32 @@ def ready(ap: argparse.ArgumentParser, args) -> bool:
     return True
 
 
+def output_paths(args) -> dict[str, Path]:
+    """The gallery and the two control strips, next to --out-json."""
+    default = args.out_json == common.RESULTS / "synthesis.json"
+    gallery = args.gallery or args.out_json.with_name("gallery.png" if default else args.out_json.stem + "_gallery.png")
+    return {"gallery": gallery, "mix_strip": args.out_json.with_name(args.out_json.stem + "_mix_strip.png"),
+            "strength_strip": args.out_json.with_name(args.out_json.stem + "_strength_strip.png")}
+
+
+def relative(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(common.ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def control_results(control: dict, model: Path) -> dict:
+    """synthesis.json's keys for the control curves: the two headline numbers and the rest, with
+    the command, date and model they were measured with (a `--only control` run merges them into
+    a file another run wrote)."""
+    env = common.envelope({})
+    headline = {k: control[k] for k in ("mix_spearman", "strength_spearman")}
+    return {"control_curves": headline,
+            "control": {**control, "command": env["command"], "date": env["date"], "model": str(model),
+                        "threads": torch.get_num_threads()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(ap)
@@ -516,6 +803,13 @@ def main() -> None:
     ap.add_argument("--n-per-family", type=int, default=20, help="ARAS samples per family for language control")
     ap.add_argument("--n-render", type=int, default=80, help="procedural renders per family to train the classifier")
     ap.add_argument("--n-kid", type=int, default=120)
+    ap.add_argument("--n-mix", type=int, default=32,
+                    help=f"control: sources and masks per family pair, each drawn at every mix {MIX_VALUES}")
+    ap.add_argument("--n-strength", type=int, default=18,
+                    help=f"control: prompts (families in turn), each drawn at every strength {STRENGTH_VALUES}")
+    ap.add_argument("--only", choices=["control"],
+                    help="control: only the mix and strength curves (and their strips), merged into --out-json's "
+                         "other keys when it exists")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-json", type=Path, default=common.RESULTS / "synthesis.json")
@@ -526,6 +820,8 @@ def main() -> None:
         return
     if args.n_naive < 1 or args.n_speed < 1:
         ap.error("--n-speed and --n-naive must be at least 1 (the speed-up compares them)")
+    if args.n_mix < 2 or args.n_strength < 1:
+        ap.error("--n-mix must be at least 2 (masks alternate between the pair's two kinds), --n-strength at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -542,25 +838,43 @@ def main() -> None:
     train = [str(s.image) for s in scan(args.data / root, cat, "train", "mvtec")]
     aras = ARAS.load(args.model)
     embedder = PatchEmbedder(Backbone(BackboneConfig(strides=(8, 16)))).eval()
+    paths = output_paths(args)
     gallery: list = []
-    results = speed(aras, goods, args.n_speed, args.n_naive, args.seed)
-    results["cli_per_s"] = cli_speed(args.model, goods, args.n_cli)
-    results.update(language_control(aras, embedder, goods, train, args, gallery))
-    results.update(realism(aras, embedder, goods, defects, args, gallery))
-    results["fit_minutes"] = {args.dataset: fit_minutes(args.model)}
-    results["sampler"] = asdict(SamplerConfig())  # what every ARAS sample above was drawn with
-    results["refiner"] = aras.refiner is not None
-    results.update(dataset=args.dataset, model=str(args.model), seed=args.seed, threads=torch.get_num_threads(),
-                   runtime_s=round(time.perf_counter() - t0, 1), peak_rss_mb=round(common.peak_rss_mb()))
-    gallery_path = args.gallery or args.out_json.with_name(
-        "gallery.png" if args.out_json == common.RESULTS / "synthesis.json" else args.out_json.stem + "_gallery.png")
-    gallery_png(gallery, aras.policy, aras.rule, gallery_path)
-    common.write_json(args.out_json, common.envelope(results))
-    try:
-        rel = gallery_path.resolve().relative_to(common.ROOT).as_posix()
-    except ValueError:
-        rel = str(gallery_path)
-    md = table(results, args.dataset, rel)
+    results = {}
+    if args.only is None:
+        results.update(speed(aras, goods, args.n_speed, args.n_naive, args.seed))
+        results["cli_per_s"] = cli_speed(args.model, goods, args.n_cli)
+    judge = family_classifier(embedder, train, aras.policy, aras.rule, args.n_render, args.seed)
+    if args.only is None:
+        results.update(language_control(aras, embedder, goods, judge, args, gallery))
+        results.update(realism(aras, embedder, goods, defects, args, gallery))
+    control, mix_rows, strength_rows = continuous_control(aras, embedder, judge, goods, args)
+    control["classifier_holdout_top1"] = judge.holdout_top1
+    strip_png(mix_rows, aras.policy, aras.rule, paths["mix_strip"])
+    strip_png(strength_rows, aras.policy, aras.rule, paths["strength_strip"])
+    results.update(control_results(control, args.model))
+    if args.only is None:
+        results["fit_minutes"] = {args.dataset: fit_minutes(args.model)}
+        results["sampler"] = asdict(SamplerConfig())  # what every ARAS sample above was drawn with
+        results["refiner"] = aras.refiner is not None
+        results.update(dataset=args.dataset, model=str(args.model), seed=args.seed, threads=torch.get_num_threads(),
+                       runtime_s=round(time.perf_counter() - t0, 1), peak_rss_mb=round(common.peak_rss_mb()))
+        gallery_png(gallery, aras.policy, aras.rule, paths["gallery"])
+        document = common.envelope(results)
+    else:  # keep the other keys (and the envelope) of the run that wrote them
+        document = json.loads(args.out_json.read_text()) if args.out_json.is_file() else common.envelope({})
+        if document["results"].get("model") not in (None, str(args.model)):
+            print(f"note: {args.out_json} was written with model {document['results']['model']}; the control "
+                  f"curves come from {args.model} (results.control.model says so)", file=sys.stderr)
+        document["results"].update(results)
+    common.write_json(args.out_json, document)
+    merged = document["results"]
+    rels = {k: relative(v) for k, v in paths.items()}
+    if "kid" not in merged:  # no whole run in --out-json yet: the section's table needs one
+        print(control_table(merged, rels))
+        print(f"note: {args.out_json} holds no whole run; BENCHMARKS.md left as it is", file=sys.stderr)
+        return
+    md = table(merged, merged.get("dataset", args.dataset), rels)
     if not args.no_markdown:
         common.update_section("synthesis", md)
     print(md)

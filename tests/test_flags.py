@@ -30,3 +30,13 @@ def test_a_bool_flag_must_default_to_true():
 
     with pytest.raises(TypeError, match="default to True"):
         flags.add_flags(argparse.ArgumentParser(), Bad)
+
+
+def test_prompt_b_mix_and_strength_parse():
+    args = main_parser().parse_args(BASE + ["--prompt-b", "a round hole", "--mix", "0.25", "--strength", "0.5"])
+    assert (args.prompt_b, args.mix) == ("a round hole", 0.25)
+    assert flags.from_args(SamplerConfig, args).strength == 0.5
+    plain = main_parser().parse_args(BASE)
+    assert plain.prompt_b is None and plain.mix is None  # no interpolation unless asked for
+    with pytest.raises(SystemExit):
+        main_parser().parse_args(BASE + ["--mix", "half"])

@@ -216,3 +216,60 @@ def test_workers_split_the_job_and_merge_to_the_single_process_result(setup, one
         b = np.asarray(Image.open(parallel / e["image"]))
         assert np.array_equal(a, b)  # one thread on both sides: same arithmetic, same draws
     assert (parallel / "gallery.html").read_text().count("<img src='data:image/png;base64,") == 4  # after the merge
+
+
+# ---- prompt interpolation (--prompt-b, --mix) and --strength ----------------------------------
+def test_prompt_b_and_mix_reach_every_record_worker_and_the_gallery(setup, one_thread):
+    base, model, images, masks = setup
+    single, parallel = base / "mix_w1", base / "mix_w2"
+    extra = ("--masks", str(masks), "--prompt-b", "a  large stain", "--mix", "0.25")
+    assert _synth(model, images, single, *extra) == 0
+    assert _synth(model, images, parallel, *extra, "--workers", "2") == 0
+    settings = json.loads((single / "synth.json").read_text())
+    assert settings["prompt_b"] == "a large stain" and settings["mix"] == 0.25  # validated like --prompts
+    one = [json.loads(line) for line in (single / "manifest.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (parallel / "manifest.jsonl").read_text().splitlines()]
+    assert [(e["prompt_b"], e["mix"]) for e in one + two] == [("a large stain", 0.25)] * 8
+    for e in one:  # the workers drew the same interpolated samples
+        assert Image.open(single / e["image"]).tobytes() == Image.open(parallel / e["image"]).tobytes()
+    html = (single / "gallery.html").read_text()
+    assert "\u201ca thin dark scratch\u201d -&gt; \u201ca large stain\u201d @ 0.25" in html
+    assert "<td class='l'>a round hole -&gt; a large stain @ 0.25</td>" in html  # the prompt table
+
+
+def test_mix_one_is_prompt_b_alone_end_to_end_and_scored_against_it(setup):
+    base, model, images, masks = setup
+    mixed, alone = base / "mix_one", base / "b_alone"
+    common = ["synth", str(model), "--images", str(images), "--masks", str(masks), "--n", "3", "--seed", "3"]
+    assert main(common + ["--prompts", "a thin dark scratch", "--prompt-b", "a round hole", "--mix", "1",
+                          "--out", str(mixed)]) == 0
+    assert main(common + ["--prompts", "a round hole", "--out", str(alone)]) == 0
+    for folder in (mixed, alone):
+        assert main(["score", str(folder)]) == 0
+    a = [json.loads(line) for line in (mixed / "manifest.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (alone / "manifest.jsonl").read_text().splitlines()]
+    for x, y in zip(a, b):
+        assert Image.open(mixed / x["image"]).tobytes() == Image.open(alone / y["image"]).tobytes()
+        assert x["score"] == y["score"]  # QAW scores the description the sample was drawn with
+    assert "prompt_b" not in b[0] and "prompt_b" not in json.loads((alone / "synth.json").read_text())
+
+
+@pytest.mark.parametrize("extra,problem", [
+    (["--mix", "0.5"], "--mix 0.5 needs --prompt-b TEXT"),
+    (["--prompt-b", "a round hole"], "--prompt-b needs --mix F in [0, 1]"),
+    (["--prompt-b", "a round hole", "--mix", "1.5"], "--mix must be in [0, 1]"),
+    (["--prompt-b", "a round hole", "--mix", "-0.1"], "--mix must be in [0, 1]"),
+    (["--prompt-b", "a round hole", "--mix", "nan"], "--mix must be in [0, 1]"),
+    (["--prompt-b", " ", "--mix", "0.5"], "prompt is empty"),
+    (["--prompt-b", "bad\x1bprompt", "--mix", "0.5"], "control character"),
+    (["--prompt-b", "x" * 400, "--mix", "0.5"], "300"),
+    (["--strength", "1.5"], "--strength must be in [0, 1]"),
+    (["--strength", "-1"], "--strength must be in [0, 1]"),
+])
+def test_bad_interpolation_or_strength_is_refused_before_any_output(setup, extra, problem, capsys):
+    base, model, images, _ = setup
+    out = base / "bad_mix"
+    assert main(["synth", str(model), "--images", str(images), "--prompts", "a scratch", "--auto-masks",
+                 "--out", str(out), *extra]) == 2
+    assert problem in capsys.readouterr().err
+    assert not out.exists()

@@ -29,7 +29,7 @@ from .data.layouts import FolderSplit, resolve_layout, scan
 from .data.mvtec import expand_images, subsample
 from .data.resolution import ResolutionPolicy
 from .progress import bar, loss_bar
-from .synthesis.sampler_config import SamplerConfig
+from .synthesis.sampler_config import SamplerConfig, check_mix
 
 if TYPE_CHECKING:
     from .detection.patchcore import PatchCoreConfig
@@ -103,24 +103,29 @@ class Synthesized:
 
 def synth(model: str | Path, images: list, prompts: list[str], out: str | Path, n: int = 10, seed: int = 0,
           masks: list | None = None, auto_masks: bool = False, sampler: SamplerConfig = SamplerConfig(),
-          shard: tuple[int, int] | None = None, workers: int = 1) -> Synthesized:
+          shard: tuple[int, int] | None = None, workers: int = 1, prompt_b: str | None = None,
+          mix: float | None = None) -> Synthesized:
     """Write `n` prompted defects into `images` (files or folders), inside `masks` (one per image) or,
     with `auto_masks`, in regions proposed on the object, and OUT/gallery.html of them. Resumes an
     unfinished `out`; `shard` (i, n) does every n-th sample from i (and writes no gallery);
-    `workers` > 1 runs that many single-threaded shard processes."""
+    `workers` > 1 runs that many single-threaded shard processes. With `prompt_b` and `mix` in
+    [0, 1], every sample is drawn with its prompt's embedding interpolated towards prompt_b's."""
     from .defects.masks import FAMILY_MASK_KIND, foreground_mask, propose_mask
     from .defects.prompts import family_of, normalise_prompt
     from .synthesis import jobs
     from .synthesis.pipeline import ARAS
 
     normalised = [normalise_prompt(p) for p in prompts]
+    check_mix(prompt_b, mix)
+    interpolation = {} if prompt_b is None else {"prompt_b": normalise_prompt(prompt_b), "mix": float(mix)}
     paths = expand_images(images)
     mask_paths = expand_images(masks) if masks else None
     if mask_paths is None and not auto_masks:
         raise ValueError("give --masks (one per image) or --auto-masks to let qarad propose defect regions")
     settings = {"model": str(Path(model).resolve()), "images": [str(p) for p in paths],
                 "masks": [str(p) for p in mask_paths] if mask_paths else None, "prompts": normalised, "n": n,
-                "seed": seed, "sampler": json.loads(json.dumps(sampler.__dict__)), "method": "aras"}
+                "seed": seed, "sampler": json.loads(json.dumps(sampler.__dict__)), "method": "aras",
+                **interpolation}  # only when used: folders made before it existed still resume
     aras = ARAS.load(model)
     fresh = not Path(out).exists()
     jobs.prepare_output(out, settings)
@@ -132,8 +137,9 @@ def synth(model: str | Path, images: list, prompts: list[str], out: str | Path, 
             rng = np.random.default_rng(job.seed)
             kind = FAMILY_MASK_KIND.get(family_of(job.prompt) or "", None)
             mask = propose_mask(rng, image.shape[:2], foreground_mask(image), kind=kind)
-        res = aras.synthesize(image, mask, job.prompt, job.seed, sampler)
-        return jobs.Made(res.image, res.mask, job.prompt, {"steps": res.steps, "window": list(res.window)})
+        res = aras.synthesize(image, mask, job.prompt, job.seed, sampler, **interpolation)
+        return jobs.Made(res.image, res.mask, job.prompt,
+                         {"steps": res.steps, "window": list(res.window), **interpolation})
 
     total = len(work) if shard is None else len([j for j in work if j.id % shard[1] == shard[0]])
     if workers < 1:
@@ -142,6 +148,7 @@ def synth(model: str | Path, images: list, prompts: list[str], out: str | Path, 
         argv = ["synth", str(model), "--images", *map(str, images), "--prompts", *prompts, "--n", str(n),
                 "--out", str(out), "--seed", str(seed), *flags.to_argv(sampler)]
         argv += ["--masks", *map(str, masks)] if masks else ["--auto-masks"]
+        argv += [f"--prompt-b={prompt_b}", f"--mix={float(mix)!r}"] if prompt_b is not None else []
         return _synth_in_workers(argv, Path(out), workers, total, fresh)
     made_any = lambda: bool(jobs.read_manifest(Path(out) / jobs.manifest_name(shard)))  # noqa: E731
     with discarded_on_failure(out, created=fresh, worth_keeping=made_any), bar(total, "synth") as tick:

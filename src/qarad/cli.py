@@ -152,6 +152,10 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="ARAS model folder from `qarad fit`")
     p.add_argument("--images", type=Path, nargs="+", required=True, help="image files and/or folders")
     p.add_argument("--prompts", nargs="+", required=True, help='defect descriptions, e.g. "a thin dark scratch"')
+    p.add_argument("--prompt-b", metavar="TEXT",
+                   help="a second description: each sample's prompt embedding is interpolated towards it by --mix")
+    p.add_argument("--mix", type=float, metavar="F",
+                   help="0..1 with --prompt-b: 0 draws the prompt alone, 1 --prompt-b alone, between them a blend")
     p.add_argument("--masks", type=Path, nargs="+", help="one mask per image (files or folders, same order)")
     p.add_argument("--auto-masks", action="store_true", help="propose defect regions on the object")
     p.add_argument("--n", type=int, default=10, help="number of samples (cycles over images and prompts)")

@@ -33,7 +33,8 @@ def score(args) -> int:
 
 def synth(args) -> int:
     done = api.synth(args.model, args.images, args.prompts, args.out, args.n, args.seed, args.masks, args.auto_masks,
-                     flags.from_args(SamplerConfig, args), _parse_shard(args.shard), args.workers)
+                     flags.from_args(SamplerConfig, args), _parse_shard(args.shard), args.workers, args.prompt_b,
+                     args.mix)
     if done.workers > 1:
         print(f"{done.total} samples in {args.out} ({done.workers} workers)")
     else:

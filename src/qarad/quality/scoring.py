@@ -2,7 +2,8 @@
 
 The dual encoder was trained on the fitting corpus, windows cut around each defect by the model's
 window rule, so each synthetic sample is scored on the same kind of window, cut around its mask
-by that rule at the run's working scale.
+by that rule at the run's working scale. A sample drawn with an interpolated prompt (`qarad synth
+--prompt-b`) is scored against that interpolated embedding.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from ..data.io import read_image, read_mask, write_text
 from ..data.resolution import ResolutionPolicy
+from ..synthesis.aras import mix_prompts
 from ..synthesis.jobs import MANIFEST, read_manifest
 from ..synthesis.window import crop_window
 from ..synthesis.window import WindowRule
@@ -38,9 +40,12 @@ def score_folder(synth_dir: Path, model: DualEncoder, policy: ResolutionPolicy, 
     if not entries:
         raise ValueError(f"{synth_dir / MANIFEST}: no samples to score")
     features_fn = default_features_fn()
-    text = TextEncoder().encode([e["prompt"] for e in entries])
+    encoder = TextEncoder()
+    text = encoder.encode([e["prompt"] for e in entries])
     scores = []
     for entry, t in zip(entries, text):
+        if entry.get("prompt_b") is not None:  # scored against the description it was drawn with
+            t = mix_prompts(t, encoder.encode([entry["prompt_b"]])[0], entry["mix"])
         image = read_image(synth_dir / entry["image"])
         mask = read_mask(synth_dir / entry["mask"], image.shape[:2])
         entry["score"] = round(score_sample(model, features_fn, t, image, mask, policy, rule), 6)

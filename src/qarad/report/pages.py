@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .html import Report
-from .sections import (METRIC_HEADER, curve_plots, heat_card, per_type_rows, qaw_text, synth_card, verdict)
+from .sections import (METRIC_HEADER, curve_plots, heat_card, per_type_rows, prompt_label, qaw_text, synth_card,
+                       verdict)
 
 if TYPE_CHECKING:
     from ..detection.evaluate import Evaluation, WorstCase
@@ -83,7 +84,7 @@ def synth_gallery(synth_dir: Path) -> Report:
                     f"({settings.get('method', '?')})")
     by_prompt: dict[str, list] = defaultdict(list)
     for e in entries:
-        by_prompt[e["prompt"]].append(e.get("score"))
+        by_prompt[prompt_label(e)].append(e.get("score"))
     scored = bool(entries) and all(e.get("score") is not None for e in entries)
     report.heading("Prompts")
     if scored:
@@ -96,7 +97,8 @@ def synth_gallery(synth_dir: Path) -> Report:
     shown, which = _shown(entries)
     report.heading("Samples (green: the pixels that changed)")
     report.paragraph(which)
-    report.gallery([synth_card(synth_dir, e, f"#{e['id']} ({qaw_text(e)}): \u201c{e['prompt']}\u201d") for e in shown],
+    report.gallery([synth_card(synth_dir, e, f"#{e['id']} ({qaw_text(e)}): {prompt_label(e, quoted=True)}")
+                    for e in shown],
                    max_side=GALLERY_SIDE)
     return report
 

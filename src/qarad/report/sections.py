@@ -61,3 +61,12 @@ def synth_card(synth_dir: Path, entry: dict, caption: str) -> Card:
 
 def qaw_text(entry: dict) -> str:
     return "not scored" if entry.get("score") is None else f"QAW {entry['score']:.2f}"
+
+
+def prompt_label(entry: dict, quoted: bool = False) -> str:
+    """A sample's prompt as the gallery names it: A, or A -> B @ mix when it was interpolated
+    (`qarad synth --prompt-b B --mix F`)."""
+    q = (lambda t: f"\u201c{t}\u201d") if quoted else (lambda t: t)  # noqa: E731
+    if entry.get("prompt_b") is None:
+        return q(entry["prompt"])
+    return f"{q(entry['prompt'])} -> {q(entry['prompt_b'])} @ {entry['mix']:.2f}"

@@ -95,7 +95,13 @@ def sample_logits(logits: torch.Tensor, config: SamplerConfig, generator: torch.
 
 
 def mix_prompts(text: torch.Tensor, text_b: torch.Tensor, mix: float) -> torch.Tensor:
-    """Embedding interpolation (1-mix)*text + mix*text_b, renormalised to unit length."""
+    """Embedding interpolation (1-mix)*text + mix*text_b of two unit embeddings, renormalised to unit
+    length. The endpoints are the prompts themselves, bit for bit, so mix 0 (1) draws exactly what
+    prompting with `text` (`text_b`) alone draws."""
+    if mix == 0.0:
+        return text
+    if mix == 1.0:
+        return text_b
     t = (1.0 - mix) * text + mix * text_b
     return t / t.norm(dim=-1, keepdim=True).clamp_min(TEXT_NORM_EPS)
 

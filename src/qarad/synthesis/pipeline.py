@@ -72,6 +72,12 @@ class ARAS:
     @torch.inference_mode()
     def synthesize(self, image: np.ndarray, mask: np.ndarray, prompt: str, seed: int,
                    config: SamplerConfig = SamplerConfig(), prompt_b: str | None = None, mix: float = 0.0) -> SynthResult:
+        """Write `prompt` into `image` inside `mask`; with `prompt_b`, the prompt embedding is
+        interpolated towards it by `mix` in [0, 1] (aras.mix_prompts; mix 0 is `prompt` alone)."""
+        if prompt_b is None and mix != 0.0:
+            raise ValueError(f"mix {mix:g} needs prompt_b: the mix interpolates from the prompt towards it")
+        if not 0.0 <= mix <= 1.0:
+            raise ValueError(f"mix must be in [0, 1], got {mix:g}")
         h, w = image.shape[:2]
         cut = window_cut(image, mask, self.policy, self.rule)
         s = self.window
@@ -81,12 +87,13 @@ class ARAS:
         grow = s / min(cut.crop.shape[-2:])  # window px per source px
         tokens = token_mask_from_pixels(m, 8, math.ceil(config.dilate_px * max(grow, 1.0)))
         codes = self.tokenizer.encode(cut.window[None], cut.window[None]).codes[0]  # the source is the window
-        texts = self.text.encode([prompt] + ([prompt_b] if prompt_b else []))
+        # one prompt per call: an embedding never depends on which other prompt shared its batch
+        text = self.text.encode([prompt])[0]
+        text_b = self.text.encode([prompt_b])[0] if prompt_b is not None else None
         g = torch.Generator().manual_seed(seed)
-        res = sample_masked(self.prior, codes, tokens, texts[0], config, g,
-                            text_b=texts[1] if prompt_b else None, mix=mix)
-        text = mix_prompts(texts[0], texts[1], mix) if prompt_b else texts[0]
-        gen = self._generated(cut, codes, res.codes, config, cover, text)
+        res = sample_masked(self.prior, codes, tokens, text, config, g, text_b=text_b, mix=mix)
+        gen = self._generated(cut, codes, res.codes, config, cover,
+                              text if text_b is None else mix_prompts(text, text_b, mix))
         out = blend(cut.crop, gen, cut.crop_mask, config)
         result = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).clone()
         changed = torch.zeros(h, w, dtype=torch.bool)

@@ -1,5 +1,6 @@
 """The ARAS sampler's settings (aras.py samples with them), torch-free: `qarad synth` builds its
-flags from these fields (flags.py) without importing torch, and passes them on to its workers."""
+flags from these fields (flags.py) without importing torch, and passes them on to its workers;
+`check_mix` checks its prompt interpolation (--prompt-b, --mix), which is not a field: it names a prompt."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ class SamplerConfig:
                                    "prompted type)")  # <= 0 means greedy (argmax)
     top_k: int = flag(0)  # 0 = off
     top_p: float = flag(1.0)  # 1 = off
-    strength: float = flag(1.0, "0..1 blend strength of the new defect")  # multiplies the blending alpha
+    strength: float = flag(1.0, "0..1 blend strength of the new defect (default 1)")  # multiplies the blending alpha
     dilate_px: int = 4
     feather_px: int = 3
     # "replace": paste the decoded window (the paper's decode-and-blend). "residual": add
@@ -36,3 +37,16 @@ class SamplerConfig:
     def __post_init__(self):
         if self.composite not in COMPOSITES:
             raise ValueError(f"composite must be 'residual' or 'replace', got {self.composite!r}")
+        if not 0.0 <= self.strength <= 1.0:  # also refuses nan
+            raise ValueError(f"--strength must be in [0, 1] (0 leaves the image as it is), got {self.strength:g}")
+
+
+def check_mix(prompt_b: str | None, mix: float | None) -> None:
+    """Prompt interpolation (`qarad synth --prompt-b TEXT --mix F`) is given whole or not at all:
+    each sample is drawn with the embedding (1 - mix) * its prompt + mix * prompt_b, renormalised."""
+    if mix is not None and prompt_b is None:
+        raise ValueError(f"--mix {mix:g} needs --prompt-b TEXT: the mix interpolates from each prompt towards it")
+    if prompt_b is not None and mix is None:
+        raise ValueError("--prompt-b needs --mix F in [0, 1] (0: the prompt alone, 1: --prompt-b alone)")
+    if mix is not None and not 0.0 <= mix <= 1.0:  # also refuses nan
+        raise ValueError(f"--mix must be in [0, 1] (0: the prompt alone, 1: --prompt-b alone), got {mix:g}")
