@@ -73,6 +73,23 @@ def test_fit_init_with_real_defects_learns_the_type_and_synth_draws_it(data, cap
     assert "other settings" in capsys.readouterr().err
 
 
+def test_a_fit_from_scratch_puts_the_shots_in_its_corpus(data, capsys):
+    """Without --init every stage is fitted, the real shots' samples last in the corpus (default model
+    sizes, two steps per stage)."""
+    from qarad.synthesis import model as M
+    from qarad.synthesis.fit import load_corpus
+
+    base, root, shots, _ = data
+    out = base / "scratch"
+    assert main(["fit", "--data", str(root), "--category", "widget", "--out", str(out), "--size", "64",
+                 "--corpus-size", "6", "--tokenizer-steps", "2", "--prior-steps", "2", "--qaw-steps", "2",
+                 "--real-defects", str(shots), "--shots", "1", "--real-samples-per-shot", "3"]) == 0
+    corpus = load_corpus(out / M.CORPUS)
+    assert corpus.n_real == 3 and corpus.prompts[-3:] == ["blowhole"] * 3 and len(corpus.prompts) == 9
+    assert M.read_config(out).real_types == ("blowhole",) and M.read_config(out).data.init is None
+    assert all(M.has(out, part) for part in (M.TOKENIZER, M.PRIOR, M.DUAL_ENCODER))
+
+
 def test_fit_init_refuses_what_it_cannot_change(data, capsys):
     base, root, shots, init = data
     assert _fit(base, root, shots, init, base / "bad1", "--window", "32") == 2
