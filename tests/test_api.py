@@ -179,4 +179,4 @@ def test_run_config_detector_part_keeps_its_keys():
     assert runs.detector_settings("qarad", stored, SegmenterConfig(steps=30, seed=2)) == {
         "steps": 30, "synth": "/s", "weighting": "linear", "max_normal_views": 4000, "batch_size": 4, "seed": 2,
         "negatives": ["synthetic", "perlin"], "residual": True, "fusion": True, "perlin_samples": 200,
-        "search": "ivf", "backbone": "efficientnet-lite0"}
+        "search": "ivf", "backbone": "efficientnet-lite0", "real_weight": 1.0}  # runs before it: runs.ADDED

@@ -143,7 +143,8 @@ def test_benchmark_takes_the_train_flags_and_is_in_the_api():
 
     subs = next(a for a in main_parser()._actions if a.dest == "verb")
     flags = {verb: {a.dest: a.default for a in subs.choices[verb]._actions} for verb in ("train", "benchmark")}
-    shared = set(flags["train"]) - {"category"}
+    # real defect shots belong to one category: `qarad benchmark` has no per-category form of them (yet)
+    shared = set(flags["train"]) - {"category", "real_defects", "shots", "shot_seed", "defect_prompt", "real_weight"}
     assert shared <= set(flags["benchmark"]) and all(flags["train"][k] == flags["benchmark"][k] for k in shared)
     assert qarad.benchmark is benchmarking.benchmark
 

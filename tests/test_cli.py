@@ -144,11 +144,19 @@ def _defaults(command: str) -> dict:
 
 def test_fit_and_synth_cli_defaults_are_the_config_defaults():
     """The CLI spells its defaults out (no torch import for --help); they must not drift from the configs."""
+    from qarad.cli import main_parser
     from qarad.synthesis.aras import SamplerConfig
     from qarad.synthesis.fit import FitConfig
 
     fit, synth, f, s = _defaults("fit"), _defaults("synth"), FitConfig(), SamplerConfig()
-    for name in ("window", "max_zoom", "corpus_size", "tokenizer_steps", "prior_steps", "batch_size", "qaw_steps", "seed"):
+    for name in ("batch_size", "seed"):
         assert fit[name] == getattr(f, name), name
+    # the flags a continued fit (--init) takes from its model default to None (FitConfig's); their help
+    # still names FitConfig's value
+    subs = next(a for a in main_parser()._actions if a.dest == "verb")
+    helps = {a.dest: a.help for a in subs.choices["fit"]._actions}
+    for name in ("window", "max_zoom", "corpus_size", "tokenizer_steps", "prior_steps", "refiner_steps", "qaw_steps",
+                 "real_samples_per_shot", "real_share"):
+        assert fit[name] is None and f"{getattr(f, name):g}" in helps[name], name
     for name in ("cfg_scale", "temperature", "top_k", "top_p", "strength", "composite"):
         assert synth[name] == getattr(s, name), name

@@ -170,6 +170,22 @@ def test_prior_resumes_to_the_uninterrupted_weights(prior_inputs, tmp_path):
     assert_resumes_exactly(lambda state, cb: F.fit_prior(codes, token_masks, text, cfg, state, on_step=cb), tmp_path)
 
 
+def test_a_continued_prior_with_real_samples_resumes_to_the_uninterrupted_weights(prior_inputs, tmp_path):
+    """`qarad fit --init`: the prior starts from a fitted one, a share of every batch is real samples;
+    a resumed run loads its train state over the initial weights and ends where an uninterrupted one does."""
+    from qarad.synthesis.prior import Prior
+
+    codes, token_masks, text = prior_inputs
+    cfg = replace(tiny_config(), real_share=0.5)
+    torch.manual_seed(7)
+    init = Prior(cfg.prior)
+    losses = assert_resumes_exactly(lambda state, cb: F.fit_prior(codes, token_masks, text, cfg, state, on_step=cb,
+                                                                  n_real=4, init=init), tmp_path)
+    fresh = Steps()
+    F.fit_prior(codes, token_masks, text, cfg, tmp_path / "fresh", on_step=fresh, n_real=4)
+    assert fresh.losses[0] != losses[0], "the continued prior should start from the given weights"
+
+
 def test_prior_with_dropout_resumes_to_the_uninterrupted_weights(prior_inputs, tmp_path):
     # Dropout draws from torch's global RNG, which each step seeds from (seed, step) (training.step_rng).
     codes, token_masks, text = prior_inputs

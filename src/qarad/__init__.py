@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     **dict.fromkeys(("fit", "synth", "score", "train", "evaluate", "predict", "export", "merge", "fit_config",
-                     "QaradTraining"), "qarad.api"),
+                     "finetune_config", "copy_paste", "QaradTraining"), "qarad.api"),
+    "select_real_defects": "qarad.data.real_defects", "RealDefects": "qarad.data.real_defects",
     "PatchCore": "qarad.detection.patchcore", "PatchCoreConfig": "qarad.detection.patchcore",
     "Segmenter": "qarad.detection.segmenter", "SegmenterConfig": "qarad.detection.segmenter",
     "ResolutionPolicy": "qarad.data.resolution",

@@ -32,6 +32,7 @@ from .progress import bar, loss_bar
 from .synthesis.sampler_config import SamplerConfig, check_mix
 
 if TYPE_CHECKING:
+    from .data.real_defects import RealDefects
     from .detection.patchcore import PatchCoreConfig
     from .detection.segmenter import SegmenterConfig
     from .synthesis.model import FitConfig
@@ -66,31 +67,75 @@ class _FitBars:
         return loss_bar(total, label, start)
 
 
+FINETUNE_PRIOR_STEPS = 500  # `qarad fit --init` without --prior-steps: the prior's steps past MODEL's
+
+
 def fit(data: str | Path, category: str | list[str], out: str | Path, config: "FitConfig | None" = None,
-        policy: ResolutionPolicy = ResolutionPolicy(), max_train_images: int | None = None,
+        policy: ResolutionPolicy | None = None, max_train_images: int | None = None,
         overwrite: bool = False, layout: str = "auto", folder: FolderSplit | None = None,
-        device: str = "cpu") -> Fitted:
+        device: str = "cpu", real_defects: "RealDefects | None" = None, init: str | Path | None = None) -> Fitted:
     """Fit an ARAS model (corpus, tokenizer, prior, refiner, QAW scorer) on the normal images of one
     category or several pooled; `out` resumes when it holds the same fit, with any number of
-    processes. `config` defaults to `fit_config()`; `layout` and `folder` are the dataset's
-    (data/layouts.py); `device` cpu, cuda or auto. Under torchrun every process calls this and the
-    fit runs data-parallel (distributed.py); rank 0 writes the folder."""
+    processes. `config` defaults to `fit_config()` (with `init`: `finetune_config(init)`); `policy`
+    to ResolutionPolicy() (with `init`: its policy); `layout` and `folder` are the dataset's
+    (data/layouts.py); `device` cpu, cuda or auto. `real_defects` (data/real_defects.py:
+    select_real_defects) join the corpus with their type names as prompts; `init`, a fitted model
+    with the same networks and policy, is continued rather than refitted (synthesis/fit.py). Under
+    torchrun every process calls this and the fit runs data-parallel (distributed.py); rank 0
+    writes the folder."""
     from . import distributed
     from .synthesis import fit as F
-    from .synthesis.model import FitData, ModelConfig
+    from .synthesis.model import FitData, ModelConfig, read_config
 
     out = check_output_folder(out)  # a file in the way or no permission: refuse before any work
+    if init is not None:
+        base = read_config(init)
+        config = config or finetune_config(init)
+        policy = policy or base.policy
+        _check_continues(Path(init), base, config, policy)
     config = config or fit_config()
+    policy = policy or ResolutionPolicy()
     categories = [category] if isinstance(category, str) else list(category)
     layout = resolve_layout(data, layout, categories[0], folder)
     info = FitData(root=str(Path(data).resolve()), category=categories[0] if len(categories) == 1 else categories,
                    max_train_images=max_train_images, layout=layout,
-                   folder=asdict(folder) if folder else None)
+                   folder=asdict(folder) if folder else None, init=str(Path(init).resolve()) if init else None)
     images = F.normal_images(data, categories, max_train_images, config.seed, layout, folder)
     with distributed.session(device) as dev:
-        seconds = F.fit_model(out, ModelConfig(config, policy, info), images, overwrite=overwrite,
-                              progress=_FitBars(), device=dev)
+        seconds = F.fit_model(out, ModelConfig(config, policy, info, real_defects), images, overwrite=overwrite,
+                              progress=_FitBars(), device=dev, init=init)
     return Fitted(out, seconds)
+
+
+# what a continued fit (`init`) may set for itself; everything else is the model's own
+CONTINUED = ("prior_steps", "seed", "batch_size", "real_samples_per_shot", "real_share", "prior_lr", "warmup_steps",
+             "checkpoint_every", "prompt_dropout")
+
+
+def finetune_config(init: str | Path, prior_steps: int = FINETUNE_PRIOR_STEPS, **fields) -> "FitConfig":
+    """The FitConfig of a fit continuing the model `init`: its own, with `prior_steps` more prior
+    steps and any of CONTINUED in `fields`."""
+    from .synthesis.model import read_config
+
+    other = sorted(set(fields) - set(CONTINUED))
+    if other:
+        raise ValueError(f"a fit continuing {init} keeps its {', '.join(other)}; only {', '.join(CONTINUED)} "
+                         "may change")
+    return replace(read_config(init).fit, prior_steps=prior_steps, **fields)
+
+
+def _check_continues(init: Path, base, config: "FitConfig", policy: ResolutionPolicy) -> None:
+    """`config` and `policy` may continue the model `init` (`base`, its ModelConfig)."""
+    from .synthesis.model import config_dict
+
+    if base.real_defects is not None:
+        raise ValueError(f"{init}: its corpus already holds real shots; continue the model it was fitted from")
+    mine, theirs = config_dict(config), config_dict(base.fit)
+    differ = sorted(k for k in mine if k not in CONTINUED and mine[k] != theirs[k])
+    if differ:
+        raise ValueError(f"--init {init}: a continued fit keeps the model's {', '.join(differ)} (it differs here)")
+    if policy != base.policy:
+        raise ValueError(f"--init {init}: a continued fit keeps the model's resolution policy {base.policy.to_dict()}")
 
 
 @dataclass(frozen=True)
@@ -109,14 +154,22 @@ def synth(model: str | Path, images: list, prompts: list[str], out: str | Path, 
     with `auto_masks`, in regions proposed on the object, and OUT/gallery.html of them. Resumes an
     unfinished `out`; `shard` (i, n) does every n-th sample from i (and writes no gallery);
     `workers` > 1 runs that many single-threaded shard processes. With `prompt_b` and `mix` in
-    [0, 1], every sample is drawn with its prompt's embedding interpolated towards prompt_b's."""
-    from .defects.masks import FAMILY_MASK_KIND, foreground_mask, propose_mask
-    from .defects.prompts import family_of, normalise_prompt
+    [0, 1], every sample is drawn with its prompt's embedding interpolated towards prompt_b's. A model
+    fitted with real defect shots knows their types: a prompt naming one ("blowhole") is the type's
+    fitted prompt, and its proposed masks take the shape of that type's real masks
+    (defects/transplant.mask_like)."""
+    from .defects.prompts import normalise_prompt
     from .synthesis import jobs
+    from .synthesis.model import read_config
     from .synthesis.pipeline import ARAS
 
+    real = read_config(model).real_defects
     normalised = [normalise_prompt(p) for p in prompts]
+    if real is not None:
+        normalised = [real.resolve(p) for p in normalised]
     check_mix(prompt_b, mix)
+    if prompt_b is not None and real is not None:
+        prompt_b = real.resolve(normalise_prompt(prompt_b))
     interpolation = {} if prompt_b is None else {"prompt_b": normalise_prompt(prompt_b), "mix": float(mix)}
     paths = expand_images(images)
     mask_paths = expand_images(masks) if masks else None
@@ -130,16 +183,17 @@ def synth(model: str | Path, images: list, prompts: list[str], out: str | Path, 
     fresh = not Path(out).exists()
     jobs.prepare_output(out, settings)
     work = jobs.plan(paths, normalised, mask_paths, n, seed)
+    templates = _RealMasks(real)
 
     def make(image, user_mask, job):
         mask = user_mask
         if mask is None:
-            rng = np.random.default_rng(job.seed)
-            kind = FAMILY_MASK_KIND.get(family_of(job.prompt) or "", None)
-            mask = propose_mask(rng, image.shape[:2], foreground_mask(image), kind=kind)
+            mask = propose_defect_mask(np.random.default_rng(job.seed), image, job.prompt, templates)
         res = aras.synthesize(image, mask, job.prompt, job.seed, sampler, **interpolation)
-        return jobs.Made(res.image, res.mask, job.prompt,
-                         {"steps": res.steps, "window": list(res.window), **interpolation})
+        extra = {"steps": res.steps, "window": list(res.window), **interpolation}
+        if real is not None and real.type_of(job.prompt):
+            extra["real_type"] = real.type_of(job.prompt)
+        return jobs.Made(res.image, res.mask, job.prompt, extra)
 
     total = len(work) if shard is None else len([j for j in work if j.id % shard[1] == shard[0]])
     if workers < 1:
@@ -156,6 +210,38 @@ def synth(model: str | Path, images: list, prompts: list[str], out: str | Path, 
     if shard is None:  # a shard's samples are shown once the workers' manifests are merged
         _write_gallery(out)
     return Synthesized(Path(out), total, made, 1)
+
+
+class _RealMasks:
+    """The masks of a RealDefects' shots, read once per type when first asked for."""
+
+    def __init__(self, real: "RealDefects | None"):
+        self.real, self.masks = real, {}
+
+    def of_prompt(self, prompt: str) -> list[np.ndarray]:
+        from .data.io import read_mask
+
+        t = self.real.type_of(prompt) if self.real is not None else None
+        if t is None:
+            return []
+        if t not in self.masks:
+            self.masks[t] = [read_mask(d.mask) for d in self.real.of_type(t)]
+        return self.masks[t]
+
+
+def propose_defect_mask(rng: np.random.Generator, image: np.ndarray, prompt: str,
+                        real_masks: _RealMasks | None = None) -> np.ndarray:
+    """A region for `prompt` on `image`'s object: for a real type, the shape of one of its shots'
+    masks (flipped, turned, rescaled); otherwise a proposal of the kind the prompt's family takes."""
+    from .defects.masks import FAMILY_MASK_KIND, foreground_mask, propose_mask
+    from .defects.prompts import family_of
+    from .defects.transplant import mask_like
+
+    templates = real_masks.of_prompt(prompt) if real_masks is not None else []
+    if templates:
+        return mask_like(rng, templates[int(rng.integers(len(templates)))], image.shape[:2], foreground_mask(image))
+    kind = FAMILY_MASK_KIND.get(family_of(prompt) or "", None)
+    return propose_mask(rng, image.shape[:2], foreground_mask(image), kind=kind)
 
 
 def _synth_in_workers(argv: list[str], out: Path, n: int, total: int, fresh: bool) -> Synthesized:
@@ -216,6 +302,48 @@ def merge(out: str | Path, folders: list) -> Merged:
     return Merged(out, len(jobs.read_manifest(out / jobs.MANIFEST)), missing)
 
 
+def copy_paste(real_defects: "RealDefects", images: list, out: str | Path, n: int = 10, seed: int = 0) -> Synthesized:
+    """The copy-paste baseline: `n` real defects (the shots, in turn) cut by their masks and pasted,
+    flipped, turned, rescaled and with their intensity changed, onto `images` (files or folders;
+    normal images) with a feathered alpha (defects/transplant.py), into a folder in `synth`'s format
+    (images, masks of the changed pixels, manifest with each shot's type prompt; unscored), so that
+    `train(..., QaradTraining(synth=out, weighting="none"))` learns from it. Resumes an unfinished `out`."""
+    from .data.io import read_image, read_mask
+    from .defects.masks import foreground_mask
+    from .defects.transplant import PasteConfig, cut, place, transform
+    from .synthesis import jobs
+
+    paths = expand_images(images)
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}")
+    paste = PasteConfig()
+    settings = json.loads(json.dumps({"method": "copy_paste", "images": [str(p) for p in paths], "n": n,
+                                      "seed": seed, "real_defects": real_defects.to_dict(), "paste": asdict(paste)}))
+    fresh = not Path(out).exists()
+    jobs.prepare_output(out, settings)
+    shots = real_defects.defects
+    work = jobs.plan(paths, [d.prompt for d in shots], None, n, seed)  # sample i pastes shot i % len(shots)
+    patches: dict[int, tuple] = {}
+
+    def make(image, user_mask, job):
+        k = job.id % len(shots)
+        if k not in patches:  # cut once per shot
+            source = read_image(shots[k].image)
+            patches[k] = (cut(source, read_mask(shots[k].mask, source.shape[:2]), margin=3), source.shape[:2])
+        patch, (sh, sw) = patches[k]
+        rng = np.random.default_rng(job.seed)
+        moved = transform(patch, rng, paste, (image.shape[0] / sh, image.shape[1] / sw))
+        placed = place(image, moved, rng, "alpha", foreground_mask(image), paste)
+        return jobs.Made(placed.image, placed.changed, shots[k].prompt,
+                         {"real_type": shots[k].defect_type, "shot": shots[k].image})
+
+    made_any = lambda: bool(jobs.read_manifest(Path(out) / jobs.MANIFEST))  # noqa: E731
+    with discarded_on_failure(out, created=fresh, worth_keeping=made_any), bar(len(work), "copy-paste") as tick:
+        made = jobs.run(work, make, out, "copy_paste", settings, on_done=tick)
+    _write_gallery(out)
+    return Synthesized(Path(out), len(work), made, 1)
+
+
 def score(synth_dir: str | Path, model: str | Path | None = None) -> np.ndarray:
     """QAW-score every sample of a `synth` folder against its prompt, with `model`'s scorer (default:
     the model that made the samples); writes the scores into its manifest, rewrites its
@@ -257,6 +385,10 @@ class QaradTraining:
     max_normal_views: int = 4000  # cap on cached normal views
     perlin_samples: int = 200  # DRAEM-style Perlin texture patches drawn, when negatives has "perlin"
     batch_size: int = 8  # views per backbone batch while caching features (the head's is SegmenterConfig's)
+    # real defect shots (data/real_defects.py: select_real_defects) the head learns from as weighted
+    # positives, when negatives has "real"; `evaluate` leaves exactly these images out of the test split
+    real_defects: "RealDefects | None" = None
+    real_weight: float = 1.0  # loss weight of each real view (an ARAS sample's is its QAW weight)
 
 
 @dataclass(frozen=True)
@@ -278,8 +410,12 @@ def run_config(data: str | Path, category: str, detector: "PatchCoreConfig | Seg
     from .detection.segmenter import SegmenterConfig
 
     if isinstance(detector, PatchCoreConfig):
+        if training.real_defects is not None:
+            raise ValueError("PatchCore learns from normal images only: real defects are for --method qarad")
         method, configs = "patchcore", (detector,)
     elif isinstance(detector, SegmenterConfig):
+        if ("real" in detector.negatives) != (training.real_defects is not None):
+            raise ValueError("real defect shots (--real-defects) and 'real' in --negatives go together")
         stored = replace(training, synth=str(Path(training.synth).resolve()) if training.synth else None,
                          perlin_samples=training.perlin_samples if "perlin" in detector.negatives else 0)
         method, configs = "qarad", (stored, detector)  # batch_size: the feature batch, not the head's
@@ -290,7 +426,8 @@ def run_config(data: str | Path, category: str, detector: "PatchCoreConfig | Seg
                          "or --negatives without 'synthetic' (perlin, feature)")
     info = runs.RunData(root=str(Path(data).resolve()), category=category, max_train_images=max_train_images,
                         seed=detector.seed, layout=resolve_layout(data, layout, category, folder),
-                        folder=asdict(folder) if folder else None)
+                        folder=asdict(folder) if folder else None,
+                        real_defects=training.real_defects.to_dict() if training.real_defects else None)
     return method, runs.config_json(method, info, policy, runs.detector_settings(method, *configs))
 
 
@@ -333,8 +470,8 @@ def _train_patchcore(config: "PatchCoreConfig", policy: ResolutionPolicy, paths:
 def _train_qarad(config: "SegmenterConfig", training: QaradTraining, policy: ResolutionPolicy, paths: list[Path],
                  device: str):
     from .detection.segmenter import Segmenter
-    from .detection.train import (describe, fit_detector, normal_features, perlin_features, sample_weights,
-                                  synthetic_features)
+    from .detection.train import (DIHEDRAL, describe, fit_detector, normal_features, perlin_features,
+                                  real_features, sample_weights, synthetic_features)
     from .quality.weighting import WeightingConfig
     from .synthesis.jobs import MANIFEST, read_manifest
 
@@ -352,6 +489,12 @@ def _train_qarad(config: "SegmenterConfig", training: QaradTraining, policy: Res
     if "perlin" in config.negatives:
         with bar(training.perlin_samples, "features: Perlin texture patches") as tick:
             pools["perlin"] = perlin_features(model, paths, training.perlin_samples, config.seed, batch, on_image=tick)
+    if "real" in config.negatives:
+        real = training.real_defects
+        with bar(len(real.defects) * DIHEDRAL, "features: real defect shots (8 turns each)") as tick:
+            pools["real"] = real_features(model, real, batch, training.real_weight, on_image=tick)
+        print(f"real defect shots: {len(real.defects)} images of {len(real.types)} types "
+              f"({', '.join(real.types)}), {len(pools['real'])} views, weight {training.real_weight:g}")
     if config.uses_bank:
         print("memory bank from the normal views, then every cached cell's nearest row (own image skipped)")
     with bar(config.steps, "train detector head", unit="step") as tick:
@@ -378,11 +521,17 @@ def evaluate(run: str | Path, data: str | Path | None = None, allow_missing_mask
     folder = folder or (FolderSplit(**stored) if stored and layout in (None, "auto", "folder") else None)
     test = scan(root, cfg["data"]["category"], "test", layout or cfg["data"].get("layout", "mvtec"), folder,
                 allow_missing_masks)
+    real = runs.RunData(**cfg["data"]).real
+    excluded = []
+    if real is not None:  # the shots it trained on are not test images (by path or by content)
+        test, excluded = real.split(test)
     with bar(len(test), "eval") as tick:
         ev = evaluate_split(detector, test, batch_size, on_image=tick, pixel_mode=pixel_metrics)
     result = {"method": cfg["method"], "category": cfg["data"]["category"], "policy": cfg["policy"],
               "threshold": detector.threshold_, "overall": ev.overall, "per_type": ev.per_type,
               "test_images_per_s": ev.images_per_s, "pixel_metrics": ev.pixel_metrics}
+    if real is not None:
+        result["excluded_real_defects"] = {"count": len(excluded), "images": [str(s.image) for s in excluded]}
     if curves:
         result["curves"] = ev.curves
     write_json(Path(run) / "metrics.json", result)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import __version__
 from .backbone_config import BACKBONES, DETECTOR_BACKBONE
+from .fewshot_config import ShotConfig
 from .flags import add_dataset_flags, add_flags, add_policy_flags
 from .synthesis.sampler_config import SamplerConfig
 
@@ -21,12 +22,31 @@ EXAMPLES = {
     "merge": "qarad merge synth-0 synth-1 --out synth/",
     "fit": "qarad fit --data ../shared/data/magnetic_tile --category magnetic_tile --out models/tile",
     "synth": 'qarad synth models/tile --images good/ --prompts "a thin dark crack" --auto-masks --n 20 --out synth/',
+    "copy-paste": "qarad copy-paste --real-defects ../shared/data/magnetic_tile/magnetic_tile --shots 5 "
+                  "--images ../shared/data/magnetic_tile/magnetic_tile/train/good --n 200 --out synth/paste",
 }
+REAL_DEFECTS_HELP = ("real defect images with masks: an MVTec AD category folder ROOT/CATEGORY (test/<type> and "
+                     "ground_truth/<type>; every type but good), or folders of one type's images (the folder's "
+                     "name is the type) with their masks in FOLDER/masks (<stem>.png or <stem>_mask.png)")
 
 
 def _sub(subs, name: str, help_text: str) -> argparse.ArgumentParser:
     return subs.add_parser(name, help=help_text, description=f"{help_text}\n\nexample:\n  {EXAMPLES[name]}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_real_defect_flags(p: argparse.ArgumentParser, use: str, required: bool = False,
+                           describe: bool = True) -> argparse._ArgumentGroup:
+    """--real-defects, --shots, --shot-seed (ShotConfig) and --defect-prompt (read by commands.synth.real_defects)."""
+    g = p.add_argument_group("real defect shots (few-shot)")
+    g.add_argument("--real-defects", type=Path, nargs="+", required=required, metavar="FOLDER",
+                   help=f"{REAL_DEFECTS_HELP}; {use}")
+    add_flags(g, ShotConfig)
+    if describe:
+        g.add_argument("--defect-prompt", nargs="+", metavar="TYPE=TEXT",
+                       help='a type\'s prompt in your words instead of its name, e.g. blowhole="a small round dark '
+                            'pore" (default: the name, underscores as spaces)')
+    return g
 
 
 def _add_detector_flags(p: argparse.ArgumentParser, synth_help: str | None = None) -> None:
@@ -48,11 +68,12 @@ def _add_detector_flags(p: argparse.ArgumentParser, synth_help: str | None = Non
                    help=synth_help or "synthetic defects folder (qarad synth, then qarad score)")
     g.add_argument("--weighting", choices=["none", "linear", "softmax"], default="linear",
                    help="QAW calibration of sample weights (default linear)")
-    g.add_argument("--negatives", nargs="+", choices=["synthetic", "perlin", "feature"],
+    g.add_argument("--negatives", nargs="+", choices=["synthetic", "perlin", "feature", "real"],
                    default=["synthetic", "perlin"],
                    help="defects the head learns from: synthetic (--synth, QAW-weighted), perlin (DRAEM-style "
                         "texture patches on the normal images; needs no ARAS model), feature (noise in feature "
-                        "space; measured worse, BENCHMARKS.md). Default: synthetic perlin")
+                        "space; measured worse, BENCHMARKS.md), real (--real-defects; added when they are "
+                        "given). Default: synthetic perlin")
     g.add_argument("--perlin-samples", type=int, default=200, help="Perlin texture patches drawn (default 200)")
     g.add_argument("--no-residual", dest="residual", action="store_false",
                    help="head reads frozen features only, not the residual to the memory bank")
@@ -77,6 +98,9 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder to create")
     add_dataset_flags(p)
     _add_detector_flags(p)
+    g = _add_real_defect_flags(p, "the qarad detector learns from them beside its other defects (8 flips and "
+                                  "turns of each shot's views), and `qarad eval` leaves them out of the test split")
+    g.add_argument("--real-weight", type=float, default=1.0, help="loss weight of each real view (default 1)")
 
     p = _sub(subs, "benchmark", "Train and evaluate a method on every category of a dataset root (or the ones "
                                 "listed): one run per category, resumable, and a table (Markdown, CSV, JSON).")
@@ -124,24 +148,37 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="model folder (resumes if it holds the same fit)")
     add_dataset_flags(p)
     add_policy_flags(p)
-    p.add_argument("--window", type=int, default=64,
+    # defaults None: FitConfig's (or, with --init, the model's, which they may not change)
+    p.add_argument("--window", type=int, default=None,
                    help="working px a side of the local window the prior sees (multiple of 8; default 64)")
-    p.add_argument("--max-zoom", type=float, default=4.0,
+    p.add_argument("--max-zoom", type=float, default=None,
                    help="window px per working px at most: small masks are zoomed in until they span half "
                         "the window (default 4; 1 = never zoom in)")
-    p.add_argument("--corpus-size", type=int, default=3000, help="procedural defects rendered for fitting")
-    p.add_argument("--tokenizer-steps", type=int, default=4000)
-    p.add_argument("--prior-steps", type=int, default=2500)
-    p.add_argument("--refiner-steps", type=int, default=0,
+    p.add_argument("--corpus-size", type=int, default=None, help="procedural defects rendered for fitting (3000)")
+    p.add_argument("--tokenizer-steps", type=int, default=None, help="default 4000")
+    p.add_argument("--prior-steps", type=int, default=None,
+                   help="default 2500; with --init: the steps the prior trains on from the model's (default 500)")
+    p.add_argument("--refiner-steps", type=int, default=None,
                    help="steps of the text-conditioned detail decoder: more realistic samples, weaker "
                         "detector training on the demo (e.g. 2000; default 0 = none)")
-    p.add_argument("--source-conditioned", action="store_true",
+    p.add_argument("--source-conditioned", action="store_true", default=None,
                    help="tokenizer that encodes a defect as a change of the normal image and decodes it on "
                         "top of the real pixels: much more realistic samples after a full fit, but it needs "
                         "one (near-invisible defects after a short fit such as the demo's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-train-images", type=int, default=None)
-    p.add_argument("--qaw-steps", type=int, default=1500, help="dual-encoder (QAW scorer) training steps")
+    p.add_argument("--qaw-steps", type=int, default=None, help="dual-encoder (QAW scorer) training steps (1500)")
+    g = _add_real_defect_flags(p, "they join the fitting corpus with their type names (or --defect-prompt) as "
+                                  "prompts, and `qarad synth --prompts TYPE` draws that type")
+    g.add_argument("--init", type=Path, metavar="MODEL",
+                   help="continue the fitted model MODEL instead of fitting afresh: its tokenizer, corpus, "
+                        "refiner and QAW scorer are kept, the real shots are added, and its prior trains on "
+                        "for --prior-steps (default 500): minutes instead of a full fit")
+    g.add_argument("--real-samples-per-shot", type=int, default=None,
+                   help="corpus samples made of each shot: itself and re-placed, flipped, turned, rescaled "
+                        "copies on other normal images (default 40)")
+    g.add_argument("--real-share", type=float, default=None,
+                   help="share of every tokenizer and prior batch drawn from the real shots' samples (default 0.35)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
                    help="where every stage trains (default cpu; auto = cuda when present). Under torchrun "
@@ -165,6 +202,15 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="i/n: do every n-th sample starting at i (parallel runs)")
     p.add_argument("--workers", type=int, default=1,
                    help="parallel single-threaded processes (e.g. the number of cores; default 1)")
+
+    p = _sub(subs, "copy-paste", "The copy-paste baseline: real defects cut by their masks and pasted, flipped, "
+                                 "turned and rescaled, onto normal images; a folder in qarad synth's format "
+                                 "(qarad train --synth DIR --weighting none learns from it).")
+    _add_real_defect_flags(p, "the shots pasted, in turn", required=True)
+    p.add_argument("--images", type=Path, nargs="+", required=True, help="normal image files and/or folders")
+    p.add_argument("--n", type=int, default=10, help="number of samples (the shots in turn)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
 
     p = _sub(subs, "merge", "Merge synth folders of one job written with --shard i/n (e.g. on different "
                             "machines) into one: images, masks and a manifest in id order, as one run writes.")
@@ -191,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     from .runs import RunError
 
     try:
-        return getattr(commands, args.verb)(args)
+        return getattr(commands, args.verb.replace("-", "_"))(args)
     except (ImageError, DatasetError, RunError, CheckpointError, ValueError, OSError) as exc:
         print(f"qarad {args.verb}: error: {exc}", file=sys.stderr)
         return 2

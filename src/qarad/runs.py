@@ -1,6 +1,7 @@
 """Run folders: one folder per training run holding its config, model, metrics and reports.
 
-RUN/config.json   what was trained on and how (data, method, resolution policy)
+RUN/config.json   what was trained on and how (data, method, resolution policy); with real defect
+                  shots (data/real_defects.py) their list, which `qarad eval` leaves out of the test split
 RUN/model.*       the detector (safetensors + JSON)
 RUN/metrics.json  written by `qarad eval`, with RUN/scores.csv and RUN/report.html (report/pages.py)
 """
@@ -14,6 +15,7 @@ from . import __version__, checkpoint
 from .backbone_config import LEGACY_BACKBONE
 from .data.io import make_folder, write_json
 from .data.layouts import FolderSplit
+from .data.real_defects import RealDefects
 from .data.resolution import ResolutionPolicy
 
 CONFIG = "config.json"
@@ -37,6 +39,11 @@ class RunData:
     seed: int
     layout: str = "mvtec"  # data/layouts.py; runs written before layouts existed read MVTec AD trees
     folder: dict | None = None  # the folder layout's FolderSplit
+    real_defects: dict | None = None  # RealDefects.to_dict() of the real shots trained on; None: none
+
+    @property
+    def real(self) -> RealDefects | None:
+        return None if self.real_defects is None else RealDefects.from_dict(self.real_defects, "config.json (data)")
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,11 @@ class QaradSettings:
     perlin_samples: int = 0
     search: str = "exact"
     backbone: str = LEGACY_BACKBONE
+    real_weight: float = 1.0  # loss weight of the real shots' views (runs without them: unused)
 
 
+# detector settings added since runs were first written whose default is what older runs did
+ADDED = {"qarad": {"real_weight": 1.0}}
 DETECTORS = {"patchcore": PatchCoreSettings, "qarad": QaradSettings}
 TOP_KEYS = {"qarad_version", "method", "data", "policy", "detector"}
 
@@ -111,6 +121,8 @@ def holds(run: Path, config: dict) -> bool:
     old = {k: v for k, v in _read_json(path).items() if k != "qarad_version"}
     if isinstance(old.get("data"), dict):  # a run written before a RunData field existed has its default
         old["data"] = {**{f.name: f.default for f in fields(RunData) if f.default is not MISSING}, **old["data"]}
+    if isinstance(old.get("detector"), dict):  # ... and one written before a setting of ADDED, its value
+        old["detector"] = {**ADDED.get(old.get("method"), {}), **old["detector"]}
     return old == config
 
 
@@ -134,6 +146,8 @@ def read_config(run: Path) -> dict:
         data = checkpoint.build_config(RunData, config["data"], f"{path} (data)")
         if data.folder is not None:
             checkpoint.build_config(FolderSplit, data.folder, f"{path} (data.folder)")
+        if data.real_defects is not None:
+            RealDefects.from_dict(data.real_defects, f"{path} (data.real_defects)")
         checkpoint.build_config(ResolutionPolicy, config["policy"], f"{path} (policy)")
         checkpoint.build_config(DETECTORS[config["method"]], config["detector"], f"{path} (detector)")
     except checkpoint.CheckpointError as exc:

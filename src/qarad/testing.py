@@ -174,18 +174,32 @@ def make_folder_tree(root: Path, n_normal: int = 10, n_abnormal: int = 3, size: 
     return root
 
 
+def make_defect_folder(folder: Path, n: int = 3, size: tuple[int, int] = (64, 64), seed: int = 0) -> Path:
+    """Write FOLDER/NNN.png (texture with the bright square of `defect_box`) and FOLDER/masks/NNN.png
+    (0/255): real defect shots of one type, the folder's name (data/layouts.scan_defect_folder)."""
+    folder = Path(folder)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, n, *size])
+    for i in range(n):
+        image, mask = defect_image(rng, i, size)
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "masks" / f"{i:03d}.png")
+    return folder
+
+
 def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0, refiner: bool = True,
-                   source_conditioned: bool = False) -> Path:
+                   source_conditioned: bool = False, corpus_from: list[Path] | None = None) -> Path:
     """A randomly initialised ARAS model folder with tiny networks. The output layers of its refiner
     and of a source-conditioned decoder are randomised too (fitted ones start as the identity), so
-    that a synthesis with it changes pixels."""
+    that a synthesis with it changes pixels. With `corpus_from` (normal images), it also keeps a
+    fitting corpus of 8 procedural renders on them, as a fitted model does (`qarad fit --init` reuses it)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tok_cfg = TokenizerConfig(codebook_size=16, code_dim=8, channels=(8, 16, 16), source_conditioned=source_conditioned)
     prior_cfg = PriorConfig(vocab_size=16, grid=window // 8, d_model=32, n_layers=1, n_heads=2)
     ref_cfg = RefinerConfig(channels=(8, 16, 16))
     cfg = model.FitConfig(window=window, tokenizer=tok_cfg, prior=prior_cfg, refiner=ref_cfg,
-                          refiner_steps=2000 if refiner else 0)
+                          refiner_steps=2000 if refiner else 0, corpus_size=8 if corpus_from else 3000)
     torch.manual_seed(seed)
     tok = VQTokenizer(tok_cfg)
     if source_conditioned:
@@ -198,4 +212,8 @@ def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0, refiner: bool 
         model.save_part(folder, model.REFINER, ref)
     model.save_dual_encoder(folder, DualEncoder())
     model.write_config(folder, model.ModelConfig(cfg, ResolutionPolicy(size=64), model.FitData()))
+    if corpus_from:
+        from .synthesis import fit
+
+        fit.save_corpus(folder / model.CORPUS, fit.build_corpus(list(corpus_from), ResolutionPolicy(size=64), cfg))
     return folder

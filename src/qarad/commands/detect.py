@@ -7,6 +7,7 @@ from .. import api
 from ..data.io import check_output_folder
 from ..flags import folder_from_args, policy_from_args
 from ..metrics import LABELS, METRICS
+from .synth import real_defects
 
 
 def detector_configs(args) -> tuple:
@@ -19,11 +20,16 @@ def detector_configs(args) -> tuple:
                                    batch_size=args.batch_size, seed=args.seed, search=args.search,
                                    backbone=args.backbone)
     else:
-        detector = SegmenterConfig(steps=args.steps, seed=args.seed, negatives=tuple(args.negatives),
+        negatives = tuple(args.negatives)
+        if getattr(args, "real_defects", None) is not None and "real" not in negatives:
+            negatives += ("real",)  # --real-defects: the head learns from them
+        detector = SegmenterConfig(steps=args.steps, seed=args.seed, negatives=negatives,
                                    residual=args.residual, fusion=args.fusion, search=args.search,
                                    backbone=args.backbone)
+    real = real_defects(args) if hasattr(args, "real_defects") else None
     training = api.QaradTraining(synth=args.synth, weighting=args.weighting, max_normal_views=args.max_normal_views,
-                                 perlin_samples=args.perlin_samples, batch_size=args.batch_size)
+                                 perlin_samples=args.perlin_samples, batch_size=args.batch_size, real_defects=real,
+                                 **({"real_weight": args.real_weight} if hasattr(args, "real_weight") else {}))
     return detector, training
 
 
@@ -64,6 +70,10 @@ def format_table(overall: dict, per_type: dict) -> str:
 def eval(args) -> int:  # noqa: A001 (the verb's name)
     result = api.evaluate(args.run, args.data, args.allow_missing_masks, args.batch_size, args.device,
                           pixel_metrics=args.pixel_metrics, layout=args.layout)
+    excluded = result.get("excluded_real_defects")
+    if excluded is not None:
+        print(f"left out of the test split: the {excluded['count']} real defect images this run trained on "
+              f"(listed in metrics.json, excluded_real_defects)")
     print(format_table(result["overall"], result["per_type"]))
     print(f"pixel metrics: {result['pixel_metrics']['mode']} over {result['pixel_metrics']['pixels']} pixels\n"
           f"metrics: {Path(args.run) / 'metrics.json'}\nreport: {Path(args.run) / 'report.html'}")

@@ -4,21 +4,68 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import api, flags
+from ..fewshot_config import ShotConfig
 from ..flags import folder_from_args, policy_from_args
 from ..synthesis.sampler_config import SamplerConfig
 
 
+# `qarad fit` flags that describe the model's networks and corpus (default None: FitConfig's);
+# a continued fit (--init) takes them from its model
+MODEL_FLAGS = ("window", "max_zoom", "corpus_size", "tokenizer_steps", "refiner_steps", "qaw_steps",
+               "source_conditioned")
+
+
+def real_defects(args):
+    """The RealDefects that --real-defects, --shots, --shot-seed and --defect-prompt describe, or None."""
+    from ..data.real_defects import parse_descriptions, select_real_defects
+
+    descriptions = parse_descriptions(getattr(args, "defect_prompt", None))
+    if args.real_defects is None:
+        if descriptions:
+            raise ValueError("--defect-prompt describes the types of --real-defects; give --real-defects too")
+        return None
+    shots = flags.from_args(ShotConfig, args)
+    return select_real_defects(args.real_defects, shots.shots, shots.shot_seed, descriptions)
+
+
 def fit(args) -> int:
-    config = api.fit_config(args.window, args.source_conditioned, max_zoom=args.max_zoom,
-                            corpus_size=args.corpus_size, tokenizer_steps=args.tokenizer_steps,
-                            prior_steps=args.prior_steps, refiner_steps=args.refiner_steps, qaw_steps=args.qaw_steps,
-                            batch_size=args.batch_size, seed=args.seed)
-    done = api.fit(args.data, args.category, args.out, config, policy_from_args(args), args.max_train_images,
-                   args.overwrite, args.layout, folder_from_args(args), args.device)
+    from ..synthesis.model import FitConfig
+
+    real = real_defects(args)
+    given = {k: getattr(args, k) for k in ("prior_steps", "real_samples_per_shot", "real_share")
+             if getattr(args, k) is not None}
+    policy = policy_from_args(args)
+    if args.init is not None:
+        fixed = [f"--{k.replace('_', '-')}" for k in MODEL_FLAGS if getattr(args, k) is not None]
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)}: a fit continuing --init {args.init} keeps the model's")
+        if real is None:
+            raise ValueError("--init continues a model with real defect shots: give --real-defects")
+        config = api.finetune_config(args.init, **{"prior_steps": api.FINETUNE_PRIOR_STEPS, **given},
+                                     batch_size=args.batch_size, seed=args.seed)
+        policy = None if policy == type(policy)() else policy  # not given: the model's
+    else:
+        model = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
+        config = api.fit_config(model.pop("window", FitConfig.window), bool(model.pop("source_conditioned", False)),
+                                **model, **given, batch_size=args.batch_size, seed=args.seed)
+    done = api.fit(args.data, args.category, args.out, config, policy, args.max_train_images,
+                   args.overwrite, args.layout, folder_from_args(args), args.device, real_defects=real, init=args.init)
     from ..distributed import launched_rank
 
     if launched_rank() == 0:  # under torchrun: one line, not one per process
+        if real is not None:
+            print(f"real defect shots: {len(real.defects)} images of {', '.join(real.types)}; "
+                  f"`qarad synth --prompts {real.types[0]}` draws that type")
         print(f"ARAS model: {done.model} (fit time {done.seconds / 60:.1f} min)")
+    return 0
+
+
+def copy_paste(args) -> int:
+    real = real_defects(args)
+    done = api.copy_paste(real, args.images, args.out, args.n, args.seed)
+    print(f"{done.made} new samples ({done.total} in total) in {args.out}, pasted from {len(real.defects)} shots of "
+          f"{', '.join(real.types)}\ngallery: {Path(args.out) / 'gallery.html'}\n"
+          f"train on them: qarad train --method qarad --synth {args.out} --weighting none ...")
     return 0
 
 

@@ -6,6 +6,9 @@
     btad    ROOT/NN/train/ok, ROOT/NN/test/ok, ROOT/NN/test/ko, ROOT/NN/ground_truth/ko/<stem>.png|.bmp
     folder  anomalib's Folder: a normal dir, optional abnormal, mask and normal-test dirs (FolderSplit)
 
+`scan_defect_folder` reads one more kind of folder, for real defect shots (data/real_defects.py):
+defect images of one type (the folder's name) with their masks in its `masks/` subfolder.
+
 Every scanner returns what `scan_mvtec` returns: `Sample`s whose normal images have the defect
 type "good", sorted, with a DatasetError naming the file for each mismatch. `scan` and
 `list_categories` are what every verb calls; layout "auto" reads the markers on disk
@@ -273,6 +276,27 @@ def scan_folder_split(root: str | Path, folder: FolderSplit, split: str,
     return samples
 
 
+DEFECT_MASKS = "masks"  # scan_defect_folder: the subfolder holding the masks
+
+
+def scan_defect_folder(folder: str | Path) -> list[Sample]:
+    """Defect images of one type, FOLDER/*.png with masks FOLDER/masks/<stem>.* or <stem>_mask.*;
+    the type is the folder's name. A missing mask is an error naming the image."""
+    folder = Path(folder)
+    images = required_images(folder, "folder of defect images not found")
+    masks = _folder_masks(folder / DEFECT_MASKS, f"the masks of the defect images in {folder}")
+    samples = []
+    for image in images:
+        found = masks.get(image.stem, [])
+        if len(found) != 1:
+            if found:
+                raise DatasetError(f"{image}: more than one mask for it ({', '.join(map(str, found))}); keep one")
+            raise DatasetError(f"{image}: defect image has no mask (expected {folder / DEFECT_MASKS}/{image.stem}.png "
+                               f"or {image.stem}_mask.png)")
+        samples.append(Sample(image, folder.name, found[0]))
+    return samples
+
+
 def _refuse_overlap(a: list[Path], b: list[Path], a_name: str, b_name: str) -> None:
     both = sorted({p.resolve() for p in a} & {p.resolve() for p in b})
     if both:
@@ -280,10 +304,10 @@ def _refuse_overlap(a: list[Path], b: list[Path], a_name: str, b_name: str) -> N
         raise DatasetError(f"{shown}: in both {a_name} and {b_name}; train and test must not overlap")
 
 
-def _folder_masks(folder: Path) -> dict[str, list[Path]]:
+def _folder_masks(folder: Path, what: str = "--mask-dir") -> dict[str, list[Path]]:
     """image stem -> masks in `folder` named <stem>.* or <stem>_mask.*"""
     if not folder.is_dir():
-        raise DatasetError(f"{folder}: folder not found (--mask-dir)")
+        raise DatasetError(f"{folder}: folder not found ({what})")
     out: dict[str, list[Path]] = {}
     for p in images_in(folder):
         out.setdefault(p.stem[:-len("_mask")] if p.stem.endswith("_mask") else p.stem, []).append(p)

@@ -38,7 +38,7 @@ from .knn import NearestNeighbours, SearchConfig
 
 CONV_LAYERS = 2  # 3x3 layers after the adaptor: receptive field of 5x5 cells = 40 px on top of the taps
 PRIOR_PROBABILITY = 0.01  # initial defect probability (focal-loss bias init, Lin et al. 2017)
-NEGATIVE_SOURCES = ("synthetic", "perlin", "feature")
+NEGATIVE_SOURCES = ("synthetic", "perlin", "feature", "real")  # real: real defect shots (train.real_features)
 
 
 @dataclass(frozen=True)

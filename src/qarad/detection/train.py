@@ -16,6 +16,10 @@ TRAIN_CROP x TRAIN_CROP cells (smaller views: the smallest view's size), a defec
 always holding some of its defect. The head is convolutional with a 5x5-cell receptive field, so a
 crop is scored as the whole view would be away from the crop's border.
 Test images can be cached too (`cache_images`) and scored by many heads with `score_cached`.
+
+Real defect shots (`real_features`, data/real_defects.py) are a pool of their own: each shot's
+whole views with its ground-truth mask, in the 8 flips and quarter turns of the image; they were
+drawn on no normal training image (source -1).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.io import read_image, read_mask
+from ..data.real_defects import RealDefects
 from ..data.resolution import Layout, ResolutionPolicy
 from ..data.stream import Loaded, iter_loaded, map_views
 from ..defects.baselines import perlin_texture
@@ -49,6 +54,7 @@ TRAIN_CROP = 16  # cells a side of the crops the head trains on: 4x its 5x5-cell
 # quarter of the cost of whole 256-px views (32 x 32 cells)
 BLOB_COVER = (0.02, 0.2)  # feature-space negatives: share of a crop's cells the noise blob covers
 NOISE_SCALE = (0.5, 1.5)  # ... times config.feature_noise times each channel's std
+DIHEDRAL = 8  # real shots: every flip and quarter turn of the image
 
 
 @dataclass
@@ -165,6 +171,31 @@ def perlin_features(model: Segmenter, paths: list[Path], n: int, seed: int = 0, 
     out, _ = _defect_views(model, loaded(), lambda item: _mask_views(masks.pop(item.index), at_work),
                            lambda item: item.index % len(paths), batch_size, on_image)
     out.weights = torch.ones(len(out))
+    return out
+
+
+def real_features(model: Segmenter, real: RealDefects, batch_size: int = 8, weight: float = 1.0,
+                  on_image: Callable[[], None] | None = None) -> ViewSet:
+    """The views of every real shot that show its defect, in the 8 flips and quarter turns of the
+    image (on_image is called once per shot and turn), each with loss weight `weight`."""
+    masks: dict[int, np.ndarray] = {}
+
+    def loaded() -> Iterator[Loaded]:
+        for i, shot in enumerate(real.defects):
+            image = read_image(shot.image)
+            mask = read_mask(shot.mask, image.shape[:2])
+            for t in range(DIHEDRAL):
+                k = i * DIHEDRAL + t
+                turned, masks[k] = (np.ascontiguousarray(np.rot90(a[:, ::-1] if t >= 4 else a, t % 4))
+                                    for a in (image, mask))
+                layout = model.policy.layout(*turned.shape[:2])
+                yield Loaded(k, Path(shot.image), turned, layout, layout.views(turned))
+
+    out, _ = _defect_views(model, loaded(), lambda item: _mask_views(masks.pop(item.index), model.policy),
+                           lambda item: -1, batch_size, on_image)
+    if not len(out):
+        raise ValueError("no real defect shot shows its defect in any view")
+    out.weights = torch.full((len(out),), float(weight))
     return out
 
 
@@ -315,7 +346,7 @@ def _split(total: int, parts: int, step: int) -> list[int]:
 def fit_detector(config: SegmenterConfig, policy: ResolutionPolicy, normal: ViewSet, pools: dict[str, ViewSet],
                  on_step: Callable[[float], None] | None = None, model: Segmenter | None = None) -> Segmenter:
     """Bank, search, head and calibration on cached views. `pools`: defect views by kind
-    ("synthetic": QAW-weighted ARAS samples, "perlin"), each with targets and weights; feature-space
+    ("synthetic": QAW-weighted ARAS samples, "perlin", "real"), each with targets and weights; feature-space
     negatives are made from the normal views as the loop runs."""
     model = model or Segmenter(config, policy)
     model.config = config

@@ -79,9 +79,9 @@ def synth_gallery(synth_dir: Path) -> Report:
     synth_dir = Path(synth_dir)
     entries = read_manifest(synth_dir / MANIFEST)
     settings = read_settings(synth_dir)
+    made_by = f"model {Path(str(settings['model'])).name}" if settings.get("model") else "real defect shots"
     report = Report(f"QARAD synthetic defects: {synth_dir.name}",
-                    f"{len(entries)} samples from model {Path(str(settings.get('model', '?'))).name} "
-                    f"({settings.get('method', '?')})")
+                    f"{len(entries)} samples from {made_by} ({settings.get('method', '?')})")
     by_prompt: dict[str, list] = defaultdict(list)
     for e in entries:
         by_prompt[prompt_label(e)].append(e.get("score"))

@@ -7,6 +7,15 @@ drawn from a generator seeded by (seed, step), so a resumed fit sees the same ba
 uninterrupted one. `fit_model` runs the stages in order into a model folder (model.py), skipping
 those it already holds. Under torchrun the loops train data-parallel, each process on its slice
 of every global batch; ../distributed.py owns all of that, the loops only call it.
+
+Real defect shots (ModelConfig.real_defects, DESIGN.md 4.1) join the corpus after the procedural
+renders: each shot becomes `real_samples_per_shot` samples, a quarter of them the shot in its own
+image and the rest its defect re-placed on other normal images inside its own mask shape
+(defects/transplant.py), each zoomed by the window rule and flipped or turned; their prompt is the
+type's. `real_share` of every tokenizer and prior batch is drawn from them. `fit_model(init=MODEL)`
+continues a fitted model instead of starting afresh: MODEL's corpus (procedural renders) gets the
+real samples appended, its tokenizer, refiner and QAW dual encoder are copied, and its prior
+trains on for `prior_steps` more steps (the few-shot fit: minutes instead of a full fit).
 """
 from __future__ import annotations
 
@@ -24,12 +33,16 @@ import torch.nn.functional as F
 from .. import checkpoint
 from .. import distributed as dist
 from ..backbone import Backbone, BackboneConfig
-from ..data.io import discarded_on_failure, read_image, write_json
+from ..data.io import discarded_on_failure, read_image, read_mask, write_json
 from ..data.layouts import FolderSplit, scan
 from ..data.mvtec import subsample
 from ..data.resolution import ResolutionPolicy
+from ..data.real_defects import RealDefects
 from ..defects.corpus import CorpusConfig, make_sample
+from ..defects.masks import foreground_mask
+from ..defects.prompts import family_of
 from ..defects.renderer import FAMILIES
+from ..defects.transplant import PasteConfig, background, cut, place, transform
 from ..quality.fit import fit_dual_encoder
 from ..text import TextEncoder
 from ..training import load_state, optimizer_step, save_state, step_rng
@@ -44,6 +57,8 @@ from .window import WindowRule, coverage, to_window
 
 DEAD_CODE_EVERY = 100  # steps between dead-code restarts
 TIME_EVERY = 25  # training steps between updates of MODEL/timings.json
+IN_PLACE_EVERY = 4  # every 4th corpus sample of a real shot is the shot in its own image
+REAL_TARGETS = 32  # normal images (at most) that the real shots are re-placed on, loaded once
 
 
 @dataclass
@@ -52,11 +67,19 @@ class Corpus:
     defect: torch.Tensor  # (N, S, S, 3) uint8
     mask: torch.Tensor  # (N, S, S) uint8 0/1
     prompts: list[str]
-    families: list[str]
+    families: list[str]  # the procedural family, or for a real shot's sample its defect type
+    n_real: int = 0  # the last n_real samples are real shots' (build_real_corpus)
 
     def images(self, idx: torch.Tensor, which: str) -> torch.Tensor:
         """(B, 3, S, S) float in [0, 1]."""
         return getattr(self, which)[idx].permute(0, 3, 1, 2).float() / 255.0
+
+    def __add__(self, other: "Corpus") -> "Corpus":
+        """This corpus with `other`'s samples after it (`other` may hold real ones, this one none)."""
+        if self.n_real:
+            raise ValueError("real samples must come last: append to a corpus without real samples")
+        return Corpus(*(torch.cat([getattr(self, k), getattr(other, k)]) for k in ("clean", "defect", "mask")),
+                      self.prompts + other.prompts, self.families + other.families, other.n_real)
 
 
 def _uint8(a: np.ndarray) -> torch.Tensor:
@@ -104,16 +127,83 @@ def build_corpus(paths: list[Path], policy: ResolutionPolicy, cfg: FitConfig,
     return Corpus(torch.stack(clean), torch.stack(defect), torch.stack(mask), prompts, families)
 
 
+def _dihedral(arrays: tuple[np.ndarray, ...], rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """The same random flip and quarter turn of every (S, S[, 3]) array."""
+    flip, k = rng.random() < 0.5, int(rng.integers(4))
+    return tuple(np.ascontiguousarray(np.rot90(a[:, ::-1] if flip else a, k)) for a in arrays)
+
+
+def _work(path: str | Path, policy: ResolutionPolicy) -> np.ndarray:
+    image = read_image(path)
+    return policy.layout(*image.shape[:2]).to_work(image).permute(1, 2, 0).numpy()
+
+
+def build_real_corpus(real: RealDefects, paths: list[Path], policy: ResolutionPolicy, cfg: FitConfig,
+                      on_sample: Callable[[], None] | None = None) -> Corpus:
+    """`real_samples_per_shot` samples of every real shot at working resolution: every
+    IN_PLACE_EVERY-th the shot in its own image (its clean window the image with the defect filled
+    in from around it), the others its defect re-placed on one of REAL_TARGETS normal images with
+    `transplant`'s augmentations; each cut around its mask by the window rule and flipped or turned."""
+    rng = np.random.default_rng([cfg.seed, 11])
+    targets = [_work(paths[i], policy) for i in sorted(rng.permutation(len(paths))[:REAL_TARGETS])]
+    foregrounds = [foreground_mask(t) for t in targets]
+    paste = PasteConfig()
+    clean, defect, mask, prompts, families = [], [], [], [], []
+    for i, shot in enumerate(real.defects):
+        image = read_image(shot.image)
+        layout = policy.layout(*image.shape[:2])
+        work = layout.to_work(image).permute(1, 2, 0).numpy()
+        shot_mask = layout.mask_to_work(read_mask(shot.mask, image.shape[:2]))
+        if not shot_mask.any():  # too small to survive the working resolution: keep its centre pixel
+            ys, xs = np.nonzero(read_mask(shot.mask, image.shape[:2]))
+            shot_mask[int(ys.mean() * work.shape[0] / image.shape[0]),
+                      int(xs.mean() * work.shape[1] / image.shape[1])] = True
+        patch = cut(work, shot_mask)
+        for j in range(cfg.real_samples_per_shot):
+            r = np.random.default_rng([cfg.seed, 12, i, j])
+            if j % IN_PLACE_EVERY == 0:
+                c, d, m = background(work, shot_mask), work, shot_mask
+            else:
+                k = int(r.integers(len(targets)))
+                placed = place(targets[k], transform(patch, r, paste), r, "difference", foregrounds[k], paste)
+                c, d, m = targets[k], placed.image, placed.mask
+            c, d, m = zoom_to_mask(c, d, m, cfg.window_rule)
+            c, d, m = _dihedral((c, d, m), r)
+            clean.append(_uint8(c))
+            defect.append(_uint8(d))
+            mask.append(torch.from_numpy(m.astype(np.uint8)))
+            prompts.append(shot.prompt)
+            families.append(shot.defect_type)
+            if on_sample:
+                on_sample()
+    return Corpus(torch.stack(clean), torch.stack(defect), torch.stack(mask), prompts, families, len(prompts))
+
+
+def family_labels(corpus: Corpus) -> torch.Tensor:
+    """(N,) positive-pair labels of the QAW dual encoder: a procedural render's family index; a real
+    shot's sample gets the family its prompt names ("crack") when it names one, and otherwise a label
+    of its own type after the families (a prompt like "blowhole" is nothing the grammar knows)."""
+    first = len(corpus.prompts) - corpus.n_real
+    own = {t: len(FAMILIES) + k for k, t in enumerate(sorted(set(corpus.families[first:])))}
+    labels = [FAMILIES.index(f) for f in corpus.families[:first]]
+    for prompt, t in zip(corpus.prompts[first:], corpus.families[first:]):
+        named = family_of(prompt)
+        labels.append(FAMILIES.index(named) if named in FAMILIES else own[t])
+    return torch.tensor(labels)
+
+
 def save_corpus(stem: Path, corpus: Corpus) -> None:
-    checkpoint.save(stem, {"clean": corpus.clean, "defect": corpus.defect, "mask": corpus.mask},
-                    {"prompts": corpus.prompts, "families": corpus.families})
+    meta = {"prompts": corpus.prompts, "families": corpus.families}
+    if corpus.n_real:  # a corpus without real samples is written as before they existed
+        meta["n_real"] = corpus.n_real
+    checkpoint.save(stem, {"clean": corpus.clean, "defect": corpus.defect, "mask": corpus.mask}, meta)
 
 
 def load_corpus(stem: Path) -> Corpus:
     meta = checkpoint.load_config(stem)
     t = checkpoint.load_tensors(stem, {"clean": (None, None, None, 3), "defect": (None, None, None, 3),
                                        "mask": (None, None, None)})
-    return Corpus(t["clean"], t["defect"], t["mask"], meta["prompts"], meta["families"])
+    return Corpus(t["clean"], t["defect"], t["mask"], meta["prompts"], meta["families"], int(meta.get("n_real", 0)))
 
 
 def _lr(step: int, base: float, warmup: int, total: int) -> float:
@@ -137,9 +227,15 @@ def _end_step(step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, cfg
         on_step(value)
 
 
-def _batch(n: int, size: int, seed: int, step: int) -> torch.Tensor:
+def _batch(n: int, size: int, seed: int, step: int, n_real: int = 0, real_share: float = 0.0) -> torch.Tensor:
+    """Corpus indices of one batch. With real samples (the last n_real), round(real_share * size)
+    of them (at least one) come last in the batch, drawn from the real samples alone."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    return torch.randint(n, (size,), generator=g)
+    if not n_real or not real_share or n_real == n:  # as before real samples existed
+        return torch.randint(n, (size,), generator=g)
+    k = min(size, max(1, round(real_share * size)))
+    return torch.cat([torch.randint(n - n_real, (size - k,), generator=g),
+                      n - n_real + torch.randint(n_real, (k,), generator=g)])
 
 
 def _augment(x: torch.Tensor, seed: int, step: int) -> torch.Tensor:
@@ -201,7 +297,7 @@ def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
     model.train()
     ddp = dist.wrap(model, device)
     for step in range(start, cfg.tokenizer_steps):
-        idx = _batch(len(corpus.prompts), cfg.batch_size, cfg.seed, step)
+        idx = _batch(len(corpus.prompts), cfg.batch_size, cfg.seed, step, corpus.n_real, cfg.real_share)
         half = cfg.batch_size // 2  # half clean windows, half with defects: the codebook needs both
         source = corpus.images(idx, "clean")
         x = torch.cat([source[:half], corpus.images(idx[half:], "defect")])
@@ -243,20 +339,25 @@ def encode_corpus(tokenizer: VQTokenizer, corpus: Corpus, cfg: FitConfig) -> tup
 
 
 def fit_prior(codes: torch.Tensor, token_masks: torch.Tensor, text: torch.Tensor, cfg: FitConfig, state_stem: Path,
-              on_step: Callable[[float], None] | None = None, device: str | torch.device = "cpu") -> Prior:
+              on_step: Callable[[float], None] | None = None, device: str | torch.device = "cpu",
+              n_real: int = 0, init: Prior | None = None) -> Prior:
     """Train the prior on `device` (data-parallel under torchrun, as fit_tokenizer). With
     PriorConfig.dropout > 0 (0 by default) each process draws its own dropout masks from the same
-    (seed, step), so N processes fit reproducibly but not exactly as one does."""
+    (seed, step), so N processes fit reproducibly but not exactly as one does. The last `n_real`
+    samples are real shots' (`real_share` of each batch); `init` is a fitted prior to continue
+    from (a train state in `state_stem`, when there is one, wins: it resumes)."""
     device = torch.device(device)
     dist.check_batch(cfg.batch_size)
     torch.manual_seed(cfg.seed)
     model = Prior(cfg.prior).to(device)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.prior_lr, betas=(0.9, 0.95), weight_decay=0.01)
     start = load_state(state_stem, model, opt)[0] if state_stem.with_suffix(".safetensors").is_file() else 0
     model.train()
     ddp = dist.wrap(model, device)
     for step in range(start, cfg.prior_steps):
-        idx = _batch(len(codes), cfg.batch_size, cfg.seed + 1, step)
+        idx = _batch(len(codes), cfg.batch_size, cfg.seed + 1, step, n_real, cfg.real_share)
         g = torch.Generator().manual_seed(cfg.seed * 31 + step)
         drop = torch.rand(len(idx), generator=g) < cfg.prompt_dropout
         idx, drop = dist.local(idx), dist.local(drop).to(device)  # this process's slice
@@ -287,7 +388,7 @@ def fit_refiner(tokenizer: VQTokenizer, corpus: Corpus, text: torch.Tensor, cfg:
     model.train()
     ddp = dist.wrap(model, device)
     for step in range(start, cfg.refiner_steps):
-        idx = _batch(len(corpus.prompts), cfg.batch_size, cfg.seed + 2, step)
+        idx = _batch(len(corpus.prompts), cfg.batch_size, cfg.seed + 2, step, corpus.n_real, cfg.real_share)
         weight = _augment(_defect_weights(corpus.mask[idx], cfg.defect_weight), cfg.seed + 2, step)
         weight_mean = weight.mean().to(device)  # of the global batch
         idx, weight = dist.local(idx), dist.local(weight).to(device)  # this process's slice
@@ -332,17 +433,21 @@ def normal_images(root: Path, categories: list[str], limit: int | None, seed: in
 
 
 def fit_model(out: Path, config: ModelConfig, images: list[Path], overwrite: bool = False,
-              progress: FitProgress = FitProgress(), device: str | torch.device = "cpu") -> float:
+              progress: FitProgress = FitProgress(), device: str | torch.device = "cpu",
+              init: Path | None = None) -> float:
     """Fit every stage MODEL `out` does not hold yet: corpus, tokenizer, prior, refiner (when
     `config.fit.refiner_steps`), QAW dual encoder, on `device`. A rerun after a crash resumes where
     it stopped, with any number of processes; returns the fit's wall seconds, over every run that
     worked on it. Under torchrun (distributed.session) the tokenizer, prior and refiner train
-    data-parallel; rank 0 alone renders the corpus, fits the QAW scorer and writes files."""
+    data-parallel; rank 0 alone renders the corpus, fits the QAW scorer and writes files.
+    `init`: a fitted model with the same networks to continue (module docstring); its corpus is
+    rendered anew from `images` when it kept none."""
     dist.check_batch(config.fit.batch_size)  # before anything is written
     fresh = dist.on_main(lambda: M.prepare_folder(out, config, overwrite))
-    run = _FitRun(Path(out), config.fit, progress if dist.is_main() else FitProgress(), torch.device(device))
+    run = _FitRun(Path(out), config.fit, progress if dist.is_main() else FitProgress(), torch.device(device),
+                  None if init is None else Path(init))
     with discarded_on_failure(out, created=bool(fresh)):  # a bad image found while rendering: nothing fitted yet
-        corpus = run.corpus(images, config.policy)
+        corpus = run.corpus(images, config.policy, config.real_defects)
     tokenizer = run.tokenizer(corpus)
     run.prior(tokenizer, corpus)
     if config.fit.refiner_steps:
@@ -377,9 +482,10 @@ class _StageTimer:
 class _FitRun:
     """One run of `fit_model`: each stage loads what MODEL holds or fits and saves it."""
 
-    def __init__(self, out: Path, cfg: FitConfig, progress: FitProgress, device: torch.device):
+    def __init__(self, out: Path, cfg: FitConfig, progress: FitProgress, device: torch.device,
+                 init: Path | None = None):
         self.out, self.cfg, self.progress, self.state = out, cfg, progress, out / STATE
-        self.device = device
+        self.device, self.init = device, init
         self.timer = _StageTimer(out)
         self.labels = ["render fitting corpus", "tokenizer", "prior", "refiner", "QAW dual encoder"]
         if not cfg.refiner_steps:
@@ -410,16 +516,25 @@ class _FitRun:
                     self.timer.lap(part)
             yield tick
 
-    def corpus(self, images: list[Path], policy: ResolutionPolicy) -> Corpus:
+    def corpus(self, images: list[Path], policy: ResolutionPolicy, real: RealDefects | None = None) -> Corpus:
         stem = self.out / CORPUS
         if stem.with_suffix(".json").is_file():  # its JSON is written last
             corpus = load_corpus(stem)
             self.timer.restart()
             return corpus
+        kept = None if self.init is None else self.init / CORPUS
+        reuse = kept is not None and kept.with_suffix(".json").is_file()
+        n_real = len(real.defects) * self.cfg.real_samples_per_shot if real else 0
 
         def render() -> Corpus:
-            with self.progress.corpus(self.label("render fitting corpus"), self.cfg.corpus_size) as tick:
-                corpus = build_corpus(images, policy, self.cfg, on_sample=tick)
+            total = (0 if reuse else self.cfg.corpus_size) + n_real
+            with self.progress.corpus(self.label("render fitting corpus"), total) as tick:
+                corpus = load_corpus(kept) if reuse else build_corpus(images, policy, self.cfg, on_sample=tick)
+                if corpus.n_real:
+                    raise ValueError(f"{self.init}: its corpus already holds real shots; continue the model it "
+                                     "was fitted from instead")
+                if real:
+                    corpus = corpus + build_real_corpus(real, images, policy, self.cfg, on_sample=tick)
             save_corpus(stem, corpus)
             return corpus
 
@@ -432,6 +547,10 @@ class _FitRun:
             tokenizer = M.load_tokenizer(self.out).to(self.device)
             self.timer.restart()
             return tokenizer
+        if self.init is not None:  # continued: the codes the prior was fitted on stay the same
+            tokenizer = M.load_tokenizer(self.init).to(self.device)
+            self._saved(TOKENIZER, tokenizer)
+            return tokenizer
         with self.steps("tokenizer", self.cfg.tokenizer_steps, TOKENIZER) as tick:
             tokenizer = fit_tokenizer(corpus, self.cfg, self.state / TOKENIZER, on_step=tick, device=self.device)
         self._saved(TOKENIZER, tokenizer)
@@ -442,12 +561,17 @@ class _FitRun:
             return
         codes, token_masks = encode_corpus(tokenizer, corpus, self.cfg)
         text = self.text(corpus)
+        init = None if self.init is None else M.load_prior(self.init)
         with self.steps("prior", self.cfg.prior_steps, PRIOR) as tick:
-            prior = fit_prior(codes, token_masks, text, self.cfg, self.state / PRIOR, on_step=tick, device=self.device)
+            prior = fit_prior(codes, token_masks, text, self.cfg, self.state / PRIOR, on_step=tick, device=self.device,
+                              n_real=corpus.n_real, init=init)
         self._saved(PRIOR, prior)
 
     def refiner(self, tokenizer: VQTokenizer, corpus: Corpus) -> None:
         if M.has(self.out, REFINER):
+            return
+        if self.init is not None:
+            self._saved(REFINER, M.load_refiner(self.init))
             return
         text = self.text(corpus)
         with self.steps("refiner", self.cfg.refiner_steps, REFINER) as tick:
@@ -458,8 +582,12 @@ class _FitRun:
     def dual_encoder(self, corpus: Corpus) -> None:
         if M.has(self.out, DUAL_ENCODER):
             return
+        if self.init is not None:  # kept as it is: README, "Few-shot", says why
+            dist.on_main(lambda: M.save_dual_encoder(self.out, M.load_dual_encoder(self.init)))
+            self.timer.lap(DUAL_ENCODER)
+            return
         text = self.text(corpus)
-        families = torch.tensor([FAMILIES.index(f) for f in corpus.families])
+        families = family_labels(corpus)
 
         def fit() -> None:  # small MLPs over cached features: one process fits it, the others wait
             with self.steps("QAW dual encoder", self.cfg.qaw_steps, DUAL_ENCODER) as tick:

@@ -1,7 +1,8 @@
 """The ARAS model folder, its one owner: file names, aras.json, and reading and writing the parts.
 
 MODEL/
-    aras.json                          {"fit": FitConfig, "policy": ResolutionPolicy, "data": FitData}
+    aras.json                          {"fit": FitConfig, "policy": ResolutionPolicy, "data": FitData}, and
+                                       "real_defects" (data/real_defects.py) when real shots joined the corpus
     corpus.{json,safetensors}          the fitting corpus (fit.py), kept so a resumed fit does not re-render
     tokenizer.{json,safetensors}       VQTokenizer; the JSON is its TokenizerConfig
     prior.{json,safetensors}           Prior; PriorConfig
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..data.io import make_folder, write_json
+from ..data.real_defects import RealDefects
 from ..data.resolution import ResolutionPolicy
 from ..quality.dual_encoder import DualEncoder
 from ..quality.fit import load_dual_encoder as _load_dual_encoder
@@ -72,6 +74,12 @@ class FitConfig:
     defect_weight: float = 30.0
     prompt_dropout: float = 0.1
     mask_dilate_px: int = 2
+    # real defect shots (data/real_defects.py), when given: each becomes this many corpus samples (the
+    # shot itself and copies re-placed on other normal windows, defects/transplant.py) ...
+    real_samples_per_shot: int = 40
+    # ... and this share of every tokenizer and prior batch is drawn from them, so that a few shots
+    # are not drowned by thousands of procedural renders
+    real_share: float = 0.35
     checkpoint_every: int = 100
     seed: int = 0
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -85,6 +93,10 @@ class FitConfig:
         if self.prior.vocab_size != self.tokenizer.codebook_size:
             raise ValueError(f"prior vocabulary ({self.prior.vocab_size}) must equal the tokenizer's codebook size "
                              f"({self.tokenizer.codebook_size})")
+        if not 0.0 <= self.real_share < 1.0:
+            raise ValueError(f"real_share must be in [0, 1), got {self.real_share}")
+        if self.real_samples_per_shot < 1:
+            raise ValueError(f"real_samples_per_shot must be at least 1, got {self.real_samples_per_shot}")
         if self.prior.grid * 8 != self.window:
             raise ValueError(f"prior grid {self.prior.grid} tokens does not cover the {self.window}-px window "
                              f"(need grid = window / 8 = {self.window / 8:g})")
@@ -104,6 +116,7 @@ def config_from_dict(values: dict, source) -> FitConfig:
     values = dict(values)
     values.setdefault("max_zoom", LEGACY_MAX_ZOOM)  # fitted before windows zoomed: keep their view
     values.setdefault("refiner_steps", 0)  # fitted before the refiner existed: it has none
+    values.update({k: v for k, v in _REAL_DEFAULTS.items() if k not in values})  # ... or real shots
     tok = checkpoint.build_config(TokenizerConfig, values.pop("tokenizer", {}), source)
     pri = checkpoint.build_config(PriorConfig, values.pop("prior", {}), source)
     ref = checkpoint.build_config(RefinerConfig, values.pop("refiner", {}), source)
@@ -118,6 +131,7 @@ class FitData:
     max_train_images: int | None = None
     layout: str = "mvtec"  # data/layouts.py; models fitted before layouts existed read MVTec AD trees
     folder: dict | None = None  # the folder layout's FolderSplit
+    init: str | None = None  # `qarad fit --init MODEL`: the model whose tokenizer, corpus and prior it continued
 
 
 @dataclass(frozen=True)
@@ -125,23 +139,38 @@ class ModelConfig:
     fit: FitConfig
     policy: ResolutionPolicy
     data: FitData
+    # real defect shots in the corpus (their type names are prompts `qarad synth` knows); None: none
+    real_defects: RealDefects | None = None
+
+    @property
+    def real_types(self) -> tuple[str, ...]:
+        return self.real_defects.types if self.real_defects else ()
+
+
+_REAL_DEFAULTS = {"real_samples_per_shot": FitConfig.real_samples_per_shot, "real_share": FitConfig.real_share}
+KEYS = {"fit", "policy", "data"}  # aras.json always; REAL_KEY too when the corpus holds real shots
+REAL_KEY = "real_defects"
 
 
 def config_json(config: ModelConfig) -> dict:
     """aras.json's content as it reads back (tuples become lists)."""
-    return json.loads(json.dumps({"fit": config_dict(config.fit), "policy": config.policy.to_dict(),
-                                  "data": asdict(config.data)}))
+    out = {"fit": config_dict(config.fit), "policy": config.policy.to_dict(), "data": asdict(config.data)}
+    if config.real_defects is not None:
+        out[REAL_KEY] = config.real_defects.to_dict()
+    return json.loads(json.dumps(out))
 
 
 def read_config(folder: str | Path) -> ModelConfig:
     """MODEL/aras.json, checked at every level: an unknown key anywhere is refused."""
     path = Path(folder) / CONFIG
     meta = checkpoint.load_config(path)
-    if set(meta) != {"fit", "policy", "data"}:
-        raise checkpoint.CheckpointError(f"{path}: expected the keys ['data', 'fit', 'policy'], got {sorted(meta)}")
+    if not KEYS <= set(meta) <= KEYS | {REAL_KEY}:
+        raise checkpoint.CheckpointError(f"{path}: expected the keys ['data', 'fit', 'policy'] (and "
+                                         f"'{REAL_KEY}'), got {sorted(meta)}")
+    real = RealDefects.from_dict(meta[REAL_KEY], path) if REAL_KEY in meta else None
     return ModelConfig(config_from_dict(meta["fit"], path),
                        checkpoint.build_config(ResolutionPolicy, meta["policy"], path),
-                       checkpoint.build_config(FitData, meta["data"], path))
+                       checkpoint.build_config(FitData, meta["data"], path), real)
 
 
 def write_config(folder: str | Path, config: ModelConfig) -> None:
@@ -166,6 +195,8 @@ def prepare_folder(out: str | Path, config: ModelConfig, overwrite: bool = False
         old = checkpoint.load_config(path)
         if isinstance(old.get("data"), dict):  # a model fitted before a FitData field existed has its default
             old["data"] = {**asdict(FitData()), **old["data"]}
+        if isinstance(old.get("fit"), dict):  # ... and one fitted before real shots, the real-shot defaults
+            old["fit"] = {**_REAL_DEFAULTS, **old["fit"]}
         if old != config_json(config):
             if not overwrite:
                 raise ValueError(f"{out}: holds an ARAS model fitted with other settings; choose another --out "
