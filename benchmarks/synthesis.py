@@ -23,6 +23,7 @@ MODEL_DIR is a fitted ARAS model (`qarad fit`). Measured, side by side in one pr
   an existing --out-json, keeping its other keys.
 Writes benchmarks/results/synthesis.json, benchmarks/results/gallery.png, the mix and strength
 strips (synthesis_mix_strip.png, synthesis_strength_strip.png) and a BENCHMARKS.md section.
+The realism and seam measures of the two baselines alone, without a model: benchmarks/renderer_realism.py.
 """
 from __future__ import annotations
 
@@ -363,7 +364,7 @@ def seam(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> float:
     return float((grad(after) + SEAM_EPS) / (grad(before) + SEAM_EPS))
 
 
-def real_features(aras, embedder, defects, n: int, seed: int) -> torch.Tensor:
+def real_features(embedder, defects, n: int, seed: int, policy, rule) -> torch.Tensor:
     from qarad.data.io import read_image, read_mask
 
     order = np.random.default_rng([seed, 5]).permutation(len(defects))
@@ -374,56 +375,73 @@ def real_features(aras, embedder, defects, n: int, seed: int) -> torch.Tensor:
         image = read_image(defects[i].image)
         mask = read_mask(defects[i].mask, image.shape[:2])
         if mask.any():
-            win, cover = cut(image, mask, aras.policy, aras.rule)
+            win, cover = cut(image, mask, policy, rule)
             wins.append(win)
             covers.append(cover)
     return features(embedder, wins, covers)
 
 
-def synthetic_sets(aras, goods, n: int, seed: int, gallery: list) -> dict:
-    """n samples per method on the same source images. ARAS and procedural share the family, the
-    proposed mask and the defect parameters: `procedural` draws params then mask from its rng, and
-    an identically seeded rng replays those draws for ARAS. Perlin draws its own noise mask.
-    -> {method: [(window, cover, seam) per sample whose change is not empty]}, empty counts."""
+def synthetic_sets(goods, n: int, seed: int, gallery: list, policy, rule, aras=None):
+    """n samples per method on the same source images, ARAS only when `aras` is given. ARAS and
+    procedural share the family, the proposed mask and the defect parameters: `procedural` draws
+    params then mask from its rng, and an identically seeded rng replays those draws for ARAS.
+    Perlin draws its own noise mask. -> ({method: [(window, cover, seam) per sample whose change
+    is not empty]}, empty counts, {method: seconds spent synthesizing})."""
     from qarad.defects.baselines import perlin_texture, procedural
 
-    made, empty = {"aras": [], "procedural": [], "perlin": []}, {"aras": 0, "procedural": 0, "perlin": 0}
+    names = ("aras", "procedural", "perlin") if aras is not None else ("procedural", "perlin")
+    made, empty, seconds = ({k: [] for k in names}, {k: 0 for k in names}, {k: 0.0 for k in names})
     for i in tqdm(range(n), desc="realism: synthesize", unit="sample"):
         image, fg = src = load(goods[i % len(goods)])
         key = [seed, 6, i]
-        proc = procedural(image, np.random.default_rng(key), foreground=fg)
-        replay = np.random.default_rng(key)
-        params, prompt = draw_prompt(replay, image)
-        mask = family_mask(replay, src, params)
-        if (proc.mask & ~mask).any():
-            raise RuntimeError("procedural no longer draws params then mask first: masks are not shared")
-        out = aras.synthesize(image, mask, prompt, int(np.random.default_rng(key + [1]).integers(2**31)))
-        perl = perlin_texture(image, np.random.default_rng(key + [2]), foreground=fg)
-        for name, res in (("aras", out), ("procedural", proc), ("perlin", perl)):
+        t0 = time.perf_counter()
+        results = {"procedural": procedural(image, np.random.default_rng(key), foreground=fg)}
+        t1 = time.perf_counter()
+        results["perlin"] = perlin_texture(image, np.random.default_rng(key + [2]), foreground=fg)
+        seconds["procedural"] += t1 - t0
+        seconds["perlin"] += time.perf_counter() - t1
+        if aras is not None:
+            replay = np.random.default_rng(key)
+            params, prompt = draw_prompt(replay, image)
+            mask = family_mask(replay, src, params)
+            if (results["procedural"].mask & ~mask).any():
+                raise RuntimeError("procedural no longer draws params then mask first: masks are not shared")
+            t0 = time.perf_counter()
+            sample_seed = int(np.random.default_rng(key + [1]).integers(2**31))
+            results["aras"] = aras.synthesize(image, mask, prompt, sample_seed)
+            seconds["aras"] += time.perf_counter() - t0
+        for name in names:
+            res = results[name]
             if res.mask.any():  # keep only the window: whole images of 3 x n samples add up
-                win, cover = cut(res.image, res.mask, aras.policy, aras.rule)
+                win, cover = cut(res.image, res.mask, policy, rule)
                 made[name].append((win, cover, seam(image, res.image, res.mask)))
             else:
                 empty[name] += 1
-        for name, res in (("procedural", proc), ("perlin", perl)):
+        for name in ("procedural", "perlin"):
+            res = results[name]
             if sum(g[0] == name for g in gallery) < 3 and res.mask.any():
                 gallery.append((name, image, res.image, res.mask, res.prompt))
-    return made, empty
+    return made, empty, seconds
 
 
-def realism(aras, embedder, goods, defects, args, gallery: list) -> dict:
-    real = real_features(aras, embedder, defects, args.n_kid, args.seed)
-    made, empty = synthetic_sets(aras, goods, args.n_kid, args.seed, gallery)
+def realism(embedder, goods, defects, args, gallery: list, policy, rule, aras=None) -> dict:
+    """KID and seams of each method (ARAS only when `aras` is given) against `args.n_kid` real
+    defect regions, all cut by `policy` and `rule`."""
+    real = real_features(embedder, defects, args.n_kid, args.seed, policy, rule)
+    made, empty, seconds = synthetic_sets(goods, args.n_kid, args.seed, gallery, policy, rule, aras)
     rng = np.random.default_rng([args.seed, 7])
+    methods = ("aras", "procedural", "perlin")  # each draws its own KID subsets: the same numbers without ARAS
     # One constant for every set: raw features have x.x/d ~ 13, where the cubic kernel mostly
     # compares norms; in units of the real features' RMS entry, x.x/d ~ 1 as with Inception features.
     unit = float((real * real).mean().sqrt()) if len(real) else 1.0
     real = real / unit
     out = {"kid": {}, "kid_std": {}, "seam": {}, "n_kid": {"real": len(real)}, "n_empty_change": empty,
-           "kid_real_halves": kid(real[0::2], real[1::2], rng)[0]}  # floor: real vs real
+           "kid_real_halves": kid(real[0::2], real[1::2], rng)[0],  # floor: real vs real
+           "synthesis_s_per_sample": {k: v / args.n_kid for k, v in seconds.items()}}
     for name, kept in made.items():
         x = features(embedder, [k[0] for k in kept], [k[1] for k in kept]) / unit
-        out["kid"][name], out["kid_std"][name], out["kid_subset_size"] = kid(real, x, rng)
+        subsets = np.random.default_rng([args.seed, 7, 1 + methods.index(name)])
+        out["kid"][name], out["kid_std"][name], out["kid_subset_size"] = kid(real, x, subsets)
         out["seam"][name] = float(np.median([k[2] for k in kept])) if kept else float("nan")
         out["n_kid"][name] = len(kept)
     out["kid_feature"] = ("region_pool (304-d: inside mean, inside - ring mean) of stride-8 patch features, "
@@ -847,7 +865,7 @@ def main() -> None:
     judge = family_classifier(embedder, train, aras.policy, aras.rule, args.n_render, args.seed)
     if args.only is None:
         results.update(language_control(aras, embedder, goods, judge, args, gallery))
-        results.update(realism(aras, embedder, goods, defects, args, gallery))
+        results.update(realism(embedder, goods, defects, args, gallery, aras.policy, aras.rule, aras))
     control, mix_rows, strength_rows = continuous_control(aras, embedder, judge, goods, args)
     control["classifier_holdout_top1"] = judge.holdout_top1
     strip_png(mix_rows, aras.policy, aras.rule, paths["mix_strip"])

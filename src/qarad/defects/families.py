@@ -3,78 +3,30 @@ already resolved and returns (painted image, polarity actually drawn); `renderer
 restricts the change to the region and computes the mask.
 
 Every painter first builds its geometry as an alpha map inside the region, then measures the
-material under and around it, so the defect's tone is set relative to the local mean and spread.
+material under and around it, so the defect's tone is set relative to the local mean and spread,
+and paints that tone with the material's own light and grain (`material.retone`): one light
+direction per render shades grooves, pits, dents and broken edges; outlines carry fine noise.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+from scipy import ndimage
 
 from .geometry import (centreline, direction, distance_inside, interior_point, normal, radial_profile,
                        random_walk, ray_extent, resample, shape_field, smooth_noise, smoothstep, stroke_alpha)
+from .material import (AMPLITUDE_CEIL, LIGHT_FROM, borrowed_grain, composite, light_ratio, measure, neutral, relief,
+                       retone, rough_edge, surface, tone, toward)
 from .vocab import COLOURS, LUMA
 
-# Absolute contrast floor per label: without it a defect on flat, noise-free material (std ~0)
-# would be invisible; the ceiling keeps "5 std" on busy textures from saturating everything.
-AMPLITUDE_FLOOR = {"faint": 0.08, "strong": 0.22}
-AMPLITUDE_CEIL = 0.7
-# Flip polarity when the material leaves less room than min(amplitude, FLIP_ROOM) that way (a
-# dark crack on near-black rubber cannot show); mid-tone material never flips.
-FLIP_ROOM = 0.25
-MEASURE_MARGIN = 6  # px of surrounding material included in the local statistics
-LIGHT_FROM = (100.0, 170.0)  # light direction range, degrees: upper left, as in most photos
-
-
-@dataclass(frozen=True)
-class Material:
-    mean: np.ndarray  # (3,) mean colour
-    luma: float  # mean luminance
-    std: float  # luminance standard deviation
-
-
-def measure(image: np.ndarray, region: np.ndarray, alpha: np.ndarray) -> Material:
-    """Local statistics of the region's pixels in a box around the defect's footprint."""
-    support = alpha > 0.02
-    if not support.any():
-        support = region
-    ys, xs = np.nonzero(support)
-    y0, y1 = max(0, ys.min() - MEASURE_MARGIN), ys.max() + MEASURE_MARGIN + 1
-    x0, x1 = max(0, xs.min() - MEASURE_MARGIN), xs.max() + MEASURE_MARGIN + 1
-    pixels = image[y0:y1, x0:x1][region[y0:y1, x0:x1]]
-    luma = pixels @ LUMA
-    return Material(pixels.mean(axis=0), float(luma.mean()), float(luma.std()))
-
-
-def tone(material: Material, p, adapt: bool = True) -> tuple[float, str]:
-    """Absolute amplitude and the polarity to draw with (flipped if the material has no room)."""
-    amp = float(np.clip(p.amplitude * material.std, AMPLITUDE_FLOOR[p.contrast], AMPLITUDE_CEIL))
-    room = {"dark": material.luma, "bright": 1.0 - material.luma}
-    polarity, other = p.polarity, ("bright" if p.polarity == "dark" else "dark")
-    if adapt and room[polarity] < min(amp, FLIP_ROOM) and room[other] > room[polarity]:
-        polarity = other
-    return amp, polarity
-
-
-def toward(material: Material, amp: float, polarity: str) -> np.ndarray:
-    """The material's colour with its luminance moved by `amp` (down for dark, up for bright)."""
-    if polarity == "dark":
-        return material.mean * max(material.luma - amp, 0.0) / max(material.luma, 1e-3)
-    k = min(amp / max(1.0 - material.luma, 1e-3), 1.0)
-    return material.mean + (1.0 - material.mean) * k
-
-
-def neutral(material: Material, amp: float, polarity: str) -> np.ndarray:
-    """A mostly grey tone `amp` away from the material: what shows where material is missing."""
-    lum = material.luma - amp if polarity == "dark" else material.luma + amp
-    lum = float(np.clip(lum, 0.02, 0.97))
-    tint = material.mean / max(material.luma, 1e-3)
-    return np.clip(lum * (0.85 + 0.15 * tint), 0.0, 1.0)
-
-
-def composite(image: np.ndarray, alpha: np.ndarray, target) -> np.ndarray:
-    a = alpha[..., None]
-    return image * (1.0 - a) + np.asarray(target, np.float32) * a
+# Share of the grain that shows through each kind of paint (1 = all of the material's texture).
+TEXTURE = {"stroke": 0.5, "crack": 0.3, "stain": 0.85, "floor": 0.6, "lip": 1.0}
+GROOVE_DEPTH = {"scratch": 0.4, "crack": 0.25}  # lit flank of a groove, in units of the defect's amplitude
+GROOVE_BLUR_PX = 0.7  # how far a groove's walls reach beyond its stroke
+WIDTH_WOBBLE = 0.25  # relative std of a stroke's width along its length
+# A pit's lip is raised only a little: real blowholes show a faint rim, not a bright halo.
+LIP_AMPLITUDE = 0.5
+HOLE_WALL = 0.35  # share of a hole's radius its wall takes to slope down to the floor
+EDGE_NOISE_PX = {"hole": 0.35, "stain": 0.6, "break": 0.5, "print_line": 0.3}  # outline roughness
 
 
 def _other(polarity: str) -> str:
@@ -109,6 +61,21 @@ def _blob_radius(region, p, rng, spread: float, scale: float) -> tuple[np.ndarra
     return centre, radius, aspect
 
 
+def _wobble(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n,) width factor along a stroke: it narrows and widens as real scratches and cracks do."""
+    if n < 3:
+        return np.ones(n)
+    return np.clip(1.0 + WIDTH_WOBBLE * smooth_noise(rng, (n,), max(1.0, n / 12)), 0.4, 1.6)
+
+
+def _groove(out: np.ndarray, alpha: np.ndarray, light: np.ndarray, amp: float, depth: float) -> np.ndarray:
+    """A cut into the surface: the wall facing the light catches it, the other is in shadow; the
+    brightest flank is `depth` * amp brighter than the material. The walls slope over about a
+    pixel either side of the stroke (the blur), so the flanks show next to it, not only on it."""
+    shade = relief(-ndimage.gaussian_filter(alpha, GROOVE_BLUR_PX), light)
+    return out + (depth * amp * shade / max(float(np.abs(shade).max()), 1e-6))[..., None]
+
+
 def paint_scratch(image, region, p, rng):
     path = _path(region, p, rng)
     n, nrm = len(path), normal(p.angle)
@@ -126,15 +93,16 @@ def paint_scratch(image, region, p, rng):
         pts = path[int(lo * (n - 1)):max(int(hi * (n - 1)), int(lo * (n - 1)) + 1) + 1] + offset * nrm
         taper = np.sin(np.pi * np.linspace(0.0, 1.0, len(pts))) if len(pts) > 2 else np.ones(len(pts))
         weight = taper ** 0.35 * (0.8 + 0.2 * np.clip(smooth_noise(rng, (len(pts),), max(1.0, len(pts) / 8)), -1, 1))
-        width = p.width * (0.55 + 0.45 * taper) * (1.0 if i == 0 else 0.75)
+        width = p.width * (0.55 + 0.45 * taper) * (1.0 if i == 0 else 0.75) * _wobble(rng, len(pts))
         strokes.append((pts, width, weight))
     alpha = stroke_alpha(region.shape, strokes) * region
-    mat = measure(image, region, alpha)
+    mat, surf = measure(image, region, alpha), surface(image, region)
     amp, pol = tone(mat, p)
     target = toward(mat, amp, pol)
     if pol == "bright":  # freshly exposed metal or plastic: paler and less saturated than the surface
         target = 0.7 * target + 0.3 * target.mean()
-    return composite(image, alpha, target), pol
+    out = composite(image, alpha, retone(target, mat, surf, TEXTURE["stroke"]))
+    return _groove(out, alpha, direction(rng.uniform(*LIGHT_FROM)), amp, GROOVE_DEPTH["scratch"]), pol
 
 
 def paint_crack(image, region, p, rng):
@@ -146,7 +114,7 @@ def paint_crack(image, region, p, rng):
         zig = rng.normal(0.0, 0.8, m)
         zig[[0, -1]] = 0.0
         path = path + (0.6 * walk + zig)[:, None] * nrm
-    taper = 0.35 + 0.65 * np.sin(np.pi * np.linspace(0.0, 1.0, m)) ** 0.5
+    taper = (0.35 + 0.65 * np.sin(np.pi * np.linspace(0.0, 1.0, m)) ** 0.5) * _wobble(rng, m)
     strokes = [(path, p.width * taper, 1.0)]
     for _ in range(p.count if m > 3 else 0):
         i = int(rng.integers(1, m - 1))
@@ -160,9 +128,11 @@ def paint_crack(image, region, p, rng):
                                rng.uniform(0.3, 0.6) * len(branch) * 2.0, step=2.0, turn=20.0)
             strokes.append((twig, bw[j] * 0.7 * np.linspace(1.0, 0.5, len(twig)), 1.0))
     alpha = stroke_alpha(region.shape, strokes) * region
-    mat = measure(image, region, alpha)
+    mat, surf = measure(image, region, alpha), surface(image, region)
     amp, pol = tone(mat, p)
-    return composite(image, alpha, toward(mat, min(AMPLITUDE_CEIL, 1.3 * amp), pol)), pol
+    target = toward(mat, min(AMPLITUDE_CEIL, 1.3 * amp), pol)
+    out = composite(image, alpha, retone(target, mat, surf, TEXTURE["crack"]))
+    return _groove(out, alpha, direction(rng.uniform(*LIGHT_FROM)), amp, GROOVE_DEPTH["crack"]), pol
 
 
 def paint_hole(image, region, p, rng):
@@ -175,22 +145,26 @@ def paint_hole(image, region, p, rng):
         reach = ray_extent(region, centre, p.angle, r_minor * aspect * 1.5)
         aspect = max(1.0, min(aspect, p.extent * (reach - 0.5 * rim) / r_minor))
     rn, u, v = shape_field(region.shape, centre, r_minor, aspect, p.angle, radial_profile(rng, 0.05))
-    edge = (1.0 - rn) * r_minor  # px inside the outline, negative outside
+    edge = rough_edge((1.0 - rn) * r_minor, rng, EDGE_NOISE_PX["hole"])  # px inside the outline, < 0 outside
+    rn = 1.0 - edge / r_minor
     inside = np.clip(edge + 0.5, 0.0, 1.0) * region
     ring = np.clip(rim / 2 + 0.5 - np.abs(-edge - rim / 2), 0.0, 1.0) * region  # lip just outside
     light = direction(rng.uniform(*LIGHT_FROM))
     lu, lv = light @ direction(p.angle), light @ normal(p.angle)
     cos_phi = (u * lu + v * lv) / (np.sqrt(u ** 2 + v ** 2) + 1e-6)  # pixel bearing vs light
-    mat = measure(image, region, np.maximum(inside, ring))
+    mat, surf = measure(image, region, np.maximum(inside, ring)), surface(image, region)
     amp, pol = tone(mat, p)
     deep = toward(mat, min(AMPLITUDE_CEIL, 1.4 * amp), pol)
     # The inner wall opposite the light faces it and catches some; the lip's outer slope on
-    # the light's side is lit. Both make the hole read as a depression, not a flat dot.
+    # the light's side is lit. Both make the hole read as a depression, not a flat dot. The
+    # floor is the same material in shadow: another patch of its grain, not a flat fill.
     wall = (np.clip(rn, 0, 1) ** 2 * np.clip(-cos_phi, 0, 1))[..., None]
-    inner = deep + (mat.mean - deep) * 0.55 * wall
+    slope = smoothstep(edge / max(1.0, HOLE_WALL * r_minor))[..., None]  # the walls slope down to the floor
+    inner = mat.mean + (deep + (mat.mean - deep) * 0.55 * wall - mat.mean) * (0.35 + 0.65 * slope)
+    floor = retone(inner, mat, surf, TEXTURE["floor"], borrowed_grain(image, surf, rng))
     lip = ring * (0.4 + 0.6 * np.clip(cos_phi, 0, 1))
-    out = composite(image, lip, toward(mat, 0.9 * amp, _other(pol)))
-    return composite(out, inside, inner), pol
+    out = composite(image, lip, retone(toward(mat, LIP_AMPLITUDE * amp, _other(pol)), mat, surf, TEXTURE["lip"]))
+    return composite(out, inside, floor), pol
 
 
 def paint_stain(image, region, p, rng):
@@ -198,7 +172,7 @@ def paint_stain(image, region, p, rng):
     irregular = p.shape == "irregular"
     rn, _, _ = shape_field(region.shape, centre, radius, aspect, p.angle, radial_profile(rng, 0.35 if irregular else 0.12))
     feather = max(1.0, 0.2 * radius)
-    edge = (1.0 - rn) * radius
+    edge = rough_edge((1.0 - rn) * radius, rng, EDGE_NOISE_PX["stain"], scale=1.5)
     body = smoothstep((edge + 0.5) / feather)
     if irregular:  # satellite droplets splashed around the main stain
         for _ in range(int(rng.integers(1, 4))):
@@ -209,7 +183,7 @@ def paint_stain(image, region, p, rng):
     mottle = 0.78 + 0.22 * np.clip(smooth_noise(rng, region.shape, max(1.0, radius / 4)), -1.5, 1.5) / 1.5
     alpha = body * mottle * p.opacity * region
     ring = np.exp(-(((edge - 0.5 * feather) / (0.35 * feather + 0.5)) ** 2)) * p.opacity * region  # tide line
-    mat = measure(image, region, alpha)
+    mat, surf = measure(image, region, alpha), surface(image, region)
     amp, pol = tone(mat, p)
     if p.colour is not None:
         c = np.array(COLOURS[p.colour], np.float32)
@@ -217,12 +191,10 @@ def paint_stain(image, region, p, rng):
         target = np.clip(c * lum / float(c @ LUMA), 0.0, 1.0)
     else:
         target = toward(mat, amp, pol)
-    # the stain's own colour, modulated by the luminance texture under it (a stain is translucent)
-    shading = np.clip((image @ LUMA) / max(mat.luma, 1e-3), 0.0, 2.0)[..., None] ** 0.6
-    stained = target * shading
-    out = composite(image, alpha, stained)
+    # a stain is translucent: the material's light and most of its grain show through it
+    out = composite(image, alpha, retone(target, mat, surf, TEXTURE["stain"]))
     edge_tone = target * 0.7 if pol == "dark" else np.minimum(1.0, target * 1.15 + 0.05)
-    return composite(out, 0.45 * ring, edge_tone), pol
+    return composite(out, 0.45 * ring, retone(edge_tone, mat, surf, TEXTURE["stain"])), pol
 
 
 def paint_dent(image, region, p, rng):
@@ -232,14 +204,13 @@ def paint_dent(image, region, p, rng):
     height = np.clip(1.0 - rn ** 2, 0.0, 1.0) ** 2 * radius * 0.6  # compact, smooth at the rim
     if p.polarity == "dark":  # dark = dent (pressed in), bright = bump (raised)
         height = -height
-    gy, gx = np.gradient(height)
-    light = direction(rng.uniform(*LIGHT_FROM))
-    shade = -(gy * light[0] + gx * light[1])  # Lambert term minus the flat-surface term
+    shade = relief(height, direction(rng.uniform(*LIGHT_FROM)))
     shade /= max(float(np.abs(shade).max()), 1e-6)
-    mat = measure(image, region, np.abs(shade))
+    mat, surf = measure(image, region, np.abs(shade)), surface(image, region)
     amp, _ = tone(mat, p, adapt=False)  # shading is bipolar: both directions always have room
     shift = amp * shade + 0.5 * amp * np.clip(shade, 0, 1) ** 6  # plus a small specular glint
-    return image + (shift * region)[..., None], p.polarity
+    # light reflected off the slope scales with the light the surface gets there
+    return image + (shift * light_ratio(mat, surf) * region)[..., None], p.polarity
 
 
 def paint_break(image, region, p, rng):
@@ -248,11 +219,12 @@ def paint_break(image, region, p, rng):
         aspect = min(aspect, 1.4)
     outline = radial_profile(rng, 0.25, jag=0.2, vertices=int(rng.integers(12, 28)))
     rn, u, v = shape_field(region.shape, centre, radius, aspect, p.angle, outline)
-    edge = (1.0 - rn) * radius
+    edge = rough_edge((1.0 - rn) * radius, rng, EDGE_NOISE_PX["break"], scale=0.8)
     alpha = np.clip(edge + 0.5, 0.0, 1.0) * region  # sharp: broken material has no soft edge
-    mat = measure(image, region, alpha)
+    mat, surf = measure(image, region, alpha), surface(image, region)
     amp, pol = tone(mat, p)
-    fill = neutral(mat, max(1.3 * amp, 0.2), pol) + rng.normal(0.0, 0.006, image.shape).astype(np.float32)
+    # What shows through the gap is out of the surface's light and carries another grain.
+    fill = retone(neutral(mat, max(1.3 * amp, 0.2), pol), mat, surf, TEXTURE["floor"], borrowed_grain(image, surf, rng))
     # The remaining material stands above what shows through the gap and casts a shadow into
     # it along the outline facing the light: a step edge, unlike a hole's raised rim.
     light = direction(rng.uniform(*LIGHT_FROM))
@@ -302,9 +274,10 @@ def paint_fray(image, region, p, rng):
         taper = np.linspace(1.0, 0.5, len(fibre))
         strokes.append((fibre, p.width * rng.uniform(0.7, 1.2) * taper, rng.uniform(0.6, 1.0) * taper))
     alpha = stroke_alpha(region.shape, strokes) * region
-    mat = measure(image, region, alpha)
+    mat, surf = measure(image, region, alpha), surface(image, region)
     amp, pol = tone(mat, p)
-    return composite(image, alpha, toward(mat, min(AMPLITUDE_CEIL, 1.5 * amp), pol)), pol
+    target = toward(mat, min(AMPLITUDE_CEIL, 1.5 * amp), pol)
+    return composite(image, alpha, retone(target, mat, surf, TEXTURE["stroke"])), pol
 
 
 def paint_print_line(image, region, p, rng):
@@ -317,19 +290,21 @@ def paint_print_line(image, region, p, rng):
     cy, cx = np.clip(np.round(centre).astype(int), 0, np.array(region.shape) - 1)
     width = max(1.5, min(p.width, 2.0 * float(dist[cy, cx]) - 1.0))
     _, u, v = shape_field(region.shape, centre, 1.0, 1.0, p.angle)
-    # crisp rectangle: a printed or etched track has straight edges and square ends
-    alpha = np.clip(np.minimum(length / 2 - np.abs(u), width / 2 - np.abs(v)) + 0.5, 0.0, 1.0)
+    # a printed or etched track: straight edges and square ends, frayed at the pixel scale
+    alpha = rough_edge(np.minimum(length / 2 - np.abs(u), width / 2 - np.abs(v)), rng, EDGE_NOISE_PX["print_line"])
+    alpha = np.clip(alpha + 0.5, 0.0, 1.0)
     if p.shape == "bridge":  # solder/ink pads where the spurious track lands
         pad = 0.9 * width
         for end in (-1.0, 1.0):
             alpha = np.maximum(alpha, np.clip(np.minimum(pad - np.abs(u - end * length / 2), pad - np.abs(v)) + 0.5, 0, 1))
     alpha = alpha * region
-    mat = measure(image, region, alpha)
+    mat, surf = measure(image, region, alpha), surface(image, region)
     amp, pol = tone(mat, p)
-    if p.shape == "gap":  # material missing along the track: flat background tone
-        target = neutral(mat, max(1.2 * amp, 0.15), pol)
+    if p.shape == "gap":  # material missing along the track: the substrate's tone and grain
+        target = retone(neutral(mat, max(1.2 * amp, 0.15), pol), mat, surf, TEXTURE["floor"],
+                        borrowed_grain(image, surf, rng))
     else:
-        target = toward(mat, min(AMPLITUDE_CEIL, 1.3 * amp), pol)
+        target = retone(toward(mat, min(AMPLITUDE_CEIL, 1.3 * amp), pol), mat, surf, TEXTURE["stroke"])
     return composite(image, alpha, target), pol
 
 

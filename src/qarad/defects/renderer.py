@@ -4,8 +4,9 @@ encoder, and, used directly on images, the procedural baseline that ARAS must be
 
 A render takes a normal image, a region where the defect may go and `DefectParams`. It measures
 the material around the defect (mean colour, luminance spread), sets the defect's contrast
-relative to it, paints, and returns the image with the mask of the pixels that actually changed
-(by more than 1/255). Pixels outside that mask are bit-identical to the input.
+relative to it, paints it with the material's own light and grain (`material.py`), and returns
+the image with the mask of the pixels that actually changed (by more than 1/255). Pixels
+outside that mask are bit-identical to the input.
 """
 from __future__ import annotations
 
