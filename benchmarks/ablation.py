@@ -617,11 +617,7 @@ def main(argv: list[str] | None = None) -> None:
     env = common.envelope(results)
     env["wall_s"] = sum(sum(r["shared"]["wall_s"].values()) for r in results.values())
     env["settings"] = settings
-    common.write_json(out_json, env)
-    md = markdown(env)
-    if not args.no_markdown:
-        common.update_section("ablation", md)
-    print(md)
+    common.publish(out_json, env, "ablation", markdown, not args.no_markdown)
 
 
 if __name__ == "__main__":

@@ -80,3 +80,13 @@ def update_section(name: str, body: str, path: Path = ROOT / "BENCHMARKS.md") ->
     else:
         text = text.rstrip() + f"\n\n{block}\n"
     path.write_text(text)
+
+
+def publish(out_json: Path, env: dict, section: str, markdown, update_markdown: bool = True) -> None:
+    """Write a benchmark's results envelope, refresh its BENCHMARKS.md section from `markdown(env)`
+    (unless told not to) and print that section."""
+    write_json(out_json, env)
+    md = markdown(env)
+    if update_markdown:
+        update_section(section, md)
+    print(md)

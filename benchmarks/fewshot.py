@@ -675,11 +675,7 @@ def main(argv: list[str] | None = None) -> None:
     env["settings"] = {k: getattr(args, k) for k in ("shots", "seeds", "prior_steps", "n_synth", "n_type", "n_real",
                                                       "steps", "perlin_samples", "limit_train", "limit_test", "quick")}
     env["settings"].update(models={k: str(v) for k, v in args.models.items()}, work=str(args.work))
-    common.write_json(out_json, env)
-    md = markdown(env)
-    if not args.no_markdown:
-        common.update_section("fewshot", md)
-    print(md)
+    common.publish(out_json, env, "fewshot", markdown, not args.no_markdown)
 
 
 if __name__ == "__main__":
