@@ -191,7 +191,7 @@ def table(results: dict, envelope: dict) -> str:
              "| dataset | " + " | ".join(head[:2 * len(labels)]) + " | Perlin KID | "
              + " | ".join(head[2 * len(labels):]) + " |", "|---" * (2 + len(head)) + "|"]
     for key in common.DATASETS:
-        if not all(key in results[k] for k in labels):
+        if not all("kid" in results[k].get(key, {}) for k in labels):  # a speed-only entry has no KID row
             continue
         res = [results[k][key] for k in labels]
         cells = [fmt(x) for _, fmt in columns for x in res]
@@ -242,11 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         print(key, json.dumps({k: v for k, v in per_dataset[key].items()
                                if k in ("kid", "kid_std", "seam", "corpus_renders_per_s", "procedural_renders_per_s")}))
     env = common.envelope(merge(args.out_json, args.label, per_dataset))
-    common.write_json(args.out_json, env)
-    md = table(env["results"], env)
-    if not args.no_markdown:
-        common.update_section("renderer_realism", md)
-    print(md)
+    common.publish(args.out_json, env, "renderer_realism", lambda e: table(e["results"], e), not args.no_markdown)
 
 
 if __name__ == "__main__":

@@ -164,13 +164,14 @@ def synth(model: str | Path, images: list, prompts: list[str], out: str | Path, 
     from .synthesis.pipeline import ARAS
 
     real = read_config(model).real_defects
-    normalised = [normalise_prompt(p) for p in prompts]
-    if real is not None:
-        normalised = [real.resolve(p) for p in normalised]
+
+    def prompt_of(text: str) -> str:  # checked, and a real type's name resolved to its fitted prompt
+        text = normalise_prompt(text)
+        return real.resolve(text) if real is not None else text
+
+    normalised = [prompt_of(p) for p in prompts]
     check_mix(prompt_b, mix)
-    if prompt_b is not None and real is not None:
-        prompt_b = real.resolve(normalise_prompt(prompt_b))
-    interpolation = {} if prompt_b is None else {"prompt_b": normalise_prompt(prompt_b), "mix": float(mix)}
+    interpolation = {} if prompt_b is None else {"prompt_b": prompt_of(prompt_b), "mix": float(mix)}
     paths = expand_images(images)
     mask_paths = expand_images(masks) if masks else None
     if mask_paths is None and not auto_masks:

@@ -92,13 +92,7 @@ def scan_mvtec(root: str | Path, category: str, split: str, allow_missing_masks:
 
 
 def scan_folder(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: folder not found")
-    images = images_in(folder)
-    if not images:
-        raise DatasetError(f"{folder}: no images found")
-    return images
+    return required_images(Path(folder), "folder not found")
 
 
 def expand_images(items: list[Path]) -> list[Path]:

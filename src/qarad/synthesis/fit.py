@@ -102,6 +102,12 @@ def zoom_to_mask(clean: np.ndarray, defect: np.ndarray, mask: np.ndarray, rule: 
     return cut(clean), cut(defect), region.numpy()
 
 
+def _work(path: str | Path, policy: ResolutionPolicy) -> np.ndarray:
+    """An image at working resolution, (H, W, 3) float."""
+    image = read_image(path)
+    return policy.layout(*image.shape[:2]).to_work(image).permute(1, 2, 0).numpy()
+
+
 def build_corpus(paths: list[Path], policy: ResolutionPolicy, cfg: FitConfig,
                  on_sample: Callable[[], None] | None = None) -> Corpus:
     """Render `corpus_size` defects on windows of the normal images, a few per image, streaming,
@@ -112,8 +118,7 @@ def build_corpus(paths: list[Path], policy: ResolutionPolicy, cfg: FitConfig,
     ccfg = CorpusConfig(window=cfg.window, seed=cfg.seed)
     clean, defect, mask, prompts, families = [], [], [], [], []
     for i in order:
-        image = read_image(paths[i])
-        work = policy.layout(*image.shape[:2]).to_work(image).permute(1, 2, 0).numpy()
+        work = _work(paths[i], policy)
         for _ in range(min(per_image, cfg.corpus_size - len(prompts))):
             s = make_sample(work, rng, ccfg)
             c, d, m = zoom_to_mask(s.clean, s.defect, s.mask, cfg.window_rule)
@@ -131,11 +136,6 @@ def _dihedral(arrays: tuple[np.ndarray, ...], rng: np.random.Generator) -> tuple
     """The same random flip and quarter turn of every (S, S[, 3]) array."""
     flip, k = rng.random() < 0.5, int(rng.integers(4))
     return tuple(np.ascontiguousarray(np.rot90(a[:, ::-1] if flip else a, k)) for a in arrays)
-
-
-def _work(path: str | Path, policy: ResolutionPolicy) -> np.ndarray:
-    image = read_image(path)
-    return policy.layout(*image.shape[:2]).to_work(image).permute(1, 2, 0).numpy()
 
 
 def build_real_corpus(real: RealDefects, paths: list[Path], policy: ResolutionPolicy, cfg: FitConfig,
