@@ -475,7 +475,8 @@ def markdown(env: dict) -> str:
     limited = " **Smoke run: train/test subsets limited, not comparable.**" if smoke else ""
     lines = [
         "## Ablation: PatchCore vs the QARAD detector and its variants", "",
-        "Command (one run wrote everything below; results: `benchmarks/results/ablation.json`):", "",
+        "Command (results: `benchmarks/results/ablation.json`; a dataset made by an earlier run kept with "
+        "`--merge` names its own command under its table):", "",
         f"```sh\n{env['command']}\n```", "",
         f"Run of {env['date']}, whole run {env['wall_s'] / 60:.1f} min (stages summed, resumes included) on "
         f"{env['machine']}.", "",
@@ -492,7 +493,10 @@ def markdown(env: dict) -> str:
         "detectors: the one process that cached all features and trained every head." + limited, "",
     ]
     for key, res in results.items():
-        lines += [table(key, res), ""]
+        run = res.get("run")
+        made_by = ([f"Made by `{run['command']}` ({run['date']}, {run['machine']}).", ""]
+                   if run and run["command"] != env["command"] else [])
+        lines += [table(key, res), "", *made_by]
     return "\n".join(lines).rstrip()
 
 
@@ -519,6 +523,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
     ap.add_argument("--out-json", type=Path, default=None, help="default benchmarks/results/ablation.json")
     ap.add_argument("--fresh", action="store_true", help="ignore results of an interrupted earlier run")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the datasets of --out-json that this run does not redo (same settings only); "
+                         "each dataset's table names the run that made it")
     ap.add_argument("--child", nargs=2, metavar=("STAGE", "DATASET"), help=argparse.SUPPRESS)
     return ap
 
@@ -578,6 +585,23 @@ def _reusable(partial: dict) -> dict:
     return done
 
 
+MERGE_IGNORES = ("models", "methods", "data", "work")  # where things lie; methods a dataset did not run are "skipped"
+
+
+def merged(old: dict, new: dict, settings: dict) -> dict:
+    """`new` plus the datasets of an earlier results envelope that `new` does not redo; each kept dataset
+    records the run that made it. Refused when the runs' settings differ (their rows would not compare)."""
+    ours = {k: v for k, v in settings.items() if k not in MERGE_IGNORES}
+    theirs = {k: v for k, v in old.get("settings", {}).items() if k not in MERGE_IGNORES}
+    if ours != theirs:
+        diff = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
+        raise SystemExit(f"--merge: the results already there were made with other settings ({', '.join(diff)}); "
+                         "rerun those datasets or write to another --out-json")
+    kept = {key: {**res, "run": res.get("run") or {k: old[k] for k in ("command", "date", "machine")}}
+            for key, res in old["results"].items() if key not in new}
+    return {**kept, **new}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     ap = parser()
@@ -615,7 +639,11 @@ def main(argv: list[str] | None = None) -> None:
         print("nothing to do: no dataset found", file=sys.stderr)
         return
     env = common.envelope(results)
-    env["wall_s"] = sum(sum(r["shared"]["wall_s"].values()) for r in results.values())
+    for res in results.values():
+        res["run"] = {k: env[k] for k in ("command", "date", "machine")}
+    if args.merge and out_json.exists():
+        env["results"] = merged(json.loads(out_json.read_text()), results, settings)
+    env["wall_s"] = sum(sum(r["shared"]["wall_s"].values()) for r in env["results"].values())
     env["settings"] = settings
     common.publish(out_json, env, "ablation", markdown, not args.no_markdown)
 

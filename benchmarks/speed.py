@@ -1,0 +1,170 @@
+"""Test throughput of PatchCore and the QARAD detector side by side, with the backbone-only ceiling.
+
+    python benchmarks/speed.py [--datasets magnetic_tile/magnetic_tile] [--backbones efficientnet-lite0]
+        [--images 50] [--repeats 7] [--batch 8]
+
+Per dataset and backbone it fits (once, into benchmarks/models/speed/, git-ignored; a finished run
+is reused) a PatchCore run and a QARAD detector run with `qarad train`'s defaults, `resize` 256,
+except that the detector's head learns from Perlin negatives only: the scoring path (decode,
+views, backbone, search of every patch, head on features + residuals + distances, fusion,
+stitching, smoothing) does not depend on where the head's negatives came from, and this way the
+benchmark needs no ARAS model. It then times, round by round and interleaved so that any load
+from elsewhere falls on every entry alike, the same evenly spaced test images through:
+
+  backbone            PatchEmbedder alone (onnxruntime) on the decoded views: the ceiling
+  patchcore           PatchCore's scoring path (`score_images`: decode included), IVF search
+  patchcore_exact     the same bank searched exactly
+  patchcore_eval      `evaluate` on those images: scoring plus the metric accumulation at source
+                      resolution (what `qarad eval` runs; the ablation's PatchCore img/s)
+  qarad               the detector's scoring path (`score_images`: decode included)
+
+Each entry is the median images/s over the rounds (each round's rate is kept too). Fit times are
+those of the fits this run made (null where a finished run was reused). Writes
+benchmarks/results/speed.json and the "speed" section of BENCHMARKS.md. The metric change of the
+IVF search against exact is measured by benchmarks/ablation.py (patchcore vs patchcore_exact).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import torch  # noqa: E402
+
+SIZE = 256
+MODELS = common.ROOT / "benchmarks" / "models" / "speed"
+ENTRIES = ("backbone", "patchcore", "patchcore_exact", "patchcore_eval", "qarad")
+
+
+def fitted_runs(data: Path, key: str, backbone: str) -> tuple[dict, dict]:
+    """Run folders of PatchCore and the detector for (key, backbone) -> ({method: path}, {method: fit s})."""
+    from qarad import api
+    from qarad.data.resolution import ResolutionPolicy
+    from qarad.detection.patchcore import PatchCoreConfig
+    from qarad.detection.segmenter import SegmenterConfig
+
+    root, cat = common.DATASETS[key]
+    configs = {"patchcore": PatchCoreConfig(backbone=backbone),
+               "qarad": SegmenterConfig(negatives=("perlin",), backbone=backbone)}
+    runs, fit_s = {}, {}
+    for method, config in configs.items():
+        out = MODELS / key.replace("/", "__") / f"{method}-{backbone}"
+        t0 = time.perf_counter()
+        trained = api.train(data / root, cat, out, config, policy=ResolutionPolicy("resize", SIZE),
+                            max_train_images=common.TRAIN_LIMIT.get(key))
+        runs[method] = out
+        fit_s[method] = None if trained.already_trained else time.perf_counter() - t0
+        print(f"{key} {backbone}: {method} run {out} ({'reused' if trained.already_trained else 'fitted'})",
+              flush=True)
+    return runs, fit_s
+
+
+def spaced(items: list, n: int) -> list:
+    """n items evenly spaced over the list (the test split mixes defect types in scan order)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
+
+
+def measure(args, key: str, backbone: str) -> dict:
+    from qarad.data.layouts import scan
+    from qarad.data.stream import load
+    from qarad.detection.evaluate import evaluate
+    from qarad.detection.inference import score_images
+    from qarad.detection.knn import NearestNeighbours, SearchConfig
+    from qarad.runs import load_detector
+
+    runs, fit_s = fitted_runs(args.data, key, backbone)
+    root, cat = common.DATASETS[key]
+    samples = spaced(scan(args.data / root, cat, "test", "mvtec"), args.images)
+    paths = [s.image for s in samples]
+    patchcore, qarad = load_detector(runs["patchcore"]), load_detector(runs["qarad"])
+    exact = load_detector(runs["patchcore"])
+    exact.index_ = NearestNeighbours(exact.memory_, exact.memory_source_, SearchConfig("exact"))
+    embedder = qarad._embedder()
+    with torch.inference_mode():
+        views = [load(i, p, qarad.policy).views for i, p in enumerate(paths)]
+
+    def backbone_pass():
+        with torch.inference_mode():
+            batch = torch.cat(views)
+            for start in range(0, len(batch), args.batch):
+                embedder(batch[start:start + args.batch])
+
+    def scoring(detector):
+        return lambda: sum(1 for _ in score_images(detector, paths, args.batch))
+
+    passes = {"backbone": backbone_pass, "patchcore": scoring(patchcore), "patchcore_exact": scoring(exact),
+              "patchcore_eval": lambda: evaluate(patchcore, samples, args.batch), "qarad": scoring(qarad)}
+    for run in passes.values():  # warm-up: graphs traced, first-call allocations
+        run()
+    rounds = {name: [] for name in passes}
+    for r in range(args.repeats):
+        for name, run in passes.items():
+            t0 = time.perf_counter()
+            run()
+            rounds[name].append(len(paths) / (time.perf_counter() - t0))
+        print(f"{key} {backbone} round {r + 1}/{args.repeats}: "
+              + ", ".join(f"{n} {v[-1]:.1f}" for n, v in rounds.items()) + " img/s", flush=True)
+    out = {name: {"images_per_s": statistics.median(v), "rounds": v} for name, v in rounds.items()}
+    for name in ("patchcore", "qarad"):
+        out[name]["fit_s"] = fit_s[name]
+    out["patchcore"]["bank_rows"] = int(len(patchcore.memory_))
+    out["qarad"]["bank_rows"] = int(len(qarad.memory_))
+    out["n_images"], out["n_views"] = len(paths), sum(len(v) for v in views)
+    return out
+
+
+def markdown(env: dict) -> str:
+    st = env["settings"]
+    lines = ["## Test throughput: PatchCore and the QARAD detector beside the backbone", "",
+             f"Command: `{env['command']}` ({env['date']}, {env['machine']}; results: "
+             f"`benchmarks/results/speed.json`). `resize` {SIZE}, batch {st['batch']}, {st['images']} evenly "
+             f"spaced test images per round, median of {st['repeats']} interleaved rounds (img/s, decode "
+             "included except for the backbone row). Entries: see the docstring of benchmarks/speed.py.", "",
+             "| dataset | backbone | backbone only | PatchCore (IVF) | PatchCore (exact) | PatchCore eval loop "
+             "| QARAD detector | detector / backbone | PatchCore fit s | detector fit s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, per_backbone in env["results"].items():
+        for backbone, r in per_backbone.items():
+            rate = {n: r[n]["images_per_s"] for n in ENTRIES}
+            fits = [f"{r[n]['fit_s']:.0f}" if r[n]["fit_s"] is not None else "reused" for n in ("patchcore", "qarad")]
+            lines.append(f"| {key} | {backbone} | " + " | ".join(f"{rate[n]:.1f}" for n in ENTRIES)
+                         + f" | {rate['qarad'] / rate['backbone']:.2f} | {fits[0]} | {fits[1]} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
+    ap.add_argument("--datasets", nargs="+", default=["magnetic_tile/magnetic_tile"], choices=list(common.DATASETS))
+    ap.add_argument("--backbones", nargs="+", default=["efficientnet-lite0"],
+                    choices=["efficientnet-lite0", "efficientnet-lite2"])
+    ap.add_argument("--images", type=int, default=50, help="test images per round")
+    ap.add_argument("--repeats", type=int, default=7, help="timed rounds (the median is reported)")
+    ap.add_argument("--batch", type=int, default=8, help="views per backbone batch (as qarad eval)")
+    ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    results = {}
+    for key in args.datasets:
+        if not common.available(args.data, key):
+            print(f"skip {key}: not under {args.data}")
+            continue
+        results[key] = {b: measure(args, key, b) for b in args.backbones}
+    if not results:
+        print("nothing to do: no dataset found")
+        return
+    env = {**common.envelope(results), "settings": {
+        "datasets": args.datasets, "backbones": args.backbones, "images": args.images, "repeats": args.repeats,
+        "batch": args.batch, "size": SIZE, "threads": torch.get_num_threads()}}
+    common.publish(common.RESULTS / "speed.json", env, "speed", markdown, not args.no_markdown)
+
+
+if __name__ == "__main__":
+    main()
