@@ -143,8 +143,9 @@ def test_benchmark_takes_the_train_flags_and_is_in_the_api():
 
     subs = next(a for a in main_parser()._actions if a.dest == "verb")
     flags = {verb: {a.dest: a.default for a in subs.choices[verb]._actions} for verb in ("train", "benchmark")}
-    # real defect shots belong to one category: `qarad benchmark` has no per-category form of them (yet)
-    shared = set(flags["train"]) - {"category", "real_defects", "shots", "shot_seed", "defect_prompt", "real_weight"}
+    # --defect-prompt names one category's types; benchmark's --real-defects is a root (ROOT/CATEGORY)
+    shared = set(flags["train"]) - {"category", "defect_prompt"}
+    assert {"real_defects", "shots", "shot_seed", "real_weight"} <= shared
     assert shared <= set(flags["benchmark"]) and all(flags["train"][k] == flags["benchmark"][k] for k in shared)
     assert qarad.benchmark is benchmarking.benchmark
 
@@ -184,3 +185,53 @@ def test_fit_reads_its_images_through_the_layout(tmp_path, monkeypatch):
     assert main(["fit", "--data", str(parts), "--category", "parts", "--out", str(tmp_path / "m"),
                  "--normal-dir", "good", "--split-seed", "5"]) == 0
     assert seen["args"][-2].normal_dir == "good" and seen["args"][-2].seed == 5
+
+
+QARAD_SHORT = ["--method", "qarad", "--negatives", "perlin", "--steps", "3", "--perlin-samples", "4", *SMALL]
+
+
+def test_benchmark_with_real_defects_trains_each_category_on_its_own_shots(tmp_path, capsys):
+    from qarad import runs
+
+    data, out = tmp_path / "data", tmp_path / "bench"
+    for category in ("a", "b"):  # 2 defects per type (crack, scratch): 1 shot each, 1 left to test
+        make_mvtec_tree(data, category, n_train=4, n_good=3, n_defect=4, size=(64, 64))
+    argv = ["benchmark", "--data", str(data), "--out", str(out), *QARAD_SHORT, "--real-defects", str(data),
+            "--shots", "1", "--shot-seed", "3", "--real-weight", "2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    table = json.loads((out / "benchmark.json").read_text())
+    assert table["settings"]["data"]["real_defects"] == {"root": str(data.resolve()), "shots": 1, "seed": 3}
+    assert table["settings"]["detector"]["negatives"] == ["perlin", "real"]
+    assert table["settings"]["detector"]["real_weight"] == 2.0
+    for category in ("a", "b"):
+        run = out / "runs" / category
+        real = runs.RunData(**runs.read_config(run)["data"]).real
+        assert real.sources == (str((data / category).resolve()),) and (real.shots, real.seed) == (1, 3)
+        assert len(real.defects) == 2 and all(f"/{category}/test/" in d.image for d in real.defects)
+        excluded = json.loads((run / "metrics.json").read_text())["excluded_real_defects"]
+        assert excluded["images"] == sorted(d.image for d in real.defects)
+        row = table["categories"][category]
+        assert row["n_excluded"] == excluded["count"] == 2 and row["n_test"] == 3 + 4 - 2
+    md = (out / "benchmark.md").read_text()
+    assert "K=1 real defect shots per type" in md and "| shots left out |" in md and md.strip() in printed
+    assert [r["n_excluded"] for r in csv.DictReader(open(out / "benchmark.csv"))] == ["2", "2", ""]
+    assert main(argv) == 0  # the same shots make the same runs: resumed, not retrained
+    assert "b: finished earlier, skipped" in capsys.readouterr().err
+
+
+def test_benchmark_refuses_real_defects_with_patchcore_or_without_defects(tmp_path, capsys):
+    data, real, out = tmp_path / "data", tmp_path / "real", tmp_path / "bench"
+    for category in ("a", "b"):
+        make_mvtec_tree(data, category, n_train=4, size=(64, 64))
+    argv = ["benchmark", "--data", str(data), "--out", str(out), *SMALL, "--real-defects"]
+    assert main([*argv, str(data), "--method", "patchcore"]) == 2
+    assert "PatchCore learns from normal images only" in capsys.readouterr().err
+    make_mvtec_tree(real, "a")
+    assert main([*argv, str(real), *QARAD_SHORT]) == 2  # real/b is missing
+    err = capsys.readouterr().err
+    assert "category 'b'" in err and f"{real / 'b'}: real defects folder not found" in err
+    make_mvtec_tree(real, "b", n_defect=0)  # test/good only
+    assert main([*argv, str(real), *QARAD_SHORT]) == 2
+    assert f"{real / 'b' / 'test'}: no defect images" in capsys.readouterr().err
+    assert not out.exists()  # every category's shots are checked before any training

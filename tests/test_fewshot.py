@@ -2,6 +2,7 @@
 model whose prompts then include the real types (`qarad synth --prompts blowhole`), and `qarad train
 --real-defects` + `qarad eval` leave exactly the shots out of the test split and say so."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +145,11 @@ def test_train_with_real_defects_and_eval_leave_out_exactly_the_shots(data, caps
     assert {t: m["n_images"] for t, m in metrics["per_type"].items()} == {"crack": 3 + 2, "scratch": 3 + 2}
     scored = [line.split(",")[0] for line in (run / "scores.csv").read_text().splitlines()[1:]]
     assert not set(scored) & {d.image for d in real.defects}
+    html = (run / "report.html").read_text()  # the report says which shots were left out, and why
+    assert "<h2>Real defect shots left out of the test split</h2>" in html and "7 test images (2 real" in html
+    assert "the 2 below were left out of the test split" in html and "trained on real defect shots" in html
+    for d in real.defects:
+        assert f"<td class='l'>{d.defect_type}/{Path(d.image).name}</td>" in html and d.image not in html
 
 
 def test_train_refuses_real_defects_where_they_do_not_belong(data, capsys):

@@ -38,6 +38,7 @@ def test_eval_writes_a_report_with_every_section(run, capsys):
     assert metrics["pixel_metrics"]["mode"] == "exact" and metrics["pixel_metrics"]["pixels"] == 11 * 64 * 64
     for section in SECTIONS:
         assert f"<h2>{section}" in html
+    assert "left out" not in html  # a run without real defect shots left no test image out
     for label in ("crack", "scratch", "ALL"):
         assert f"<td class='l'>{label}</td>" in html
     for m in [metrics["overall"], *metrics["per_type"].values()]:  # the table holds metrics.json's numbers
@@ -106,3 +107,24 @@ def test_eval_pixel_metrics_choices_are_the_modes():
     sub = next(a for a in main_parser()._actions if a.dest == "verb").choices["eval"]
     flag = next(a for a in sub._actions if a.dest == "pixel_metrics")
     assert tuple(flag.choices) == metrics.PIXEL_MODES and flag.default == "auto"
+
+
+def test_report_says_which_shots_were_left_out_and_when_none_were(tmp_path):
+    from types import SimpleNamespace
+
+    from qarad.report.pages import run_report
+
+    from qarad.metrics import METRICS
+
+    metrics = {"n_images": 5, **{m: 0.5 for m in METRICS}}
+    result = {"category": "widget", "method": "qarad", "threshold": 0.5, "policy": {"mode": "resize", "size": 64},
+              "pixel_metrics": {"mode": "exact", "pixels": 1}, "overall": metrics, "per_type": {}}
+    ev = SimpleNamespace(overall=metrics, curves={}, false_alarms=[], misses=[])
+    plain = run_report(result, ev, tmp_path).render()
+    shots = {"count": 2, "images": ["/d/widget/test/crack/001.png", "/d/widget/test/scratch/000.png"]}
+    shown = run_report({**result, "excluded_real_defects": shots}, ev, tmp_path).render()
+    none = run_report({**result, "excluded_real_defects": {"count": 0, "images": []}}, ev, tmp_path).render()
+    assert "left out" not in plain
+    assert "5 test images (2 real defect shots left out)" in shown and "the 2 below were left out" in shown
+    assert "<td class='l'>crack/001.png</td>" in shown and "<td class='l'>scratch/000.png</td>" in shown
+    assert "no test image was left out" in none

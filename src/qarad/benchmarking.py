@@ -8,6 +8,10 @@ seven metrics `qarad eval` reports, fit seconds and test images per second).
                                  and its run's config.json is the run these settings make
     OUT/benchmark.md|csv|json    the table over this call's categories (JSON: with the settings)
 
+With real defect shots (`real_defects=ROOT`), each category's qarad run learns from the shots of
+ROOT/CATEGORY (data/real_defects.select_real_defects, the same K and seed for every category), and
+its row counts the test images its evaluation left out (metrics.json's excluded_real_defects).
+
 Every file is written atomically, so a killed benchmark leaves either a finished category or one
 that a rerun completes (a trained run whose evaluation was cut short is evaluated, not retrained).
 This module owns that folder; `qarad.benchmark` is its `benchmark`.
@@ -27,7 +31,9 @@ from . import api, runs
 from .data.io import check_output_folder, make_folder, write_json, write_text
 from .data.layouts import FolderSplit, list_categories, resolve_layout
 from .data.mvtec import DatasetError
+from .data.real_defects import RealDefects, select_real_defects
 from .data.resolution import ResolutionPolicy
+from .fewshot_config import ShotConfig
 from .metrics import LABELS, METRICS
 from .progress import note
 
@@ -41,7 +47,8 @@ ROW = "row.json"
 TABLE = "benchmark"  # OUT/benchmark.md, .csv, .json
 COLUMNS = (*METRICS, "fit_s", "test_images_per_s")  # table columns after the category
 COUNTS = ("n_train", "n_test")  # in each row, not averaged
-HEADINGS = {**LABELS, "fit_s": "fit s", "test_images_per_s": "img/s"}
+EXCLUDED = "n_excluded"  # a count too, in the rows of a benchmark with real defect shots
+HEADINGS = {**LABELS, "fit_s": "fit s", "test_images_per_s": "img/s", EXCLUDED: "shots left out"}
 MEAN = "mean"
 
 
@@ -49,7 +56,7 @@ MEAN = "mean"
 class Benchmarked:
     folder: Path
     method: str
-    rows: dict[str, dict]  # category -> metrics, fit_s, test_images_per_s, n_train, n_test
+    rows: dict[str, dict]  # category -> metrics, fit_s, test_images_per_s, n_train, n_test (, n_excluded)
     mean: dict[str, float]  # over the categories, per column (NaN when a category has none)
     skipped: list[str]  # categories finished by an earlier call
     markdown: str
@@ -60,11 +67,17 @@ def benchmark(data: str | Path, out: str | Path, detector: "PatchCoreConfig | Se
               training: api.QaradTraining = api.QaradTraining(), policy: ResolutionPolicy = ResolutionPolicy(),
               categories: list[str] | None = None, layout: str = "auto", folder: FolderSplit | None = None,
               max_train_images: int | None = None, allow_missing_masks: bool = False, batch_size: int = 8,
-              device: str = "cpu", overwrite: bool = False) -> Benchmarked:
+              device: str = "cpu", overwrite: bool = False, real_defects: str | Path | None = None,
+              shots: ShotConfig = ShotConfig()) -> Benchmarked:
     """Train (`api.train`) and evaluate (`api.evaluate`) `detector` on each of `categories` (default:
     every category of the root) into OUT/runs/CATEGORY, skipping the finished ones, then write the
     table. The qarad method's `training.synth`, when given, is a folder of synth folders, one per
-    category (SYNTH/CATEGORY). `overwrite` retrains a category whose folder holds a different run."""
+    category (SYNTH/CATEGORY), and `real_defects` a root of real-defect folders, one per category
+    (ROOT/CATEGORY), whose `shots` each category's run learns from (its detector's negatives must
+    have "real"). `overwrite` retrains a category whose folder holds a different run."""
+    if training.real_defects is not None:
+        raise ValueError("benchmark draws each category's shots from real_defects=ROOT (ROOT/CATEGORY); "
+                         "leave training.real_defects None")
     out = check_output_folder(out)
     if out.is_dir() and any(out.iterdir()) and not ((out / RUNS).is_dir() or (out / f"{TABLE}.json").is_file()):
         raise runs.RunError(f"{out}: folder is not empty and is not a qarad benchmark; choose another --out")
@@ -81,9 +94,15 @@ def benchmark(data: str | Path, out: str | Path, detector: "PatchCoreConfig | Se
         if own.synth and not Path(own.synth).is_dir():
             raise ValueError(f"{own.synth}: no synthetic-defect folder for category {category!r} (benchmark "
                              f"--synth SYNTH reads SYNTH/CATEGORY)")
+        if real_defects is not None:
+            own = replace(own, real_defects=category_shots(real_defects, category, shots))
         plans[category] = (own, *api.run_config(data, category, detector, own, policy, max_train_images, layout,
                                                 folder))
     method = plans[categories[0]][1]
+    settings = config_settings(plans[categories[0]][2])
+    # what every category shares: the root, K and the seed (each category's shots are in its config.json)
+    settings["data"]["real_defects"] = None if real_defects is None else {
+        "root": str(Path(real_defects).resolve()), "shots": shots.shots, "seed": shots.shot_seed}
     rows, skipped = {}, []
     for i, category in enumerate(categories, 1):
         own, _, config = plans[category]
@@ -96,7 +115,16 @@ def benchmark(data: str | Path, out: str | Path, detector: "PatchCoreConfig | Se
             continue
         rows[category] = _run_category(step, data, category, run, config, detector, own, policy, max_train_images,
                                        layout, folder, allow_missing_masks, batch_size, device, overwrite)
-    return _write_tables(out, data, layout, method, config_settings(plans[categories[0]][2]), rows, skipped)
+    return _write_tables(out, data, layout, method, settings, rows, skipped)
+
+
+def category_shots(root: str | Path, category: str, shots: ShotConfig) -> RealDefects:
+    """The shots of ROOT/CATEGORY; a folder without usable defects is refused, naming it and the category."""
+    try:
+        return select_real_defects([Path(root) / category], shots.shots, shots.shot_seed)
+    except DatasetError as exc:
+        raise DatasetError(f"category {category!r}: {exc} (benchmark --real-defects ROOT reads ROOT/CATEGORY)") \
+            from exc
 
 
 def _run_category(step: str, data, category: str, run: Path, config: dict, detector, training, policy,
@@ -125,14 +153,16 @@ def _run_category(step: str, data, category: str, run: Path, config: dict, detec
     row = {m: result["overall"][m] for m in METRICS}
     row.update(fit_s=fit_s, test_images_per_s=round(result["test_images_per_s"], 3), n_train=done.n_images,
                n_test=result["overall"]["n_images"])
+    if "excluded_real_defects" in result:  # a run with real defect shots: its test split is smaller by these
+        row[EXCLUDED] = result["excluded_real_defects"]["count"]
     write_json(run / ROW, row)
     note(f"{step}: done (image AUROC {row['image_auroc']:.3f}, AUPRO {row['aupro']:.3f})")
     return row
 
 
 def config_settings(config: dict) -> dict:
-    """What a benchmark's runs share: a run's config.json less its category."""
-    data = {k: v for k, v in config["data"].items() if k != "category"}
+    """What a benchmark's runs share: a run's config.json less its category and its own real shots."""
+    data = {k: v for k, v in config["data"].items() if k not in ("category", "real_defects")}
     return {"method": config["method"], "data": data, "policy": config["policy"], "detector": config["detector"]}
 
 
@@ -146,22 +176,30 @@ def _cell(value: float, column: str) -> str:
     return f"{value:.1f}" if column in ("fit_s", "test_images_per_s") else f"{value:.3f}"
 
 
+def _excluded(rows: dict[str, dict]) -> tuple[str, ...]:
+    """(EXCLUDED,) when the rows count real defect shots left out of their test splits, else ()."""
+    return (EXCLUDED,) if any(EXCLUDED in r for r in rows.values()) else ()
+
+
 def markdown(title: str, rows: dict[str, dict], mean: dict[str, float]) -> str:
-    head = "| category | " + " | ".join(HEADINGS[c] for c in COLUMNS) + " |"
-    lines = [f"**{title}**", "", head, "|---|" + "---:|" * len(COLUMNS)]
+    extra = _excluded(rows)  # a count: shown per category, not averaged
+    head = "| category | " + " | ".join(HEADINGS[c] for c in (*COLUMNS, *extra)) + " |"
+    lines = [f"**{title}**", "", head, "|---|" + "---:|" * (len(COLUMNS) + len(extra))]
     for name, row in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(row[c], c) for c in COLUMNS) + " |")
-    lines.append(f"| **{MEAN}** | " + " | ".join(_cell(mean[c], c) for c in COLUMNS) + " |")
+        cells = [_cell(row[c], c) for c in COLUMNS] + [str(row[c]) for c in extra]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append(f"| **{MEAN}** | " + " | ".join([_cell(mean[c], c) for c in COLUMNS] + [""] * len(extra)) + " |")
     return "\n".join(lines)
 
 
 def _csv(rows: dict[str, dict], mean: dict[str, float]) -> str:
+    counts = (*COUNTS, *_excluded(rows))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["category", *COLUMNS, *COUNTS])
+    writer.writerow(["category", *COLUMNS, *counts])
     for name, row in rows.items():
-        writer.writerow([name, *(row[c] for c in COLUMNS), *(row[c] for c in COUNTS)])
-    writer.writerow([MEAN, *(mean[c] for c in COLUMNS), *([""] * len(COUNTS))])
+        writer.writerow([name, *(row[c] for c in COLUMNS), *(row[c] for c in counts)])
+    writer.writerow([MEAN, *(mean[c] for c in COLUMNS), *([""] * len(counts))])
     return buf.getvalue()
 
 
@@ -169,7 +207,10 @@ def _write_tables(out: Path, data, layout: str, method: str, settings: dict, row
                   skipped: list[str]) -> Benchmarked:
     mean = _mean(rows)
     counted = f"{len(rows)} {'category' if len(rows) == 1 else 'categories'}"
-    title = f"{method} on {Path(data).resolve()} ({layout} layout, {counted})"
+    real = settings["data"]["real_defects"]
+    shots = (f"; K={real['shots']} real defect shots per type from {real['root']}/CATEGORY (seed {real['seed']}), "
+             "left out of each test split") if real else ""
+    title = f"{method} on {Path(data).resolve()} ({layout} layout, {counted}{shots})"
     text = markdown(title, rows, mean)
     make_folder(out)
     tables = [out / f"{TABLE}.{ext}" for ext in ("md", "csv", "json")]

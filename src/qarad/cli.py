@@ -35,12 +35,19 @@ def _sub(subs, name: str, help_text: str) -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def _add_real_defect_flags(p: argparse.ArgumentParser, use: str, required: bool = False,
-                           describe: bool = True) -> argparse._ArgumentGroup:
-    """--real-defects, --shots, --shot-seed (ShotConfig) and --defect-prompt (read by commands.synth.real_defects)."""
+def _add_real_defect_flags(p: argparse.ArgumentParser, use: str, required: bool = False, describe: bool = True,
+                           per_category: bool = False) -> argparse._ArgumentGroup:
+    """--real-defects, --shots, --shot-seed (ShotConfig) and --defect-prompt (read by commands.synth.real_defects).
+    `per_category` (benchmark): --real-defects is one root holding each category's folder, ROOT/CATEGORY."""
     g = p.add_argument_group("real defect shots (few-shot)")
-    g.add_argument("--real-defects", type=Path, nargs="+", required=required, metavar="FOLDER",
-                   help=f"{REAL_DEFECTS_HELP}; {use}")
+    if per_category:
+        g.add_argument("--real-defects", type=Path, metavar="ROOT",
+                       help="a root of real-defect folders, one per category: ROOT/CATEGORY, each what `qarad "
+                            "train --real-defects` takes (an MVTec AD category folder, so ROOT may be --data; or a "
+                            f"folder of one type's images with FOLDER/masks); {use}")
+    else:
+        g.add_argument("--real-defects", type=Path, nargs="+", required=required, metavar="FOLDER",
+                       help=f"{REAL_DEFECTS_HELP}; {use}")
     add_flags(g, ShotConfig)
     if describe:
         g.add_argument("--defect-prompt", nargs="+", metavar="TYPE=TEXT",
@@ -79,6 +86,8 @@ def _add_detector_flags(p: argparse.ArgumentParser, synth_help: str | None = Non
                    help="head reads frozen features only, not the residual to the memory bank")
     g.add_argument("--no-fusion", dest="fusion", action="store_false",
                    help="map = head probability alone, not fused with the nearest-neighbour distance")
+    g.add_argument("--real-weight", type=float, default=1.0,
+                   help="loss weight of each real defect view (--real-defects; default 1)")
     g.add_argument("--steps", type=int, default=1000, help="head training steps (default 1000)")
     g.add_argument("--max-normal-views", type=int, default=4000, help="cap on cached normal views")
     p.add_argument("--seed", type=int, default=0)
@@ -98,9 +107,8 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder to create")
     add_dataset_flags(p)
     _add_detector_flags(p)
-    g = _add_real_defect_flags(p, "the qarad detector learns from them beside its other defects (8 flips and "
-                                  "turns of each shot's views), and `qarad eval` leaves them out of the test split")
-    g.add_argument("--real-weight", type=float, default=1.0, help="loss weight of each real view (default 1)")
+    _add_real_defect_flags(p, "the qarad detector learns from them beside its other defects (8 flips and turns "
+                              "of each shot's views), and `qarad eval` leaves them out of the test split")
 
     p = _sub(subs, "benchmark", "Train and evaluate a method on every category of a dataset root (or the ones "
                                 "listed): one run per category, resumable, and a table (Markdown, CSV, JSON).")
@@ -113,6 +121,8 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing-masks", action="store_true",
                    help="use defect images without masks for image metrics only")
     _add_detector_flags(p, synth_help="a folder of synthetic-defect folders, one per category: SYNTH/CATEGORY")
+    _add_real_defect_flags(p, "each category's qarad run learns from its own shots, and its evaluation leaves "
+                              "them out of the test split (the table counts them)", describe=False, per_category=True)
 
     p = _sub(subs, "eval", "Evaluate a trained run on its category's test split; writes RUN/metrics.json and "
                            "RUN/report.html.")

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import api
+from .. import api, flags
 from ..data.io import check_output_folder
+from ..fewshot_config import ShotConfig
 from ..flags import folder_from_args, policy_from_args
 from ..metrics import LABELS, METRICS
 from .synth import real_defects
 
 
-def detector_configs(args) -> tuple:
-    """(detector config, api.QaradTraining) from the flags cli._add_detector_flags defines."""
+def detector_configs(args, real=None) -> tuple:
+    """(detector config, api.QaradTraining with the real defect shots `real`) from the flags
+    cli._add_detector_flags defines; --real-defects adds 'real' to the qarad detector's negatives."""
     from ..detection.patchcore import PatchCoreConfig
     from ..detection.segmenter import SegmenterConfig
 
@@ -21,20 +23,19 @@ def detector_configs(args) -> tuple:
                                    backbone=args.backbone)
     else:
         negatives = tuple(args.negatives)
-        if getattr(args, "real_defects", None) is not None and "real" not in negatives:
+        if args.real_defects is not None and "real" not in negatives:
             negatives += ("real",)  # --real-defects: the head learns from them
         detector = SegmenterConfig(steps=args.steps, seed=args.seed, negatives=negatives,
                                    residual=args.residual, fusion=args.fusion, search=args.search,
                                    backbone=args.backbone)
-    real = real_defects(args) if hasattr(args, "real_defects") else None
     training = api.QaradTraining(synth=args.synth, weighting=args.weighting, max_normal_views=args.max_normal_views,
                                  perlin_samples=args.perlin_samples, batch_size=args.batch_size, real_defects=real,
-                                 **({"real_weight": args.real_weight} if hasattr(args, "real_weight") else {}))
+                                 real_weight=args.real_weight)
     return detector, training
 
 
 def train(args) -> int:
-    detector, training = detector_configs(args)
+    detector, training = detector_configs(args, real_defects(args))
     done = api.train(args.data, args.category, args.out, detector, training, policy_from_args(args),
                      args.max_train_images, args.device, args.overwrite, args.layout,
                      folder_from_args(args))
@@ -49,10 +50,11 @@ def train(args) -> int:
 def benchmark(args) -> int:
     from ..benchmarking import benchmark as run_benchmark
 
-    detector, training = detector_configs(args)
+    detector, training = detector_configs(args)  # each category's shots are drawn by the benchmark
     done = run_benchmark(args.data, args.out, detector, training, policy_from_args(args), args.categories,
                          args.layout, folder_from_args(args), args.max_train_images,
-                         args.allow_missing_masks, args.batch_size, args.device, args.overwrite)
+                         args.allow_missing_masks, args.batch_size, args.device, args.overwrite,
+                         args.real_defects, flags.from_args(ShotConfig, args))
     print(done.markdown)
     skipped = f" ({len(done.skipped)} finished earlier, skipped)" if done.skipped else ""
     print(f"{len(done.rows)} {'category' if len(done.rows) == 1 else 'categories'}{skipped}\n"

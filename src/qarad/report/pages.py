@@ -26,15 +26,37 @@ def _worst_cards(cases: list["WorstCase"], threshold: float) -> list:
             for c in cases]
 
 
+def _short_name(image: str | Path) -> str:
+    """TYPE/FILE, as the test split's folders name an image (its defect type, then its file)."""
+    return f"{Path(image).parent.name}/{Path(image).name}"
+
+
+def _excluded_section(report: Report, excluded: dict, n_test: int) -> None:
+    """metrics.json's excluded_real_defects: the training shots `api.evaluate` took out of the test split."""
+    report.heading("Real defect shots left out of the test split")
+    if not excluded["count"]:
+        report.paragraph("This run trained on real defect shots (--real-defects); none of them is in "
+                         "this test split, so no test image was left out.")
+        return
+    report.paragraph(f"This run trained on real defect shots (--real-defects), so those images are not "
+                     f"test images: the {excluded['count']} below were left out of the test split, and every metric "
+                     f"is over the other {n_test}. Their full paths are in metrics.json (excluded_real_defects).")
+    report.table(["left out (defect type/file)"], [[_short_name(p)] for p in excluded["images"]])
+
+
 def run_report(result: dict, ev: "Evaluation", run: Path) -> Report:
     """`result` is metrics.json's content; `ev` adds the curves and the worst cases' maps."""
     threshold = result["threshold"]
     policy = result["policy"]
     px = result["pixel_metrics"]
     mode = px["mode"] + (f", {px['bins']} score bins {px['bin_width']:.3g} wide" if px["mode"] == "streaming" else "")
+    excluded = result.get("excluded_real_defects")  # only in a run trained on real defect shots
+    left_out = f" ({excluded['count']} real defect shots left out)" if excluded else ""
     report = Report(f"QARAD evaluation: {result['category']} ({result['method']})",
                     f"run {run}; policy {policy['mode']} {policy['size']} px; threshold {threshold:.4f}; "
-                    f"{ev.overall['n_images']} test images")
+                    f"{ev.overall['n_images']} test images{left_out}")
+    if excluded:
+        _excluded_section(report, excluded, ev.overall["n_images"])
     report.heading("Metrics per defect type")
     report.paragraph("Each defect type is graded together with all normal test images; ALL is the whole test split. "
                      f"Pixel metrics at source resolution over {px['pixels']} pixels ({mode}). The same numbers "
