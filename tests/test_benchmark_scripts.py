@@ -1,0 +1,38 @@
+"""The pure helpers of benchmarks/ scripts (the scripts themselves run on ../shared/data, not here)."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import ablation  # noqa: E402
+import speed  # noqa: E402
+
+SETTINGS = {"data": "/a", "models": {"x": "/m"}, "seeds": [0, 1, 2], "n_synth": 300, "steps": 1000,
+            "work": "/w", "methods": ["qarad"], "backbone": "efficientnet-lite0"}
+
+
+def _old(settings=SETTINGS):
+    return {"command": "python benchmarks/ablation.py --datasets a", "date": "d0", "machine": "m0",
+            "settings": settings, "results": {"a": {"qarad": 1}, "b": {"qarad": 2, "run": {"command": "c"}}}}
+
+
+def test_merge_keeps_other_datasets_with_the_run_that_made_them():
+    new = {"b": {"qarad": 3, "run": {"command": "new"}}, "c": {"qarad": 4, "run": {"command": "new"}}}
+    # where things lie (data, work, models) and the methods asked for may differ
+    settings = {**SETTINGS, "data": "/elsewhere", "work": "/w2", "models": {}, "methods": ["qarad", "x"]}
+    out = ablation.merged(_old(), new, settings)
+    assert out["a"] == {"qarad": 1, "run": {"command": "python benchmarks/ablation.py --datasets a",
+                                            "date": "d0", "machine": "m0"}}
+    assert out["b"] == new["b"] and out["c"] == new["c"]  # this run's datasets replace the old ones
+
+
+def test_merge_refuses_results_of_other_settings():
+    with pytest.raises(SystemExit, match="seeds"):
+        ablation.merged(_old({**SETTINGS, "seeds": [0]}), {}, SETTINGS)
+
+
+def test_spaced_picks_evenly_over_the_split_ends_included():
+    assert speed.spaced(list(range(10)), 4) == [0, 3, 6, 9]
+    assert speed.spaced([1, 2], 5) == [1, 2]
