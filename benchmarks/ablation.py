@@ -478,8 +478,8 @@ def markdown(env: dict) -> str:
         "Command (results: `benchmarks/results/ablation.json`; a dataset made by an earlier run kept with "
         "`--merge` names its own command under its table):", "",
         f"```sh\n{env['command']}\n```", "",
-        f"Run of {env['date']}, whole run {env['wall_s'] / 60:.1f} min (stages summed, resumes included) on "
-        f"{env['machine']}.", "",
+        f"Run of {env['date']} on {env['machine']}; {env['wall_s'] / 60:.1f} min of stages for every table below "
+        "(resumes included, earlier runs' tables too).", "",
         f"Settings: `resize` 256 (`@tile`: 256 tiles at scale 1), {_backbone_name(st)} stride 8 + 16 features, "
         f"the normal train images of benchmarks/detect.py; {st['n_synth']} ARAS samples, "
         f"{st['perlin_samples']} Perlin patches, {st['steps']} head steps, seeds "
