@@ -78,6 +78,17 @@ def available(data_root: Path, key: str) -> bool:
     return (data_root / root / cat / "train" / "good").is_dir()
 
 
+def measure_available(data_root: Path, keys: list[str], measure) -> dict:
+    """{key: measure(key)} for the dataset keys found under `data_root`; the others are skipped, saying so."""
+    out = {}
+    for key in keys:
+        if not available(data_root, key):
+            print(f"skip {key}: not under {data_root}")
+            continue
+        out[key] = measure(key)
+    return out
+
+
 def update_section(name: str, body: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
     """Replace the text between <!-- name:begin --> and <!-- name:end --> in BENCHMARKS.md."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"

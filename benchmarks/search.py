@@ -88,12 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--datasets", nargs="+", default=list(common.DATASETS))
     ap.add_argument("--nprobe", nargs="+", type=int, default=[8, 16, 32])
     args = ap.parse_args(argv)
-    results = {}
-    for key in args.datasets:
-        if not common.available(args.data, key):
-            print(f"skip {key}: not under {args.data}")
-            continue
-        results[key] = measure(args.data, key, args.nprobe)
+    results = common.measure_available(args.data, args.datasets, lambda key: measure(args.data, key, args.nprobe))
     if results:
         env = {**common.envelope(results), "settings": {
             "datasets": args.datasets, "nprobe": args.nprobe, "held_out": HELD_OUT,

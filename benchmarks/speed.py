@@ -151,12 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=8, help="views per backbone batch (as qarad eval)")
     ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args(argv)
-    results = {}
-    for key in args.datasets:
-        if not common.available(args.data, key):
-            print(f"skip {key}: not under {args.data}")
-            continue
-        results[key] = {b: measure(args, key, b) for b in args.backbones}
+    results = common.measure_available(args.data, args.datasets,
+                                       lambda key: {b: measure(args, key, b) for b in args.backbones})
     if not results:
         print("nothing to do: no dataset found")
         return

@@ -36,3 +36,12 @@ def test_merge_refuses_results_of_other_settings():
 def test_spaced_picks_evenly_over_the_split_ends_included():
     assert speed.spaced(list(range(10)), 4) == [0, 3, 6, 9]
     assert speed.spaced([1, 2], 5) == [1, 2]
+
+
+def test_measure_available_skips_datasets_not_on_disk(tmp_path, capsys):
+    import common
+
+    (tmp_path / "mpdd" / "metal_plate" / "train" / "good").mkdir(parents=True)
+    out = common.measure_available(tmp_path, ["mpdd/metal_plate", "deeppcb/deeppcb"], lambda key: key.upper())
+    assert out == {"mpdd/metal_plate": "MPDD/METAL_PLATE"}
+    assert "skip deeppcb/deeppcb" in capsys.readouterr().out
