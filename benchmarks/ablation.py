@@ -122,8 +122,9 @@ def stages_of(key: str) -> tuple[str, ...]:
 
 
 def model_for(args, key: str) -> Path | None:
-    """The ARAS model of a dataset (its @tile key shares the plain key's model)."""
-    return args.models.get(key.removesuffix(TILE_SUFFIX))
+    """The ARAS model of a dataset; an @tile key not named in --models shares the plain key's (a
+    model fitted under the tile policy draws at native pixels, as the tile detector sees them)."""
+    return args.models.get(key, args.models.get(key.removesuffix(TILE_SUFFIX)))
 
 
 def dataset_dir(args, key: str) -> Path:
@@ -564,7 +565,8 @@ def _stage_settings(settings: dict, key: str, stage: str) -> dict:
     if stage in PATCHCORES:  # PatchCore's defaults (its search) are part of what it measured
         return {**out, "speed_batch": settings["speed_batch"],
                 "patchcore": asdict(PatchCoreConfig(memory_limit=memory_limit(key)))}
-    out.update({k: settings[k] for k in DETECTOR_SETTINGS}, model=settings["models"].get(key.removesuffix(TILE_SUFFIX)))
+    models = settings["models"]
+    out.update({k: settings[k] for k in DETECTOR_SETTINGS}, model=models.get(key, models.get(key.removesuffix(TILE_SUFFIX))))
     if memory_limit(key) is not None:  # absent for the resize keys: their finished stages stay reusable
         out["memory_limit"] = memory_limit(key)
     return out if stage == "detectors" else {**out, "speed_batch": settings["speed_batch"]}

@@ -17,9 +17,9 @@ Detection (the metric keys of detect.json, means over the seeds; heads seeded by
                 samples (procedural prompts, QAW linear weights) + Perlin patches
   copy_paste    zero_shot + the real shots (`qarad train --real-defects`: whole views, 8 flips/turns) +
                 copy-paste samples of the shots (`qarad copy-paste`, weight 1) beside the ARAS samples
-  aras_fewshot  zero_shot, its ARAS samples drawn from the few-shot model instead (half prompted with the
-                real type names in masks shaped like the real ones, half the usual procedural prompts) +
-                the real shots
+  aras_fewshot  zero_shot + the real shots + as many few-shot ARAS samples (the few-shot model prompted with
+                the real type names, in masks shaped like the shots') beside the ARAS samples: the same
+                pools as copy_paste, only the generator of the real-type samples differs
 Generation, per real type, on n-type samples of each generator in the same masks (shaped like the
 shots' masks, on normal train images) with the same seeds: zero_shot is MODEL prompted with the type
 name, aras_fewshot the few-shot model, copy_paste the shots themselves pasted:
@@ -119,11 +119,10 @@ def _real_masks(real) -> dict[str, list[np.ndarray]]:
 
 
 def fewshot_set(args, key: str, k: int, seed: int, real, train_paths: list[Path]) -> Path:
-    """n-synth samples of the few-shot model: even ids a real type (in turn) in a mask shaped like one
-    of its shots', odd ids a procedural family (in turn) drawn as ablation.py draws them; QAW-scored."""
+    """n-synth samples of the few-shot model, each of a real type (in turn) in a mask shaped like one
+    of its shots'; QAW-scored. (The procedural families come from MODEL's own set beside it.)"""
     from qarad.defects.masks import foreground_mask
     from qarad.defects.transplant import mask_like
-    from qarad.defects.vocab import FAMILIES
     from qarad.quality.scoring import score_folder
     from qarad.synthesis import jobs
     from qarad.synthesis import model as M
@@ -133,27 +132,22 @@ def fewshot_set(args, key: str, k: int, seed: int, real, train_paths: list[Path]
     folder_model = model_dir(args, key, k, seed)
     settings = json.loads(json.dumps({"method": "aras_fewshot", "model": str(folder_model.resolve()),
                                       "images": [str(p) for p in train_paths], "n": args.n_synth, "seed": SYNTH_SEED,
-                                      "sampler": asdict(SamplerConfig()), "prompts": real.prompts}))
+                                      "sampler": asdict(SamplerConfig()), "prompts": real.prompts,
+                                      "real_types_only": True}))
     folder = _tagged(run_dir(args, key, k, seed), f"aras-n{args.n_synth}", settings)
     jobs.prepare_output(folder, settings)
     aras, templates, types = ARAS.load(folder_model), _real_masks(real), real.types
 
     def make(image, _, job):
         fg = foreground_mask(image)
+        t = types[job.id % len(types)]
         for attempt in range(ablation.MAX_ATTEMPTS):
-            if job.id % 2 == 0:
-                t = types[(job.id // 2) % len(types)]
-                rng = np.random.default_rng([job.seed, attempt])
-                shapes = templates[t]
-                mask = mask_like(rng, shapes[int(rng.integers(len(shapes)))], image.shape[:2], fg)
-                res = aras.synthesize(image, mask, real.prompts[t], int(rng.integers(2**31)))
-                out, changed, prompt, extra = res.image, res.mask, real.prompts[t], {"real_type": t}
-            else:
-                family = FAMILIES[(job.id // 2) % len(FAMILIES)]
-                out, changed, prompt = ablation._draw(image, fg, family, [job.seed, attempt], aras)
-                extra = {"family": family}
-            if changed.any():
-                return jobs.Made(out, changed, prompt, {**extra, "attempts": attempt + 1})
+            rng = np.random.default_rng([job.seed, attempt])
+            shapes = templates[t]
+            mask = mask_like(rng, shapes[int(rng.integers(len(shapes)))], image.shape[:2], fg)
+            res = aras.synthesize(image, mask, real.prompts[t], int(rng.integers(2**31)))
+            if res.mask.any():
+                return jobs.Made(res.image, res.mask, real.prompts[t], {"real_type": t, "attempts": attempt + 1})
         raise RuntimeError(f"{job.source}: {ablation.MAX_ATTEMPTS} samples in a row changed no pixel")
 
     work = jobs.plan(train_paths, ["(drawn per sample)"], None, args.n_synth, SYNTH_SEED)
@@ -419,7 +413,7 @@ def run_detectors(args, key: str) -> dict:
                     "copy_paste": head("copy_paste", seed, ("synthetic", "perlin", "real"),
                                        {"synthetic": _concat(zero, paste), "perlin": perlin, "real": shots}),
                     "aras_fewshot": head("aras_fewshot", seed, ("synthetic", "perlin", "real"),
-                                         {"synthetic": few, "perlin": perlin, "real": shots})}
+                                         {"synthetic": _concat(zero, few), "perlin": perlin, "real": shots})}
             out = {}
             for name, (model, fit_s) in arms.items():
                 ev, eval_s = ablation._timed(ablation.evaluate_cached, model, sub_cached, sub_test)
@@ -435,6 +429,7 @@ def run_detectors(args, key: str) -> dict:
 def _detector_tag(args) -> str:
     settings = {k: getattr(args, k) for k in ("steps", "perlin_samples", "n_synth", "prior_steps", "limit_train",
                                               "limit_test")}
+    settings["pools"] = "aras_fewshot beside zero_shot"  # heads of the arms before it trained on other pools
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
