@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from qarad.heap import MMAP_THRESHOLD
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -61,7 +63,7 @@ def write_json(path: Path, obj) -> None:
 # feature-caching run stay in the heap between the cached float16 views: on DeepPCB under `tile` the
 # ablation's detectors process grew to ~3x its live tensors and was killed at 23.6 GB of 24. A fixed
 # threshold returns every large block to the system when it is freed (measured: 2.9x -> 1.2x).
-CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}  # qarad.heap: what the `qarad` CLI sets in-process
 
 
 def run_child(args: list[str]) -> dict:

@@ -241,11 +241,13 @@ def main_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = main_parser().parse_args(argv)  # before the imports below: --help and --version stay torch-free
     from . import commands
+    from .heap import return_large_blocks
     from .checkpoint import CheckpointError
     from .data.io import ImageError
     from .data.mvtec import DatasetError
     from .runs import RunError
 
+    return_large_blocks()  # long feature-caching runs would otherwise keep freed batches (heap.py)
     try:
         return getattr(commands, args.verb.replace("-", "_"))(args)
     except (ImageError, DatasetError, RunError, CheckpointError, ValueError, OSError) as exc:
