@@ -3,9 +3,10 @@
     python -m torch.distributed.run --nproc-per-node 2 ... tests/scale_worker.py INPUTS OUT TASK...
 
 INPUTS holds corpus.{json,safetensors} and prior_inputs.safetensors (codes, token masks, text);
-each TASK is STAGE:NAME[:CRASH_AFTER] with STAGE tokenizer or prior: fit that stage with the
-train state OUT/NAME (resuming it when there), stop after CRASH_AFTER steps if given, and, on rank 0,
-write the weights to OUT/NAME-weights and the losses to OUT/NAME-losses.json.
+each TASK is STAGE:NAME[:CRASH_AFTER] with STAGE tokenizer, tokenizer_ema (an EMA codebook,
+test_scale.ema_config) or prior: fit that stage with the train state OUT/NAME (resuming it when
+there), stop after CRASH_AFTER steps if given, and, on rank 0, write the weights to
+OUT/NAME-weights and the losses to OUT/NAME-losses.json.
 """
 import json
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from qarad import checkpoint, distributed
 from qarad.synthesis import fit as F
-from test_scale import DEAD_CODE_EVERY, fit_config
+from test_scale import DEAD_CODE_EVERY, ema_config, fit_config
 
 
 class Crash(RuntimeError):
@@ -34,9 +35,9 @@ def main(inputs: Path, out: Path, tasks: list[str]) -> None:
                 if crash and len(losses) == int(crash[0]):
                     raise Crash
 
-            cfg = fit_config()
+            cfg = ema_config() if stage == "tokenizer_ema" else fit_config()
             try:
-                if stage == "tokenizer":
+                if stage in ("tokenizer", "tokenizer_ema"):
                     model = F.fit_tokenizer(corpus, cfg, out / name, on_step, device)
                 else:
                     model = F.fit_prior(prior_inputs["codes"], prior_inputs["token_masks"].bool(),

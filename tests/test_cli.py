@@ -160,3 +160,21 @@ def test_fit_and_synth_cli_defaults_are_the_config_defaults():
         assert fit[name] is None and f"{getattr(f, name):g}" in helps[name], name
     for name in ("cfg_scale", "temperature", "top_k", "top_p", "strength", "composite"):
         assert synth[name] == getattr(s, name), name
+    assert fit["tokenizer_ema"] is None and "default 0 = off" in helps["tokenizer_ema"]
+
+
+def test_fit_tokenizer_ema_sets_the_tokenizer_config(tmp_path, monkeypatch, capsys):
+    from qarad import api
+
+    seen = []
+    monkeypatch.setattr(api, "fit", lambda data, category, out, config, *a, **k: seen.append(config)
+                        or api.Fitted(out, 0.0))
+    args = ["fit", "--data", str(tmp_path), "--category", "widget", "--out", str(tmp_path / "model")]
+    assert main(args) == 0 and main([*args, "--tokenizer-ema", "0.99"]) == 0
+    assert [c.tokenizer.ema_decay for c in seen] == [0.0, 0.99]
+    assert seen[0] == api.fit_config()  # off by default
+    assert main([*args, "--tokenizer-ema", "1"]) == 2
+    assert "ema_decay must be in [0, 1)" in capsys.readouterr().err
+    from qarad.commands.synth import MODEL_FLAGS
+
+    assert "tokenizer_ema" in MODEL_FLAGS  # a continued fit (--init) keeps its model's tokenizer

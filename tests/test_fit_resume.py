@@ -138,6 +138,47 @@ def test_tokenizer_resume_with_dead_code_restarts_between_checkpoints(paths, tmp
     assert_same_weights(whole, resumed)
 
 
+def test_tokenizer_with_an_ema_codebook_resumes_to_the_uninterrupted_weights(paths, tmp_path, monkeypatch, restarts):
+    # The EMA counts and sums are buffers of the tokenizer, so they are in its train state; the
+    # restart after step 8 resets those of the codes it re-seeds, the resume point is 10, the next restart 16.
+    monkeypatch.setattr(F, "DEAD_CODE_EVERY", 8)
+    cfg = tiny_config(codebook_size=64)
+    cfg = replace(cfg, tokenizer=replace(cfg.tokenizer, ema_decay=0.9))
+    corpus = F.build_corpus(paths, ResolutionPolicy(size=64), cfg)
+    whole = F.fit_tokenizer(corpus, cfg, tmp_path / "whole")
+    assert sum(restarts) > 0
+    torch.testing.assert_close(whole.normalized_codebook(), torch.nn.functional.normalize(whole.ema_embed_sum, dim=1))
+    resumed, _, _ = crash_then_resume(lambda state, cb: F.fit_tokenizer(corpus, cfg, state, on_step=cb),
+                                      tmp_path / "crashed")
+    assert {"ema_cluster_size", "ema_embed_sum"} <= set(resumed.state_dict())
+    assert_same_weights(whole, resumed)
+
+
+def test_a_tokenizer_saved_before_ema_codebooks_still_loads_and_its_fit_resumes(tmp_path):
+    from conftest import make_tiny_aras
+    from qarad.synthesis import model as M
+
+    folder = make_tiny_aras(tmp_path / "legacy", refiner=False)
+    for name, drop in (("aras.json", lambda c: c["fit"]["tokenizer"]), ("tokenizer.json", lambda c: c)):
+        content = json.loads((folder / name).read_text())
+        del drop(content)["ema_decay"]  # as written before the setting existed
+        (folder / name).write_text(json.dumps(content))
+    config = M.read_config(folder)
+    tokenizer = M.load_networks(folder, config).tokenizer  # strict: its weights have no EMA buffers
+    assert config.fit.tokenizer.ema_decay == tokenizer.config.ema_decay == 0.0
+    assert not any(k.startswith("ema_") for k in tokenizer.state_dict())
+    assert M.prepare_folder(folder, config) is False  # the same fit: kept, so `qarad fit` reruns resume it
+
+    # one with an EMA codebook keeps its EMA state beside its weights
+    ema = VQTokenizer(replace(tokenizer.config, ema_decay=0.99))
+    q = ema.encode(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    ema.ema_update(q.z_e, q.codes)
+    M.save_part(tmp_path / "ema", M.TOKENIZER, ema)
+    loaded = M.load_tokenizer(tmp_path / "ema")
+    assert loaded.config.ema_decay == 0.99
+    assert_same_weights(ema, loaded)
+
+
 def test_a_train_state_without_the_usage_counts_is_refused(corpus, tmp_path):
     from dataclasses import replace
 

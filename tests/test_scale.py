@@ -43,6 +43,12 @@ def fit_config() -> F.FitConfig:
                        prior=PriorConfig(vocab_size=64, grid=8, d_model=32, n_layers=1, n_heads=2))
 
 
+def ema_config() -> F.FitConfig:
+    """fit_config() with an EMA codebook: its per-code sums are all-reduced, every process keeps the same codebook."""
+    cfg = fit_config()
+    return replace(cfg, tokenizer=replace(cfg.tokenizer, ema_decay=0.9))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,17 +107,20 @@ def one_process(inputs, tmp_path_factory):
         mp.setattr(F, "DEAD_CODE_EVERY", DEAD_CODE_EVERY)
         losses["tokenizer"] = Steps()
         tokenizer = F.fit_tokenizer(corpus, fit_config(), out / "tokenizer", losses["tokenizer"])
+        losses["tokenizer_ema"] = Steps()
+        tokenizer_ema = F.fit_tokenizer(corpus, ema_config(), out / "tokenizer_ema", losses["tokenizer_ema"])
     losses["prior"] = Steps()
     prior = F.fit_prior(codes, token_masks, text, fit_config(), out / "prior", losses["prior"])
-    return {"tokenizer": tokenizer, "prior": prior}, {k: v.losses for k, v in losses.items()}
+    return ({"tokenizer": tokenizer, "tokenizer_ema": tokenizer_ema, "prior": prior},
+            {k: v.losses for k, v in losses.items()})
 
 
 def test_two_processes_fit_what_one_fits_and_resume_in_one(inputs, one_process, tmp_path, monkeypatch):
     base, corpus, _ = inputs
     models, losses = one_process
     torchrun(str(WORKER), str(base), str(tmp_path), "tokenizer:tokenizer", "prior:prior",
-             f"tokenizer:crashed:{CRASH_AFTER}")
-    for stage in ("tokenizer", "prior"):
+             f"tokenizer:crashed:{CRASH_AFTER}", "tokenizer_ema:tokenizer_ema")
+    for stage in ("tokenizer", "prior", "tokenizer_ema"):
         assert_close(models[stage].state_dict(), checkpoint.read_tensors(tmp_path / f"{stage}-weights"))
         two = json.loads((tmp_path / f"{stage}-losses.json").read_text())
         assert np.allclose(two, losses[stage], atol=LOSS_ATOL), "the logged loss is the global batch's"

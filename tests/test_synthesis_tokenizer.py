@@ -168,3 +168,101 @@ def test_edit_keeps_the_source_codes_outside_the_edited_tokens():
         assert torch.equal(mixed.codes, torch.where(edit, own, kept))
         z = torch.where(edit[:, None], tok.codes_to_latents(own), tok.codes_to_latents(kept))
         torch.testing.assert_close(mixed.recon, tok.decode(z, source))
+
+
+# --- EMA codebook (TokenizerConfig.ema_decay) ---------------------------------------------------
+EMA = TokenizerConfig(codebook_size=16, code_dim=8, channels=(8, 16, 16), ema_decay=0.9)
+
+
+def test_without_ema_the_codebook_is_trained_by_its_loss_and_has_no_ema_state():
+    tok = tiny_tokenizer()
+    assert not any(k.startswith("ema_") for k in tok.state_dict())  # tokenizers saved before EMA existed fit
+    q = tok.encode(images())
+    z_q = tok.codes_to_latents(q.codes)
+    torch.testing.assert_close(q.loss, F.mse_loss(z_q, q.z_e) + TINY.beta * F.mse_loss(q.z_e, z_q), rtol=0, atol=0)
+    q.loss.backward()
+    assert tok.codebook.weight.grad is not None and float(tok.codebook.weight.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="needs an EMA codebook"):
+        tok.ema_update(q.z_e, q.codes)
+
+
+def test_ema_codebook_takes_no_gradient_only_the_commitment_loss():
+    torch.manual_seed(0)
+    tok = VQTokenizer(EMA)
+    out = tok(images())
+    z_q = tok.codes_to_latents(out.codes)
+    torch.testing.assert_close(out.vq_loss, EMA.beta * F.mse_loss(out.z_e, z_q), rtol=0, atol=0)
+    ((out.recon - images()).abs().mean() + out.vq_loss).backward()
+    assert tok.codebook.weight.grad is None and not tok.codebook.weight.requires_grad
+    assert all(p.grad is not None for p in tok.encoder.parameters())  # the commitment still trains the encoder
+
+
+def test_ema_update_follows_the_hand_computed_averages():
+    torch.manual_seed(0)
+    tok = VQTokenizer(EMA)
+    q = tok.encode(images())
+    start = tok.normalized_codebook().detach().clone()
+    assert torch.equal(tok.ema_cluster_size, torch.ones(16)) and torch.equal(tok.ema_embed_sum, start)
+    flat, codes = q.z_e.detach().permute(0, 2, 3, 1).reshape(-1, 8), q.codes.reshape(-1)
+    counts = torch.bincount(codes, minlength=16).float()
+    sums = torch.zeros(16, 8).index_add_(0, codes, flat)
+    tok.ema_update(q.z_e, q.codes)
+    size = 0.9 * torch.ones(16) + 0.1 * counts
+    embed = 0.9 * start + 0.1 * sums
+    torch.testing.assert_close(tok.ema_cluster_size, size)
+    torch.testing.assert_close(tok.ema_embed_sum, embed)
+    n = size.sum()
+    torch.testing.assert_close(tok.codebook.weight, embed / ((size + 1e-5) / (n + 16 * 1e-5) * n)[:, None])
+    # an unused code keeps its direction; a used one turns towards the mean of its outputs
+    used = counts > 0
+    torch.testing.assert_close(tok.normalized_codebook()[~used], start[~used])
+    mean = F.normalize(sums[used], dim=1)
+    assert torch.all((tok.normalized_codebook()[used] * mean).sum(1) > (start[used] * mean).sum(1))
+
+
+def test_repeated_ema_updates_converge_to_the_mean_of_the_assigned_outputs():
+    torch.manual_seed(0)
+    tok = VQTokenizer(EMA)
+    z_e = F.normalize(torch.randn(2, 8, 4, 6, generator=torch.Generator().manual_seed(1)), dim=1)
+    codes = torch.arange(48).view(2, 4, 6) % 3  # codes 0, 1, 2: 16 outputs each
+    for _ in range(300):
+        tok.ema_update(z_e, codes)
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, 8)
+    means = torch.stack([flat[codes.reshape(-1) == k].mean(0) for k in range(3)])
+    torch.testing.assert_close(tok.codebook.weight[:3], means, atol=1e-4, rtol=1e-3)
+
+
+def test_ema_update_sums_the_statistics_of_every_process():
+    """Two processes holding the same half-batch, summed by `all_sum`, move the codebook as one
+    process holding both halves."""
+    torch.manual_seed(0)
+    one, two = VQTokenizer(EMA), VQTokenizer(EMA)
+    two.load_state_dict(one.state_dict())
+    q = one.encode(images())
+    one.ema_update(torch.cat([q.z_e, q.z_e]), torch.cat([q.codes, q.codes]))
+    two.ema_update(q.z_e, q.codes, all_sum=lambda t: 2 * t)
+    for k, v in one.state_dict().items():
+        torch.testing.assert_close(two.state_dict()[k], v, msg=k)
+
+
+def test_restarted_codes_start_their_ema_over_from_the_new_vector():
+    torch.manual_seed(0)
+    tok = VQTokenizer(EMA)
+    q = tok.encode(images())
+    tok.ema_update(q.z_e, q.codes)
+    usage = tok.code_usage(q.codes)
+    dead = usage < 1
+    size, embed = tok.ema_cluster_size.clone(), tok.ema_embed_sum.clone()
+    assert tok.restart_dead_codes(q.z_e, usage, generator=torch.Generator().manual_seed(0)) == int(dead.sum()) > 0
+    assert torch.equal(tok.ema_embed_sum[dead], tok.codebook.weight[dead])  # the (unit) restarted vectors
+    assert torch.all(tok.ema_cluster_size[dead] == 1.0)
+    assert torch.equal(tok.ema_cluster_size[~dead], size[~dead]) and torch.equal(tok.ema_embed_sum[~dead], embed[~dead])
+    # the next update starts from them: a restarted code nobody picks keeps its new vector's direction
+    restarted = tok.codebook.weight[dead].clone()
+    tok.ema_update(q.z_e, torch.full_like(q.codes, int(torch.nonzero(~dead)[0])))
+    torch.testing.assert_close(tok.normalized_codebook()[dead], restarted)
+
+
+def test_ema_decay_must_be_below_one():
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
+        TokenizerConfig(ema_decay=1.0)

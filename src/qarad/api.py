@@ -45,13 +45,15 @@ class Fitted:
     seconds: float  # wall seconds of the fit, over every run that worked on it
 
 
-def fit_config(window: int = 64, source_conditioned: bool = False, **fields) -> "FitConfig":
-    """A FitConfig whose tokenizer and prior match `window` (the prior's grid is window / 8 tokens)."""
+def fit_config(window: int = 64, source_conditioned: bool = False, tokenizer_ema: float = 0.0,
+               **fields) -> "FitConfig":
+    """A FitConfig whose tokenizer and prior match `window` (the prior's grid is window / 8 tokens);
+    `source_conditioned` and `tokenizer_ema` (TokenizerConfig.ema_decay) set the tokenizer's."""
     from .synthesis.model import FitConfig
     from .synthesis.prior import PriorConfig
     from .synthesis.tokenizer import TokenizerConfig
 
-    tok = TokenizerConfig(source_conditioned=source_conditioned)
+    tok = TokenizerConfig(source_conditioned=source_conditioned, ema_decay=tokenizer_ema)
     return FitConfig(window=window, tokenizer=tok, prior=PriorConfig(grid=window // 8, vocab_size=tok.codebook_size),
                      **fields)
 

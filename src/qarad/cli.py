@@ -175,6 +175,10 @@ def main_parser() -> argparse.ArgumentParser:
                    help="tokenizer that encodes a defect as a change of the normal image and decodes it on "
                         "top of the real pixels: much more realistic samples after a full fit, but it needs "
                         "one (near-invisible defects after a short fit such as the demo's)")
+    p.add_argument("--tokenizer-ema", type=float, default=None, metavar="DECAY",
+                   help="train the tokenizer's codebook as exponential moving averages of the encoder outputs "
+                        "assigned to each code (VQ-VAE's EMA update), with this decay (e.g. 0.99), instead of "
+                        "by gradient; opt-in, not yet measured against the default (default 0 = off)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-train-images", type=int, default=None)
     p.add_argument("--qaw-steps", type=int, default=None, help="dual-encoder (QAW scorer) training steps (1500)")

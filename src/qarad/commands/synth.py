@@ -12,7 +12,7 @@ from ..synthesis.sampler_config import SamplerConfig
 # `qarad fit` flags that describe the model's networks and corpus (default None: FitConfig's);
 # a continued fit (--init) takes them from its model
 MODEL_FLAGS = ("window", "max_zoom", "corpus_size", "tokenizer_steps", "refiner_steps", "qaw_steps",
-               "source_conditioned")
+               "source_conditioned", "tokenizer_ema")
 
 
 def real_defects(args):

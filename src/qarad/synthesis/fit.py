@@ -313,6 +313,9 @@ def fit_tokenizer(corpus: Corpus, cfg: FitConfig, state_stem: Path,
             out = ddp(x, source, edit)  # an unconditioned tokenizer ignores `source`
             loss = _pixel_loss(perceptual, out.recon, x, weight, weight_mean, cfg) + out.vq_loss
             value = dist.mean_value(optimizer_step(opt, loss, model.parameters()))
+        if cfg.tokenizer.ema_decay:  # the EMA codebook follows this step's encoder outputs, summed over processes
+            z_e = out.z_e.detach()  # each moves its own nearest code (out.codes are the source's outside `edit`)
+            model.ema_update(z_e, model.nearest_codes(z_e), dist.all_sum)
         usage += dist.all_sum(model.code_usage(out.codes).cpu())
         if (step + 1) % DEAD_CODE_EVERY == 0:  # re-seed unused codes with this batch's encoder outputs
             model.restart_dead_codes(dist.all_gather(out.z_e), usage,

@@ -148,6 +148,7 @@ class ModelConfig:
 
 
 _REAL_DEFAULTS = {"real_samples_per_shot": FitConfig.real_samples_per_shot, "real_share": FitConfig.real_share}
+_TOKENIZER_DEFAULTS = {"ema_decay": TokenizerConfig.ema_decay}  # fitted before EMA codebooks: gradient-trained
 KEYS = {"fit", "policy", "data"}  # aras.json always; REAL_KEY too when the corpus holds real shots
 REAL_KEY = "real_defects"
 
@@ -197,6 +198,8 @@ def prepare_folder(out: str | Path, config: ModelConfig, overwrite: bool = False
             old["data"] = {**asdict(FitData()), **old["data"]}
         if isinstance(old.get("fit"), dict):  # ... and one fitted before real shots, the real-shot defaults
             old["fit"] = {**_REAL_DEFAULTS, **old["fit"]}
+            if isinstance(old["fit"].get("tokenizer"), dict):  # ... or EMA codebooks, a gradient-trained one
+                old["fit"]["tokenizer"] = {**_TOKENIZER_DEFAULTS, **old["fit"]["tokenizer"]}
         if old != config_json(config):
             if not overwrite:
                 raise ValueError(f"{out}: holds an ARAS model fitted with other settings; choose another --out "

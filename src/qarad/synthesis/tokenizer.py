@@ -7,6 +7,12 @@ as in ViT-VQGAN / LlamaGen), which keeps codebook usage high; `restart_dead_code
 unused entries from encoder outputs. Losses other than the VQ terms (L1, perceptual, GAN) belong
 to the training loop. No file I/O here.
 
+EMA codebook (`TokenizerConfig.ema_decay` > 0, opt-in): instead of a codebook loss, each code
+follows an exponential moving average of the (unit) encoder outputs assigned to it, with
+Laplace-smoothed counts (van den Oord et al., "Neural Discrete Representation Learning",
+arXiv 1711.00937, appendix A.1; Razavi et al., VQ-VAE-2, arXiv 1906.00446). The trainer calls
+`ema_update` after each optimizer step; the running sums are buffers, saved with the weights.
+
 Source-conditioned (`TokenizerConfig.source_conditioned`, this project's addition): ARAS always
 writes into a known normal image, so the encoder sees the window and its change from the normal
 `source` window, and the decoder draws the change on top of the source (a residual in logit
@@ -16,6 +22,7 @@ not the material's texture, which the decoder takes from the real pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +31,7 @@ from torch import nn
 NORM_GROUPS = 8  # GroupNorm groups (channels must be divisible by it)
 NORM_EPS = 1e-6  # eps of F.normalize on codes and codebook
 SOURCE_EPS = 1e-3  # the source is clamped to [eps, 1 - eps] before its logit (0 and 1 have none)
+EMA_EPS = 1e-5  # Laplace smoothing of the EMA code counts (a code nobody picks keeps a finite vector)
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,14 @@ class TokenizerConfig:
     # KID 0.67 vs 1.05) yet a worse detector trained on it (AUPRO 0.46 vs 0.56), near-invisible
     # defects after a short one (the demo; BENCHMARKS.md)
     source_conditioned: bool = False
+    # 0: the codebook is trained by gradient (codebook loss). > 0, e.g. 0.99: each code is the EMA
+    # of the encoder outputs assigned to it (module docstring); `qarad fit --tokenizer-ema DECAY`.
+    # Opt-in, not yet measured against the default
+    ema_decay: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
     @property
     def factor(self) -> int:
@@ -52,7 +68,7 @@ class TokenizerConfig:
 class Quantized:
     codes: torch.Tensor  # (B, h, w) long
     z_q: torch.Tensor  # (B, code_dim, h, w) unit codebook vectors, straight-through gradient to z_e
-    loss: torch.Tensor  # scalar: codebook + beta * commitment
+    loss: torch.Tensor  # scalar: codebook + beta * commitment (beta * commitment alone with an EMA codebook)
     perplexity: torch.Tensor  # scalar: exp(entropy of code usage in this batch)
     z_e: torch.Tensor  # (B, code_dim, h, w) l2-normalised encoder output (samples for dead-code restarts)
 
@@ -188,9 +204,21 @@ class VQTokenizer(nn.Module):
         self.decoder = Decoder(config)
         self.codebook = nn.Embedding(config.codebook_size, config.code_dim)
         nn.init.normal_(self.codebook.weight)
+        if config.ema_decay:  # only then: tokenizers without an EMA codebook keep their state_dict
+            self.codebook.weight.requires_grad_(False)  # moved by ema_update alone (DDP skips it)
+            # (K,) counts and (K, D) sums of the unit encoder outputs assigned to each code, as EMAs;
+            # each code starts as having seen its own unit vector once
+            self.register_buffer("ema_cluster_size", torch.ones(config.codebook_size))
+            self.register_buffer("ema_embed_sum", self.normalized_codebook().detach().clone())
 
     def normalized_codebook(self) -> torch.Tensor:
         return F.normalize(self.codebook.weight, dim=1, eps=NORM_EPS)  # (K, code_dim)
+
+    def nearest_codes(self, z_e: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) unit encoder outputs -> (B, h, w) long: the nearest code of each by cosine."""
+        B, D, h, w = z_e.shape
+        flat = z_e.permute(0, 2, 3, 1).reshape(-1, D)  # (B*h*w, D)
+        return (flat @ self.normalized_codebook().t()).argmax(dim=1).view(B, h, w)  # max cosine == min l2
 
     def _source(self, source: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
         """The source windows a source-conditioned tokenizer needs, checked against the images'
@@ -214,18 +242,14 @@ class VQTokenizer(nn.Module):
     def encode(self, images: torch.Tensor, source: torch.Tensor | None = None) -> Quantized:
         """images (B, 3, H, W) in [0, 1] -> nearest codes by cosine similarity (see encode_continuous)."""
         z_e = self.encode_continuous(images, source)  # (B, D, h, w)
-        B, D, h, w = z_e.shape
-        flat = z_e.permute(0, 2, 3, 1).reshape(-1, D)  # (B*h*w, D)
-        codebook = self.normalized_codebook()
-        codes = (flat @ codebook.t()).argmax(dim=1)  # max cosine == min l2 on unit vectors
-        z_q = codebook[codes].view(B, h, w, D).permute(0, 3, 1, 2)  # (B, D, h, w)
-        codebook_loss = F.mse_loss(z_q, z_e.detach())
-        commitment = F.mse_loss(z_e, z_q.detach())
-        usage = torch.bincount(codes, minlength=self.config.codebook_size).float() / codes.numel()
+        codes = self.nearest_codes(z_e)  # (B, h, w)
+        z_q = self.codes_to_latents(codes)  # (B, D, h, w)
+        commitment = self.config.beta * F.mse_loss(z_e, z_q.detach())
+        # an EMA codebook follows the encoder outputs (ema_update) and takes no codebook loss
+        loss = commitment if self.config.ema_decay else F.mse_loss(z_q, z_e.detach()) + commitment
+        usage = torch.bincount(codes.flatten(), minlength=self.config.codebook_size).float() / codes.numel()
         perplexity = torch.exp(-(usage * torch.log(usage.clamp_min(1e-10))).sum())
-        return Quantized(codes=codes.view(B, h, w), z_q=z_e + (z_q - z_e).detach(),
-                         loss=codebook_loss + self.config.beta * commitment,
-                         perplexity=perplexity, z_e=z_e)
+        return Quantized(codes=codes, z_q=z_e + (z_q - z_e).detach(), loss=loss, perplexity=perplexity, z_e=z_e)
 
     def decode(self, z_q: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
         """(B, code_dim, h, w) [+ source (B, 3, 8h, 8w)] -> images (B, 3, 8h, 8w) in [0, 1]."""
@@ -265,6 +289,25 @@ class VQTokenizer(nn.Module):
         return torch.bincount(codes.reshape(-1), minlength=self.config.codebook_size)
 
     @torch.no_grad()
+    def ema_update(self, z_e: torch.Tensor, codes: torch.Tensor,
+                   all_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
+        """Move an EMA codebook (`ema_decay` > 0) towards the unit encoder outputs `z_e`
+        (B, code_dim, h, w) assigned to `codes` (B, h, w): the trainer calls it after each optimizer
+        step. `all_sum` sums the batch's per-code counts and sums over data-parallel processes
+        (distributed.all_sum), so that every process keeps the same codebook."""
+        if not self.config.ema_decay:
+            raise ValueError("ema_update needs an EMA codebook (TokenizerConfig.ema_decay > 0)")
+        K, D, decay = self.config.codebook_size, self.config.code_dim, self.config.ema_decay
+        flat = z_e.detach().permute(0, 2, 3, 1).reshape(-1, D).float()  # (N, D)
+        onehot = F.one_hot(codes.reshape(-1), K).to(flat)  # (N, K); a matmul, not a scatter: deterministic
+        stats = all_sum(torch.cat([onehot.sum(0)[:, None], onehot.t() @ flat], dim=1))  # (K, 1 + D)
+        self.ema_cluster_size.mul_(decay).add_(stats[:, 0].to(self.ema_cluster_size), alpha=1 - decay)
+        self.ema_embed_sum.mul_(decay).add_(stats[:, 1:].to(self.ema_embed_sum), alpha=1 - decay)
+        n = self.ema_cluster_size.sum()
+        smoothed = (self.ema_cluster_size + EMA_EPS) / (n + K * EMA_EPS) * n  # Laplace: no count is 0
+        self.codebook.weight.copy_(self.ema_embed_sum / smoothed[:, None])  # the lookup normalises it
+
+    @torch.no_grad()
     def restart_dead_codes(self, z_e_samples: torch.Tensor, usage_counts: torch.Tensor,
                            threshold: int = 1, generator: torch.Generator | None = None) -> int:
         """Re-seed codes used fewer than `threshold` times with random encoder outputs.
@@ -281,4 +324,7 @@ class VQTokenizer(nn.Module):
                              device=generator.device if generator is not None else "cpu")
         samples = F.normalize(z_e_samples.detach().float(), dim=1, eps=NORM_EPS)[pick.to(z_e_samples.device)]
         self.codebook.weight[dead] = samples.to(self.codebook.weight)
+        if self.config.ema_decay:  # a restarted code's EMA starts over from its new vector, seen once
+            self.ema_embed_sum[dead] = samples.to(self.ema_embed_sum)
+            self.ema_cluster_size[dead] = 1.0
         return int(dead.numel())
