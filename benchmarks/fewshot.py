@@ -59,6 +59,9 @@ from detect import METRICS  # noqa: E402
 
 DATASETS = ("magnetic_tile/magnetic_tile", "mpdd/metal_plate")
 ARMS = ("zero_shot", "copy_paste", "aras_fewshot")
+# what the arms train on (module docstring); earlier runs' sets and heads (half procedural few-shot
+# samples in place of MODEL's) are not reused
+POOLS = "aras_fewshot real-type samples beside zero_shot's"
 GENERATORS = ARMS  # zero_shot: MODEL itself; copy_paste: the shots pasted; aras_fewshot: the few-shot model
 SYNTH_SEED = 0
 FEATURE_BATCH = 8
@@ -133,7 +136,7 @@ def fewshot_set(args, key: str, k: int, seed: int, real, train_paths: list[Path]
     settings = json.loads(json.dumps({"method": "aras_fewshot", "model": str(folder_model.resolve()),
                                       "images": [str(p) for p in train_paths], "n": args.n_synth, "seed": SYNTH_SEED,
                                       "sampler": asdict(SamplerConfig()), "prompts": real.prompts,
-                                      "real_types_only": True}))
+                                      "pools": POOLS}))
     folder = _tagged(run_dir(args, key, k, seed), f"aras-n{args.n_synth}", settings)
     jobs.prepare_output(folder, settings)
     aras, templates, types = ARAS.load(folder_model), _real_masks(real), real.types
@@ -429,7 +432,7 @@ def run_detectors(args, key: str) -> dict:
 def _detector_tag(args) -> str:
     settings = {k: getattr(args, k) for k in ("steps", "perlin_samples", "n_synth", "prior_steps", "limit_train",
                                               "limit_test")}
-    settings["pools"] = "aras_fewshot beside zero_shot"  # heads of the arms before it trained on other pools
+    settings["pools"] = POOLS
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -596,11 +599,11 @@ def _stage_settings(args, key: str, stage: str) -> dict:
     if stage.startswith("fit"):
         return base
     if stage.startswith("generate"):
-        return {**base, "n_synth": args.n_synth, "n_type": args.n_type, "n_real": args.n_real}
+        return {**base, "n_synth": args.n_synth, "n_type": args.n_type, "n_real": args.n_real, "pools": POOLS}
     if stage == "patchcore":
         return {**base, "shots": args.shots, "seeds": args.seeds}
     return {**base, "shots": args.shots, "seeds": args.seeds, "n_synth": args.n_synth, "steps": args.steps,
-            "perlin_samples": args.perlin_samples}
+            "perlin_samples": args.perlin_samples, "pools": POOLS}
 
 
 def stages(args, key: str) -> list[str]:
