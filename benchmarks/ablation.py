@@ -121,10 +121,15 @@ def stages_of(key: str) -> tuple[str, ...]:
     return tuple(s for s in STAGES if not (key.endswith(TILE_SUFFIX) and s == "patchcore_exact"))
 
 
+def _model_of(models: dict, key: str):
+    """The ARAS model `models` (--models, as paths or as the settings' strings) gives a dataset; an
+    @tile key not named there shares the plain key's (a model fitted under the tile policy draws at
+    native pixels, as the tile detector sees them)."""
+    return models.get(key, models.get(key.removesuffix(TILE_SUFFIX)))
+
+
 def model_for(args, key: str) -> Path | None:
-    """The ARAS model of a dataset; an @tile key not named in --models shares the plain key's (a
-    model fitted under the tile policy draws at native pixels, as the tile detector sees them)."""
-    return args.models.get(key, args.models.get(key.removesuffix(TILE_SUFFIX)))
+    return _model_of(args.models, key)
 
 
 def dataset_dir(args, key: str) -> Path:
@@ -565,8 +570,7 @@ def _stage_settings(settings: dict, key: str, stage: str) -> dict:
     if stage in PATCHCORES:  # PatchCore's defaults (its search) are part of what it measured
         return {**out, "speed_batch": settings["speed_batch"],
                 "patchcore": asdict(PatchCoreConfig(memory_limit=memory_limit(key)))}
-    models = settings["models"]
-    out.update({k: settings[k] for k in DETECTOR_SETTINGS}, model=models.get(key, models.get(key.removesuffix(TILE_SUFFIX))))
+    out.update({k: settings[k] for k in DETECTOR_SETTINGS}, model=_model_of(settings["models"], key))
     if memory_limit(key) is not None:  # absent for the resize keys: their finished stages stay reusable
         out["memory_limit"] = memory_limit(key)
     return out if stage == "detectors" else {**out, "speed_batch": settings["speed_batch"]}

@@ -144,9 +144,9 @@ def fewshot_set(args, key: str, k: int, seed: int, real, train_paths: list[Path]
     def make(image, _, job):
         fg = foreground_mask(image)
         t = types[job.id % len(types)]
+        shapes = templates[t]
         for attempt in range(ablation.MAX_ATTEMPTS):
             rng = np.random.default_rng([job.seed, attempt])
-            shapes = templates[t]
             mask = mask_like(rng, shapes[int(rng.integers(len(shapes)))], image.shape[:2], fg)
             res = aras.synthesize(image, mask, real.prompts[t], int(rng.integers(2**31)))
             if res.mask.any():
