@@ -1,16 +1,25 @@
-"""Reliability: how the real `qarad` command handles bad inputs, and its peak memory vs data size.
+"""Reliability: `qarad` used as a careless or hostile user would, and its peak memory vs data size.
 
-Every case runs `python -m qarad.cli ...` in its own process inside a temporary folder and
-records the exit code, the last line of stderr, whether a traceback was printed, and whether the
-command left partial output behind (any file or folder in the case's folder created or changed by
-a command that failed). Peak RSS is read with os.wait4 on each child, so it is that one process's
-own maximum resident set, not a cumulative maximum over earlier children.
+Every case (reliability_cases.py: the earlier 40 bad inputs and every numbered item of issue 32
+"Nothing lost, nothing crashes", with variations) runs the real `python -m qarad.cli ...` in its own
+process and folder, on small generated data, under umask 022, with a time limit. Each row records the
+command, its exit code, the last stderr line, whether a traceback appeared, whether it hung, and:
 
-Children run with OMP_NUM_THREADS=1 by default (--threads): on a shared 2-core machine torch's
-default of one OpenMP thread per core spin-waits against the other load and runs many times slower.
+- data lost: a file or folder that existed before the command (the user's files, decoys outside
+  --out, a previous run) and is not a qarad folder the case lets it rewrite, gone or changed after;
+  the shared fixtures are watched too (size and mtime);
+- silently wrong: an exit 0 on input it should refuse, a flag dropped, a manifest with an id twice,
+  a config.json that does not describe the model beside it, NaN or Infinity in JSON, files not
+  readable by others (0600) or folders 0700 under umask 022, anything written outside --out, or the
+  case's own check (reliability_cases.py);
+- partial output: a refused command that left files behind.
 
-    python benchmarks/reliability.py                      # everything (about 10 minutes on 2 cores)
-    python benchmarks/reliability.py --sizes 100 --skip-bad   # a quick look at memory only
+Expected: bad input -> exit 2 and one line naming the file or flag; legal input -> exit 0; never a
+traceback, a hang, data lost or a silently wrong result. Peak RSS is read with os.wait4 on each child.
+
+    python benchmarks/reliability.py --skip-rss           # every case (about 15 minutes on 2 cores)
+    python benchmarks/reliability.py                      # and peak memory vs 100/1000/5000 images
+    python benchmarks/reliability.py --groups merge_paths --no-write   # one group, nothing written
 
 Writes benchmarks/results/reliability.json and the "reliability" section of BENCHMARKS.md.
 """
@@ -22,13 +31,10 @@ import json
 import os
 import shlex
 import shutil
-import struct
-import subprocess
+import stat
 import sys
 import tempfile
 import time
-import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,342 +44,132 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import RESULTS, envelope, update_section, write_json  # noqa: E402
+from reliability_cases import (CATEGORY, PROMPT, SIZE, Bench, Case, Result, Running, child_env,  # noqa: E402
+                               make_tiny_aras, texture)
 
-from qarad.testing import make_mvtec_tree, make_tiny_aras, texture  # noqa: E402
-
-CATEGORY = "widget"
-SIZE = 64
-PROMPT = "a thin dark scratch"
-
-
-# --- running the command -------------------------------------------------------------------------
-
-@dataclass
-class Result:
-    exit_code: int
-    stdout: str
-    stderr: str
-    peak_rss_mb: float
-    seconds: float
-    killed: bool = False
-
-    @property
-    def message(self) -> str:
-        lines = [ln.strip() for ln in self.stderr.replace("\r", "\n").splitlines() if ln.strip()]
-        if not lines:
-            lines = [ln.strip() for ln in self.stdout.splitlines() if ln.strip()]
-        return lines[-1] if lines else ""
-
-    @property
-    def traceback(self) -> bool:
-        return "Traceback (most recent call last)" in self.stderr
+RUN_KEYS = ("coreset_ratio", "memory_limit", "seed", "search", "backbone", "steps", "negatives", "residual",
+            "fusion")  # detector settings config.json and model.json both record
 
 
-def child_env(threads: int) -> dict:
-    env = dict(os.environ)
-    env.update({"TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                "PYTHONWARNINGS": "ignore"})
-    return env
-
-
-def qarad(argv: list[str], cwd: Path, env: dict, timeout: float = 600.0) -> Result:
-    """Run `python -m qarad.cli ARGV`; peak RSS of exactly this child via os.wait4."""
-    cwd.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "qarad.cli", *argv], cwd=cwd, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-        killed = False
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() - start > timeout:
-                proc.kill()
-                killed = True
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen consistent
-        seconds = time.perf_counter() - start
-        out.seek(0)
-        err.seek(0)
-        return Result(proc.returncode, out.read(), err.read(), usage.ru_maxrss / 1024.0, seconds, killed)
-
+# --- what changed ----------------------------------------------------------------------------------
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """relative path -> content hash (files) or 'dir', for everything under `folder`."""
-    if not folder.exists():
-        return {}
+    """relative path -> content hash (files), 'dir', or 'link:TARGET', for everything under `folder`
+    (symlinks are recorded, never followed)."""
     state = {}
-    for p in sorted(folder.rglob("*")):
-        rel = str(p.relative_to(folder))
-        state[rel] = "dir" if p.is_dir() else hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else "other"
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            p = Path(root) / name
+            rel = str(p.relative_to(folder))
+            if p.is_symlink():
+                state[rel] = "link:" + os.readlink(p)
+            elif p.is_dir():
+                state[rel] = "dir"
+            elif p.is_file():
+                state[rel] = hashlib.sha1(p.read_bytes()).hexdigest()
+            else:
+                state[rel] = "other"
     return state
 
 
-# --- bad files ---------------------------------------------------------------------------------
-
-def _rng(tag: str) -> np.random.Generator:
-    return np.random.default_rng(list(tag.encode()))
-
-
-def write_png(path: Path, tag: str = "png") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(texture(_rng(tag), (SIZE, SIZE))).save(path)
-    return path
-
-
-def truncated_png(path: Path) -> Path:
-    write_png(path, "trunc")
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    return path
+def stat_snapshot(folder: Path) -> dict[str, tuple]:
+    """Cheap: relative path -> (size, mtime) for the shared fixtures (large files included)."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            p = Path(root) / name
+            if name.endswith(".lock"):
+                continue  # taking a lock opens it with O_TRUNC, which touches its mtime
+            st = p.lstat()
+            out[str(p.relative_to(folder))] = (st.st_size, st.st_mtime_ns) if not stat.S_ISDIR(st.st_mode) else "dir"
+    return out
 
 
-def truncated_jpeg(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(texture(_rng("jpeg"), (SIZE, SIZE))).save(path, format="JPEG", quality=90)
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * 0.6)])
-    return path
+def rel_in(path: Path | None, d: Path, cwd: Path) -> str | None:
+    """`path` (absolute or relative to `cwd`) relative to the case folder, without following links."""
+    if path is None:
+        return None
+    full = os.path.normpath(path if Path(path).is_absolute() else cwd / path)
+    r = os.path.relpath(full, d)
+    return None if r.startswith("..") else r
 
 
-def zero_bytes(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"")
-    return path
+def within(rel: str, roots: list[str]) -> bool:
+    return any(r == "." or rel == r or rel.startswith(r + "/") for r in roots)
 
 
-def text_as_png(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("this is a text file, not an image\n")
-    return path
+def out_of(case: Case) -> Path | None:
+    if case.out is not None:
+        return case.out
+    argv = case.argv or []
+    return Path(argv[argv.index("--out") + 1]) if "--out" in argv[:-1] else None
 
 
-HUGE = 30_000
+def _strict(text: str) -> None:
+    def refuse(name):
+        raise ValueError(f"non-strict JSON constant {name}")
+    json.loads(text, parse_constant=refuse)
 
 
-def huge_header_png(path: Path) -> Path:
-    """A 64x64 PNG whose IHDR (with a valid CRC) claims HUGE x HUGE pixels: 900 Mpx, tiny on disk."""
-    write_png(path, "huge")
-    data = bytearray(path.read_bytes())
-    assert data[12:16] == b"IHDR"
-    data[16:24] = struct.pack(">II", HUGE, HUGE)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
-    path.write_bytes(bytes(data))
-    return path
+def json_problem(path: Path) -> str | None:
+    """NaN/Infinity or broken JSON in a .json file or a .jsonl line; duplicate ids in a manifest."""
+    if path.stat().st_size > 5_000_000:
+        return None
+    text = path.read_text(errors="replace")
+    try:
+        if path.suffix == ".jsonl":
+            ids = []
+            for line in filter(str.strip, text.splitlines()):
+                _strict(line)
+                ids.append(json.loads(line).get("id"))
+            if len(ids) != len(set(ids)):
+                return f"{path.name}: {len(ids) - len(set(ids))} sample ids twice"
+        else:
+            _strict(text)
+    except ValueError as exc:
+        return f"{path.name}: {exc}"[:160]
+    return None
 
 
-BAD_IMAGES = {  # case name -> (file name, writer)
-    "truncated PNG": ("bad.png", truncated_png),
-    "truncated JPEG": ("bad.jpg", truncated_jpeg),
-    "zero-byte file": ("bad.png", zero_bytes),
-    "text file named .png": ("bad.png", text_as_png),
-    f"PNG header claiming {HUGE}x{HUGE} (900 Mpx)": ("bad.png", huge_header_png),
-}
-
-
-class Payload:
-    """Unpickling this creates a file: proof that a pickle was (or was not) executed."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-# --- cases ---------------------------------------------------------------------------------------
-
-@dataclass
-class Case:
-    name: str
-    argv: list[str]
-    expect: str | None  # "error", "ok", or None (observation only)
-    note: str = ""
-    extra: dict = field(default_factory=dict)
-
-
-class Bench:
-    def __init__(self, work: Path, env: dict):
-        self.work, self.env = work, env
-        self.good = make_mvtec_tree(work / "fixtures" / "mvtec", size=(SIZE, SIZE), n_train=4)
-        self.aras = make_tiny_aras(work / "fixtures" / "aras")
-        self.images = work / "fixtures" / "images"
-        self.images.mkdir()
-        for name in ("000.png", "001.png"):
-            shutil.copy(self.good / CATEGORY / "train" / "good" / name, self.images / name)
-        self.run = work / "fixtures" / "run"
-        res = qarad(["train", "--method", "patchcore", "--data", str(self.good), "--category", CATEGORY,
-                     "--out", str(self.run), "--size", str(SIZE)], work / "fixtures", env)
-        if res.exit_code != 0:
-            raise RuntimeError(f"could not train the fixture run:\n{res.stderr}")
-        self.n = 0
-
-    def case_dir(self) -> Path:
-        self.n += 1
-        d = self.work / "cases" / f"{self.n:02d}"
-        d.mkdir(parents=True)
-        return d
-
-    def tree(self, d: Path) -> Path:
-        return Path(shutil.copytree(self.good, d / "data"))
-
-    def run_copy(self, d: Path) -> Path:
-        return Path(shutil.copytree(self.run, d / "run"))
-
-    def aras_copy(self, d: Path) -> Path:
-        return Path(shutil.copytree(self.aras, d / "aras"))
-
-    def train_argv(self, data: Path, out: Path, *extra: str, category: str = CATEGORY) -> list[str]:
-        return ["train", "--method", "patchcore", "--data", str(data), "--category", category, "--out", str(out),
-                "--size", str(SIZE), *extra]
-
-    def synth_argv(self, model: Path, images: list[Path], out: Path, prompt: str = PROMPT, *extra: str) -> list[str]:
-        return ["synth", str(model), "--images", *map(str, images), "--prompts", prompt, "--n", "1",
-                "--out", str(out), *extra]
-
-    def cases(self):
-        """Yield (case dir, Case); files each case needs are written just before it is yielded."""
-        # Bad image files, through each verb that reads images.
-        for name, (fname, writer) in BAD_IMAGES.items():
-            d = self.case_dir()
-            data = self.tree(d)
-            writer(data / CATEGORY / "train" / "good" / fname)
-            yield d, Case(f"{name} in train/good", self.train_argv(data, d / "out"), "error")
-            d = self.case_dir()
-            bad = writer(d / fname)
-            yield d, Case(f"{name} given to predict", ["predict", str(self.run), str(bad), "--out", str(d / "out")],
-                          "error")
-            d = self.case_dir()
-            bad = writer(d / fname)
-            yield d, Case(f"{name} given to synth", self.synth_argv(self.aras, [bad], d / "out", PROMPT,
-                                                                     "--auto-masks"), "error")
-
-        # Masks (eval reads ground truth; synth reads user masks).
-        gt = Path(CATEGORY) / "ground_truth" / "crack" / "000_mask.png"
-        for name, mask, expect in [
-            ("mask/image size mismatch (32x32 mask, 64x64 image)", np.full((32, 32), 255, np.uint8), "error"),
-            ("all-zero mask on a defect image (legal)", np.zeros((SIZE, SIZE), np.uint8), "ok"),
-            ("mask with values 0/128/255", np.tile(np.array([0, 128, 255], np.uint8), (SIZE, SIZE // 3 + 1))[:, :SIZE],
-             "error"),
-        ]:
-            d = self.case_dir()
-            data = self.tree(d)
-            Image.fromarray(mask).save(data / gt)
-            yield d, Case(f"{name} (eval)", ["eval", str(self.run_copy(d)), "--data", str(data)], expect)
-        d = self.case_dir()
-        Image.fromarray(np.full((32, 32), 255, np.uint8)).save(d / "mask.png")
-        yield d, Case("mask/image size mismatch (synth --masks)",
-                      self.synth_argv(self.aras, [self.images / "000.png"], d / "out", PROMPT,
-                                      "--masks", str(d / "mask.png")), "error")
-
-        # Dataset layout.
-        d = self.case_dir()
-        data = self.tree(d)
-        (data / "empty").mkdir()
-        yield d, Case("empty category folder", self.train_argv(data, d / "out", category="empty"), "error")
-        d = self.case_dir()
-        data = self.tree(d)
-        shutil.rmtree(data / CATEGORY / "train" / "good")
-        yield d, Case("missing train/good", self.train_argv(data, d / "out"), "error")
-
-        # Prompts.
-        for name, prompt, expect in [("prompt empty", "", "error"), ("prompt whitespace only", " \t  ", "error"),
-                                     ("prompt of 10,000 characters", "x" * 10_000, "error"),
-                                     ("prompt with a control character (ESC)", "a dark\x1b[31m scratch", "error"),
-                                     ("prompt non-ASCII (legal)", "Kratzer, länglich und dunkel — 傷", "ok")]:
-            d = self.case_dir()
-            yield d, Case(name, self.synth_argv(self.aras, [self.images], d / "out", prompt, "--auto-masks"), expect)
-
-        # Output folders.
-        d = self.case_dir()
-        locked = d / "locked"
-        locked.mkdir()
-        os.chmod(locked, 0o500)
-        probe = locked / ".probe"
-        try:
-            probe.write_text("x")
-            probe.unlink()
-            bites = False
-        except PermissionError:
-            bites = True
-        note = "" if bites else (f"running as uid {os.geteuid()}: permission bits are not enforced, so the "
-                                 "0500 folder is writable; this case says nothing here (see the next rows)")
-        yield d, Case("output under a chmod 0500 folder", self.train_argv(self.good, locked / "out"),
-                      "error" if bites else None, note)
-        os.chmod(locked, 0o700)
-        for verb in ("train", "predict", "synth", "fit"):
-            d = self.case_dir()
-            (d / "file.txt").write_text("a regular file\n")
-            out = d / "file.txt" / "sub"
-            argv = {"train": self.train_argv(self.good, out),
-                    "predict": ["predict", str(self.run), str(self.images), "--out", str(out)],
-                    "synth": self.synth_argv(self.aras, [self.images], out, PROMPT, "--auto-masks"),
-                    "fit": ["fit", "--data", str(self.good), "--category", CATEGORY, "--out", str(out), "--size",
-                            str(SIZE), "--corpus-size", "8", "--tokenizer-steps", "2", "--prior-steps", "2",
-                            "--qaw-steps", "2"]}[verb]
-            yield d, Case(f"--out below a regular file ({verb})", argv, "error")
-        d = self.case_dir()
-        yield d, Case("output folder holds a different run (train --coreset-ratio 0.2)",
-                      self.train_argv(self.good, self.run_copy(d), "--coreset-ratio", "0.2"), "error")
-        d = self.case_dir()
-        out = d / "out"
-        pre = qarad(self.synth_argv(self.aras, [self.images], out, PROMPT, "--auto-masks"), d, self.env)
-        assert pre.exit_code == 0, pre.stderr
-        yield d, Case("output folder holds a different synth run (other prompt)",
-                      self.synth_argv(self.aras, [self.images], out, "a round hole", "--auto-masks"), "error")
-        d = self.case_dir()
-        (d / "out").mkdir()
-        (d / "out" / "notes.txt").write_text("someone else's file\n")
-        yield d, Case("predict --out into a folder holding other files",
-                      ["predict", str(self.run), str(self.images), "--out", str(d / "out")], "error")
-
-        # Model files.
-        import torch
-        from safetensors.torch import load_file, save_file
-
-        d = self.case_dir()
-        run = self.run_copy(d)
-        marker = d / "PICKLE_WAS_EXECUTED"
-        torch.save({"memory": torch.zeros(4, 152), "payload": Payload(str(marker))}, run / "model.safetensors")
-        yield d, Case("pickle renamed to model.safetensors (eval)", ["eval", str(run)], "error",
-                      extra={"marker": marker})
-        d = self.case_dir()
-        run = self.run_copy(d)
-        cfg = json.loads((run / "model.json").read_text())
-        cfg["patchcore"]["bogus_key"] = 1
-        (run / "model.json").write_text(json.dumps(cfg))
-        yield d, Case("model.json with an unknown key (eval)", ["eval", str(run)], "error")
-        d = self.case_dir()
-        model = self.aras_copy(d)
-        cfg = json.loads((model / "tokenizer.json").read_text())
-        cfg["bogus_key"] = 1
-        (model / "tokenizer.json").write_text(json.dumps(cfg))
-        yield d, Case("ARAS tokenizer.json with an unknown key (synth)",
-                      self.synth_argv(model, [self.images], d / "out", PROMPT, "--auto-masks"), "error")
-        d = self.case_dir()
-        run = self.run_copy(d)
+def run_problem(run: Path, changed: set[str]) -> str | None:
+    """A run folder whose config.json does not describe the model.json beside it, or whose metrics.json
+    reports another resolution policy than the model used."""
+    try:
         cfg = json.loads((run / "config.json").read_text())
-        cfg["bogus_key"] = 1
-        (run / "config.json").write_text(json.dumps(cfg))
-        yield d, Case("run config.json with an unknown top-level key (eval)", ["eval", str(run)], "error")
-        d = self.case_dir()
-        run = self.run_copy(d)
-        t = load_file(str(run / "model.safetensors"))
-        save_file({"memory": torch.zeros(len(t["memory"]), 100), "memory_source": t["memory_source"]},
-                  str(run / "model.safetensors"))
-        yield d, Case("weights with wrong shapes (PatchCore memory 100 channels, not 152)", ["eval", str(run)],
-                      "error")
-        d = self.case_dir()
-        model = self.aras_copy(d)
-        t = load_file(str(model / "prior.safetensors"))
-        t["head.weight"] = torch.zeros(t["head.weight"].shape[0] + 3, t["head.weight"].shape[1])
-        save_file(t, str(model / "prior.safetensors"))
-        yield d, Case("weights with wrong shapes (ARAS prior head.weight)",
-                      self.synth_argv(model, [self.images], d / "out", PROMPT, "--auto-masks"), "error")
+        model = json.loads((run / "model.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict) or not isinstance(model, dict):
+        return None
+    if changed & {"config.json", "model.json", "model.safetensors"}:
+        if cfg.get("method") != model.get("method"):
+            return f"config.json says {cfg.get('method')}, model.json {model.get('method')}"
+        det, part = cfg.get("detector") or {}, model.get("patchcore") or model.get("segmenter") or {}
+        diff = [k for k in RUN_KEYS if k in det and k in part and det[k] != part[k]]
+        if cfg.get("policy") != model.get("policy"):
+            diff.append("policy")
+        if diff:
+            pairs = [f"{k}: {det.get(k, cfg.get(k))} vs {part.get(k, model.get(k))}" for k in diff]
+            return f"config.json does not match the model beside it ({', '.join(pairs)})"
+    if "metrics.json" in changed:
+        try:
+            said = json.loads((run / "metrics.json").read_text()).get("policy")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if said is not None and said != model.get("policy"):
+            return f"metrics.json reports policy {said}, the model used {model.get('policy')}"
+    return None
 
+
+def mode_problem(path: Path) -> str | None:
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        return None
+    need = 0o055 if stat.S_ISDIR(st.st_mode) else 0o044
+    return None if st.st_mode & need == need else f"{oct(st.st_mode & 0o777)}"
+
+
+# --- judging a case --------------------------------------------------------------------------------
 
 def scrub(text: str, work: Path) -> str:
     return text.replace(str(work / "fixtures"), "FIX").replace(str(work / "cases"), "CASE")
@@ -382,7 +178,7 @@ def scrub(text: str, work: Path) -> str:
 def display(argv: list[str], work: Path) -> str:
     """The command as a copyable line; long or non-printable arguments are shown as Python literals."""
     shown = []
-    for a in argv:
+    for a in map(str, argv):
         a = scrub(a, work)
         if len(a) > 60 and len(set(a)) == 1:
             shown.append(f"{a[0]!r}*{len(a)}")
@@ -395,39 +191,162 @@ def display(argv: list[str], work: Path) -> str:
     return "qarad " + " ".join(shown)
 
 
-def run_bad_inputs(work: Path, env: dict) -> list[dict]:
-    bench = Bench(work, env)
-    rows = []
-    for d, case in bench.cases():
-        before = snapshot(d)
-        res = qarad(case.argv, d, env, timeout=300)
+def silent_reasons(case: Case, d: Path, results: list[Result], before: dict, after: dict,
+                   allowed: list[str]) -> list[str]:
+    reasons = []
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    new = [k for k in after if k not in before]
+    outside = [k for k in new if not within(k, allowed)
+               and not any(a.startswith(k + "/") for a in allowed)]  # --out's new parent folders are fine
+    if outside:
+        reasons.append(f"wrote outside --out: {outside[:3]}")
+    if case.expect == "error" and any(r.exit_code == 0 for r in results):
+        reasons.append("took the bad input: exit 0")
+    for k in changed:
+        p = d / k
+        if k in after and not after[k].startswith(("dir", "link:")) and p.suffix in (".json", ".jsonl"):
+            problem = json_problem(p)
+            if problem:
+                reasons.append(problem)
+    modes = [f"{k} {m}" for k in new if (d / k).exists() or (d / k).is_symlink()
+             for m in [mode_problem(d / k)] if m]
+    if modes:
+        reasons.append(f"not readable by others under umask 022: {modes[:3]}")
+    runs = {str(Path(k).parent) for k in changed if Path(k).name in ("config.json", "model.json", "metrics.json",
+                                                                      "model.safetensors")}
+    for r in sorted(runs):
+        names = {Path(k).name for k in changed if str(Path(k).parent) == r}
+        problem = run_problem(d / r, names)
+        if problem:
+            reasons.append(f"{r}: {problem}")
+    if case.check:
+        problem = case.check(results, d)
+        if problem:
+            reasons.append(problem)
+    return list(dict.fromkeys(reasons))
+
+
+def judge(case: Case, d: Path, work: Path, results: list[Result], before: dict, after: dict,
+          fixtures_changed: list[str]) -> dict:
+    cwd = case.cwd or d
+    out = rel_in(out_of(case), d, cwd)
+    owns = [r for r in (rel_in(p, d, cwd) for p in case.owns) if r]
+    keep = [r for r in (rel_in(p, d, cwd) for p in case.keep) if r]
+    allowed = [r for r in [out, *owns] if r]
+    protected = {k for k in before if not within(k, owns)} | {k for k in keep if k in before}
+    lost = sorted(k for k in protected if after.get(k) != before[k])
+    # a folder's own entry is unchanged while its content is lost: list the content, not the folder
+    lost = [k for k in lost if before[k] != "dir" or k not in after] + [f"FIX/{k}" for k in fixtures_changed]
+    silent = silent_reasons(case, d, results, before, after, allowed)
+    codes = [r.exit_code for r in results]
+    failed = [r for r in results if r.exit_code != 0]
+    msg = (failed or results)[-1].message
+    tb, hang = any(r.traceback for r in results), any(r.killed for r in results)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    partial = case.expect == "error" and bool(failed) and bool(changed)
+
+    def clean(r: Result) -> bool:
+        m = r.message.lower()
+        names = (case.names,) if isinstance(case.names, str) else case.names or ()
+        return r.exit_code == 2 and "error" in m and (not names or any(n.lower() in m for n in names))
+    exit_ok = {"error": all(clean(r) for r in results),
+               "ok": all(c == 0 for c in codes),
+               "either": all(c == 0 or clean(r) for c, r in zip(codes, results)),
+               "any": True, None: None}[case.expect]
+    why = []
+    if hang:
+        why.append(f"hang: killed at the {case.timeout:.0f} s limit")
+    if tb:
+        tail = [ln for ln in next(r for r in results if r.traceback).stderr.splitlines() if ln.strip()]
+        why.append("traceback: " + (tail[-1].strip() if tail else ""))
+    if exit_ok is False and not hang:
+        want = {"error": "exit 2 and an error line", "ok": "exit 0", "either": "exit 0, or 2 with an error line"}
+        named = f" naming {case.names!r}" if case.names and case.expect in ("error", "either") else ""
+        why.append(f"exit {codes if len(codes) > 1 else codes[0]}, expected {want[case.expect]}{named}")
+    if lost:
+        why.append(f"data lost: {lost[:4]}")
+    why += silent
+    if partial:
+        why.append(f"partial output: {changed[:3]}")
+    bad = bool(lost or silent or tb or hang or partial)
+    ok = None if case.expect is None and not bad else (exit_ok is not False and not bad)
+    row = {"case": case.name, "issue": case.issue,
+           "command": scrub(case.extra["shown"], work) if "shown" in case.extra else display(case.argv, work),
+           "exit_code": codes if len(codes) > 1 else codes[0], "message": scrub(msg, work)[:400],
+           "traceback": tb, "hang": hang, "data_lost": [scrub(k, work) for k in lost],
+           "silent_wrong": scrub("; ".join(silent), work) or None, "partial_output": partial,
+           "expected": case.expect, "as_expected": ok,
+           "peak_rss_mb": round(max(r.peak_rss_mb for r in results), 1),
+           "seconds": round(sum(r.seconds for r in results), 1)}
+    if case.cwd:
+        row["cwd"] = scrub(str(case.cwd), work)
+    if case.names:
+        row["names"] = case.names
+    if partial:
+        row["left_behind"] = changed[:8]
+    if case.note:
+        row["note"] = case.note
+    if why and ok is False:
+        row["why"] = scrub("; ".join(why), work)[:500]
+    return row
+
+
+def run_case(bench: Bench, case: Case, d: Path, work: Path) -> dict:
+    fix_before = stat_snapshot(bench.fix)
+    before = snapshot(d)
+    try:
+        results = case.runner() if case.runner else [bench.qarad(case.argv, case.cwd or d, case.timeout)]
         after = snapshot(d)
-        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        partial = res.exit_code != 0 and bool(changed)
-        row = {"case": case.name, "command": display(case.argv, work), "exit_code": res.exit_code,
-               "message": scrub(res.message, work),
-               "partial_output": partial, "expected": case.expect, "traceback": res.traceback,
-               "peak_rss_mb": round(res.peak_rss_mb, 1), "seconds": round(res.seconds, 1)}
-        if partial:
-            row["left_behind"] = changed[:8]
-        if case.note:
-            row["note"] = case.note
-        if "marker" in case.extra:
-            row["pickle_executed"] = Path(case.extra["marker"]).exists()
-        ok = {"error": res.exit_code == 2 and not res.traceback and not partial,
-              "ok": res.exit_code == 0, None: None}[case.expect]
-        if row.get("pickle_executed"):
-            ok = False
-        row["as_expected"] = ok
-        rows.append(row)
-        flag = {True: "ok ", False: "BAD", None: "-- "}[ok]
-        print(f"[{flag}] {case.name}: exit {res.exit_code}, {res.seconds:.1f} s, {res.peak_rss_mb:.0f} MB"
-              f"{', partial output ' + str(changed[:3]) if partial else ''}\n      {row['message'][:200]}",
-              flush=True)
-    return rows
+        fix_after = stat_snapshot(bench.fix)
+        fixtures_changed = sorted(k for k in set(fix_before) | set(fix_after)
+                                  if fix_before.get(k) != fix_after.get(k) and not k.startswith("../"))
+        return judge(case, d, work, results, before, after, fixtures_changed)
+    except Exception as exc:  # a case the bench could not judge is a failure, never a skip
+        return {"case": case.name, "issue": case.issue, "command": scrub(str(case.extra.get("shown") or case.argv),
+                                                                          work),
+                "exit_code": None, "message": "", "traceback": False, "hang": False, "data_lost": [],
+                "silent_wrong": None, "partial_output": False, "expected": case.expect, "as_expected": False,
+                "why": scrub(f"bench could not judge it: {type(exc).__name__}: {exc}", work)[:500]}
 
 
+def run_cases(work: Path, env: dict, only: list[str] | None) -> tuple[list[dict], list[dict]]:
+    bench = Bench(work, env)
+    rows, setup = [], []
+    for group in bench.groups():
+        if only and group.__name__ not in only:
+            continue
+        cases = group()
+        while True:
+            try:
+                d, case = next(cases)
+            except StopIteration:
+                break
+            except Exception as exc:  # its fixture failed: the group's remaining cases cannot run
+                setup.append({"group": group.__name__, "error": scrub(f"{type(exc).__name__}: {exc}", work)[:500]})
+                print(f"[SETUP] {group.__name__}: {setup[-1]['error']}", flush=True)
+                break
+            row = run_case(bench, case, d, work)
+            rows.append(row)
+            flag = {True: "ok ", False: "BAD", None: "-- "}[row["as_expected"]]
+            print(f"[{flag}] {len(rows):3d} #{case.issue or '-'} {case.name}: exit {row['exit_code']}, "
+                  f"{row.get('seconds', 0):.1f} s\n      {row.get('why') or row['message'][:200]}", flush=True)
+    return rows, setup
+
+
+def summary(rows: list[dict], setup: list[dict]) -> dict:
+    return {"n_cases": len(rows),
+            "data_lost": sum(bool(r["data_lost"]) for r in rows),
+            "tracebacks": sum(r["traceback"] for r in rows),
+            "silent_wrong": sum(bool(r["silent_wrong"]) for r in rows),
+            "hangs": sum(r["hang"] for r in rows),
+            "partial_output": sum(r["partial_output"] for r in rows),
+            "not_as_expected": sum(r["as_expected"] is False for r in rows),
+            "setup_failures": len(setup)}
 # --- peak memory vs number of images -------------------------------------------------------------
+
+def qarad(argv: list[str], cwd: Path, env: dict, timeout: float) -> Result:
+    return Running(argv, cwd, env, cwd.parent / "logs").finish(timeout)
+
 
 def make_images(root: Path, n: int) -> Path:
     folder = root / CATEGORY / "train" / "good"
@@ -477,31 +396,63 @@ def run_rss(work: Path, env: dict, sizes: list[int], synth_cap: float) -> tuple[
 
 # --- report ------------------------------------------------------------------------------------
 
-def _cell(text: str, limit: int = 170) -> str:
+
+# --- report ------------------------------------------------------------------------------------
+
+def _cell(text, limit: int = 170) -> str:
+    text = str(text)
     text = text if len(text) <= limit else text[: limit - 3] + "..."
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def tables(results: dict, threads: int) -> str:
-    out = ["## Reliability: bad inputs and peak memory", "",
-           "Command: `python benchmarks/reliability.py` (results: `benchmarks/results/reliability.json`). "
-           "Each row is the real `qarad` command in its own process in a temporary folder (FIX = shared fixtures: a "
-           "tiny 64x64 MVTec tree, a PatchCore run trained on it at `--size 64`, a tiny random ARAS model; CASE = "
-           "the case's own folder). *message* is the last stderr line; *partial output* means the failed command "
-           "created or changed files in the case's folder; *as expected*: refused with exit code 2, a clean "
-           "message and no partial output (or, for legal inputs, exit code 0).", ""]
-    rows = results.get("bad_inputs")
+ISSUE_ITEMS = {"": "earlier bad inputs and variations", "1": "predict --out deletes", "2": "--overwrite deletes",
+               "3": "demo overwrites", "4": "merge paths", "5": "benchmark csv paths", "6": "concurrency",
+               "7": "warnings race", "8": "--batch-size 0/-1", "9": "tracebacks on bad flags and JSON",
+               "10": "dropped flags", "11": "interrupted train --overwrite", "12": "EXIF, float TIFF",
+               "13": "synth source vs cwd", "14": "unfinished synth, names, NaN, permissions"}
+
+
+def tables(env: dict, threads: int) -> str:
+    results = env["results"]
+    out = ["## Reliability: nothing lost, nothing crashes; peak memory", "",
+           f"Command: `{env['command']}` ({env['date']}; {env['machine']}; results: "
+           "`benchmarks/results/reliability.json`). Each case "
+           "is the real `qarad` command in its own process and folder, on small generated data (FIX = shared "
+           "fixtures: a 64x64 MVTec tree, a PatchCore run trained on it at `--size 64`, a tiny random ARAS model, "
+           "shard and synth folders it made; CASE = the case's own folder), under umask 022, with a time limit. "
+           "*data lost*: a file that existed before (the user's files, decoys outside --out, an earlier run, the "
+           "fixtures) gone or changed; *silently wrong*: exit 0 on bad input, a flag dropped, an id twice in a "
+           "manifest, a config.json that does not describe its model, NaN in JSON, files 0600 or folders 0700, "
+           "output outside --out, or the case's own check; *as expected*: bad input refused with exit 2 and one "
+           "line naming the file or flag, legal input exit 0, and none of the above, no traceback, no hang. "
+           "Column *#* is the item of issue 32 the case reproduces.", ""]
+    rows = results.get("cases")
     if rows:
-        out += ["| case | command | exit code | message | partial output | as expected |", "|---|---|---|---|---|---|"]
+        s = {k: results[k] for k in ("n_cases", "data_lost", "tracebacks", "silent_wrong", "hangs", "partial_output",
+                                     "not_as_expected", "setup_failures") if k in results}
+        out += ["| " + " | ".join(s) + " |", "|" + "---:|" * len(s), "| " + " | ".join(str(v) for v in s.values())
+                + " |", ""]
+        out += ["| # | item | cases | as expected | data lost | tracebacks | silently wrong | hangs |",
+                "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for item, label in ISSUE_ITEMS.items():
+            part = [r for r in rows if r.get("issue", "") == item]
+            if part:
+                out.append(f"| {item or '-'} | {label} | {len(part)} | {sum(r['as_expected'] is not False for r in part)}"
+                           f" | {sum(bool(r['data_lost']) for r in part)} | {sum(r['traceback'] for r in part)} | "
+                           f"{sum(bool(r['silent_wrong']) for r in part)} | {sum(r['hang'] for r in part)} |")
+        for fail in results.get("setup", []):
+            out.append(f"\nSetup failed for group `{fail['group']}`: {_cell(fail['error'], 300)}")
+        out += ["", "<details><summary>Every case</summary>", "",
+                "| # | case | command | exit | message | as expected |", "|---|---|---|---|---|---|"]
         for r in rows:
-            partial = "yes: " + ", ".join(r.get("left_behind", [])) if r["partial_output"] else "no"
             verdict = {True: "yes", False: "**no**", None: "n/a"}[r["as_expected"]]
-            if r.get("traceback"):
-                verdict += " (traceback)"
-            if r.get("note"):
+            if r.get("why"):
+                verdict += f": {r['why']}"
+            elif r.get("note"):
                 verdict += f" ({r['note']})"
-            out.append(f"| {_cell(r['case'])} | `{_cell(r['command'], 200)}` | {r['exit_code']} | "
-                       f"{_cell(r['message'])} | {_cell(partial, 120)} | {_cell(verdict, 240)} |")
+            out.append(f"| {r.get('issue') or '-'} | {_cell(r['case'], 120)} | `{_cell(r['command'], 200)}` | "
+                       f"{r['exit_code']} | {_cell(r['message'], 160)} | {_cell(verdict, 300)} |")
+        out += ["", "</details>"]
         huge = [r for r in rows if "900 Mpx" in r["case"]]
         if huge:
             out += ["", "Peak RSS of the 900 Mpx header cases: " + ", ".join(
@@ -512,10 +463,11 @@ def tables(results: dict, threads: int) -> str:
         secs, notes = results.get("seconds", {}), results.get("notes", {})
         sizes = sorted({int(n) for v in rss.values() for n in v})
         out += ["", f"Peak RSS (MB, with wall seconds) of one `qarad` process vs the number of 64x64 images, "
-                    f"OMP_NUM_THREADS={threads}. train: `qarad train --method patchcore --size 64` on N normal "
-                    "images; synth: `qarad synth TINY_ARAS --images FOLDER_OF_N --auto-masks --n N`; fit: "
-                    "`qarad fit --size 64 --corpus-size 64 --tokenizer-steps 2 --prior-steps 2 --qaw-steps 2` on "
-                    "N normal images (default model sizes; the corpus has a fixed size).", "",
+                    f"OMP_NUM_THREADS={results.get('rss_threads', threads)} (measured {results.get('rss_date')}). "
+                    "train: `qarad train --method patchcore --size 64` on N normal images; synth: `qarad synth "
+                    "TINY_ARAS --images FOLDER_OF_N --auto-masks --n N`; fit: `qarad fit --size 64 --corpus-size 64 "
+                    "--tokenizer-steps 2 --prior-steps 2 --qaw-steps 2` on N normal images (default model sizes; the "
+                    "corpus has a fixed size).", "",
                 "| command | " + " | ".join(f"{n} images" for n in sizes) + " |",
                 "|---|" + "---:|" * len(sizes)]
         for verb, per in rss.items():
@@ -538,24 +490,35 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000])
     ap.add_argument("--synth-cap", type=float, default=420.0, help="seconds allowed to one synth run (default 420)")
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the children (default 1)")
-    ap.add_argument("--skip-bad", action="store_true", help="only measure memory")
-    ap.add_argument("--skip-rss", action="store_true", help="only run the bad-input cases")
+    ap.add_argument("--skip-cases", action="store_true", help="only measure memory")
+    ap.add_argument("--skip-rss", action="store_true", help="only run the cases (keeps the stored memory table)")
+    ap.add_argument("--groups", nargs="+", help="run only these case groups (Bench.groups), e.g. merge_paths")
+    ap.add_argument("--no-write", action="store_true", help="write neither the JSON nor BENCHMARKS.md")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
     args = ap.parse_args()
+    os.umask(0o022)  # the children inherit it: files they write must be 0644, folders 0755
     env = child_env(args.threads)
     work = Path(tempfile.mkdtemp(prefix="qarad-reliability-"))
     print(f"working in {work}", flush=True)
     path = RESULTS / "reliability.json"
-    old = json.loads(path.read_text())["results"] if path.is_file() else {}
-    results = {}
+    old_env = json.loads(path.read_text()) if path.is_file() else {}
+    old = old_env.get("results", {})
+    results: dict = {}
     try:
         start = time.perf_counter()
-        results["bad_inputs"] = run_bad_inputs(work, env) if not args.skip_bad else old.get("bad_inputs", [])
+        if not args.skip_cases:
+            rows, setup = run_cases(work, env, args.groups)
+            results.update(summary(rows, setup))
+            results.update({"cases": rows, "setup": setup, "case_seconds": round(time.perf_counter() - start)})
+        else:
+            results.update({k: v for k, v in old.items() if k not in ("peak_rss_mb", "seconds", "notes")})
         if not args.skip_rss:
             rss, secs, notes = run_rss(work, env, args.sizes, args.synth_cap)
-            results.update({"peak_rss_mb": rss, "seconds": secs, "notes": notes})
-        else:
-            results.update({k: old[k] for k in ("peak_rss_mb", "seconds", "notes") if k in old})
+            results.update({"peak_rss_mb": rss, "seconds": secs, "notes": notes, "rss_threads": args.threads,
+                            "rss_date": envelope({})["date"]})
+        elif "peak_rss_mb" in old:  # kept from the stored file, with the date it was measured
+            results.update({k: old[k] for k in ("peak_rss_mb", "seconds", "notes", "rss_threads") if k in old})
+            results["rss_date"] = old.get("rss_date") or old_env.get("date")
         results["child_threads"] = args.threads
         print(f"total {time.perf_counter() - start:.0f} s", flush=True)
     finally:
@@ -566,10 +529,17 @@ def main() -> None:
                 if p.is_dir() and not p.is_symlink():
                     os.chmod(p, 0o700)
             shutil.rmtree(work, ignore_errors=True)
-    write_json(path, envelope(results))
-    update_section("reliability", tables(results, args.threads))
-    bad = [r for r in results["bad_inputs"] if r["as_expected"] is False]
-    print(f"wrote {path}; {len(bad)} case(s) not as expected" + "".join(f"\n  - {r['case']}" for r in bad))
+    bad = [r for r in results.get("cases", []) if r["as_expected"] is False]
+    if not args.no_write:
+        env_ = envelope(results)
+        write_json(path, env_)
+        update_section("reliability", tables(env_, args.threads))
+        print(f"wrote {path}")
+    print(json.dumps({k: results[k] for k in ("n_cases", "data_lost", "tracebacks", "silent_wrong", "hangs",
+                                               "partial_output", "not_as_expected", "setup_failures")
+                      if k in results}))
+    print(f"{len(bad)} case(s) not as expected" + "".join(f"\n  - #{r.get('issue') or '-'} {r['case']}: "
+                                                         f"{r.get('why', '')}" for r in bad))
 
 
 if __name__ == "__main__":

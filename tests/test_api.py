@@ -159,11 +159,13 @@ def test_train_cli_defaults_are_the_config_defaults():
     cli, pc, seg, training = _train_defaults(), PatchCoreConfig(), SegmenterConfig(), qarad.QaradTraining()
     for name in ("coreset_ratio", "memory_limit", "batch_size", "seed", "search"):
         assert cli[name] == getattr(pc, name), name
-    for name in ("seed", "residual", "fusion", "search"):
+    for name in ("seed", "search", "coreset_ratio", "memory_limit"):
         assert cli[name] == getattr(seg, name), name
-    assert tuple(cli["negatives"]) == seg.negatives
-    for name in ("synth", "weighting", "max_normal_views", "perlin_samples", "batch_size"):
-        assert cli[name] == getattr(training, name), name
+    assert cli["batch_size"] == training.batch_size
+    # the qarad method's own flags default to None: it takes its configs' defaults, patchcore refuses them
+    for name in ("steps", "negatives", "residual", "fusion", "synth", "weighting", "max_normal_views",
+                 "perlin_samples", "real_weight"):
+        assert cli[name] is None, name
 
 
 def test_run_config_detector_part_keeps_its_keys():
@@ -179,4 +181,5 @@ def test_run_config_detector_part_keeps_its_keys():
     assert runs.detector_settings("qarad", stored, SegmenterConfig(steps=30, seed=2)) == {
         "steps": 30, "synth": "/s", "weighting": "linear", "max_normal_views": 4000, "batch_size": 4, "seed": 2,
         "negatives": ["synthetic", "perlin"], "residual": True, "fusion": True, "perlin_samples": 200,
-        "search": "ivf", "backbone": "efficientnet-lite0", "real_weight": 1.0}  # runs before it: runs.ADDED
+        "search": "ivf", "backbone": "efficientnet-lite0", "real_weight": 1.0,  # runs before it: runs.ADDED
+        "coreset_ratio": 0.1, "memory_limit": None}  # ... and before these were recorded

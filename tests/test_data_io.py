@@ -88,8 +88,9 @@ def test_read_16_bit_png(tmp_path):
 def test_read_bilevel_and_float_images(tmp_path):
     Image.fromarray(np.array([[True, False]])).save(tmp_path / "b.png")  # mode "1"
     np.testing.assert_array_equal(read_image(tmp_path / "b.png")[..., 0], [[1.0, 0.0]])
-    Image.fromarray(np.array([[0.25, 1.5, -1.0]], dtype=np.float32), mode="F").save(tmp_path / "f.tif")
+    Image.fromarray(np.array([[0.25, 1.0, 0.0]], dtype=np.float32), mode="F").save(tmp_path / "f.tif")
     np.testing.assert_array_equal(read_image(tmp_path / "f.tif")[..., 2], [[0.25, 1.0, 0.0]])
+    # other ranges, and values outside every range: tests/test_hostile_io.py
 
 
 def test_read_jpeg(tmp_path):

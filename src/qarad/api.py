@@ -14,15 +14,15 @@ import csv
 import io
 import json
 import os
-import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import checkpoint, flags, runs
+from . import checkpoint, flags, owned, runs
 from .data.io import (atomic_path, check_output_folder, discarded_on_failure, make_folder, write_image, write_json,
                       write_text)
 from .data.layouts import FolderSplit, resolve_layout, scan
@@ -87,6 +87,7 @@ def fit(data: str | Path, category: str | list[str], out: str | Path, config: "F
     writes the folder."""
     from . import distributed
     from .synthesis import fit as F
+    from .synthesis import model as M
     from .synthesis.model import FitData, ModelConfig, read_config
 
     out = check_output_folder(out)  # a file in the way or no permission: refuse before any work
@@ -103,7 +104,11 @@ def fit(data: str | Path, category: str | list[str], out: str | Path, config: "F
                    max_train_images=max_train_images, layout=layout,
                    folder=asdict(folder) if folder else None, init=str(Path(init).resolve()) if init else None)
     images = F.normal_images(data, categories, max_train_images, config.seed, layout, folder)
-    with distributed.session(device) as dev:
+    main = distributed.launched_rank() == 0  # under torchrun rank 0 writes the folder
+    fresh = main and not out.exists()
+    kept = lambda: M.has(out, M.CORPUS)  # noqa: E731  (a rendered corpus is worth resuming from)
+    with owned.writing(out, "qarad fit") if main else nullcontext(), \
+            discarded_on_failure(out, created=fresh, worth_keeping=kept), distributed.session(device) as dev:
         seconds = F.fit_model(out, ModelConfig(config, policy, info, real_defects), images, overwrite=overwrite,
                               progress=_FitBars(), device=dev, init=init)
     return Fitted(out, seconds)
@@ -174,21 +179,42 @@ def synth(model: str | Path, images: list, prompts: list[str], out: str | Path, 
     normalised = [prompt_of(p) for p in prompts]
     check_mix(prompt_b, mix)
     interpolation = {} if prompt_b is None else {"prompt_b": prompt_of(prompt_b), "mix": float(mix)}
-    paths = expand_images(images)
-    mask_paths = expand_images(masks) if masks else None
+    # absolute, so that a manifest's `source` names the same image from any working directory
+    paths = [p.resolve() for p in expand_images(images)]
+    mask_paths = [p.resolve() for p in expand_images(masks)] if masks else None
     if mask_paths is None and not auto_masks:
         raise ValueError("give --masks (one per image) or --auto-masks to let qarad propose defect regions")
     settings = {"model": str(Path(model).resolve()), "images": [str(p) for p in paths],
                 "masks": [str(p) for p in mask_paths] if mask_paths else None, "prompts": normalised, "n": n,
                 "seed": seed, "sampler": json.loads(json.dumps(sampler.__dict__)), "method": "aras",
                 **interpolation}  # only when used: folders made before it existed still resume
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
     aras = ARAS.load(model)
     fresh = not Path(out).exists()
-    jobs.prepare_output(out, settings)
-    work = jobs.plan(paths, normalised, mask_paths, n, seed)
+    with jobs.writing(Path(out), shard, "qarad synth"):
+        jobs.prepare_output(out, settings)
+        return _synth_jobs(aras, real, jobs.plan(paths, normalised, mask_paths, n, seed), Path(out), settings,
+                           sampler, interpolation, shard, workers, fresh,
+                           ["synth", str(model), "--images", *map(str, images), "--prompts", *prompts, "--n", str(n),
+                            "--out", str(out), "--seed", str(seed), *flags.to_argv(sampler),
+                            *(["--masks", *map(str, masks)] if masks else ["--auto-masks"]),
+                            *([f"--prompt-b={prompt_b}", f"--mix={float(mix)!r}"] if prompt_b is not None else [])])
+
+
+PARENT_PID = "QARAD_PARENT_PID"  # set for synth worker processes: they stop when their parent is gone
+
+
+def _synth_jobs(aras, real, work: list, out: Path, settings: dict, sampler: SamplerConfig, interpolation: dict,
+                shard, workers: int, fresh: bool, argv: list[str]) -> Synthesized:
+    from .synthesis import jobs
+
     templates = _RealMasks(real)
+    parent = os.environ.get(PARENT_PID)
 
     def make(image, user_mask, job):
+        if parent is not None and str(os.getppid()) != parent:  # the parent was killed: stop writing
+            raise SystemExit(f"synth worker: parent process {parent} is gone; stopping")
         mask = user_mask
         if mask is None:
             mask = propose_defect_mask(np.random.default_rng(job.seed), image, job.prompt, templates)
@@ -199,14 +225,8 @@ def synth(model: str | Path, images: list, prompts: list[str], out: str | Path, 
         return jobs.Made(res.image, res.mask, job.prompt, extra)
 
     total = len(work) if shard is None else len([j for j in work if j.id % shard[1] == shard[0]])
-    if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
     if shard is None and workers > 1:
-        argv = ["synth", str(model), "--images", *map(str, images), "--prompts", *prompts, "--n", str(n),
-                "--out", str(out), "--seed", str(seed), *flags.to_argv(sampler)]
-        argv += ["--masks", *map(str, masks)] if masks else ["--auto-masks"]
-        argv += [f"--prompt-b={prompt_b}", f"--mix={float(mix)!r}"] if prompt_b is not None else []
-        return _synth_in_workers(argv, Path(out), workers, total, fresh)
+        return _synth_in_workers(argv, out, workers, total, fresh)
     made_any = lambda: bool(jobs.read_manifest(Path(out) / jobs.manifest_name(shard)))  # noqa: E731
     with discarded_on_failure(out, created=fresh, worth_keeping=made_any), bar(total, "synth") as tick:
         made = jobs.run(work, make, out, "aras", settings, shard, on_done=tick)
@@ -260,7 +280,8 @@ def _synth_in_workers(argv: list[str], out: Path, n: int, total: int, fresh: boo
 
     from .synthesis import jobs
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "QARAD_PROGRESS": "0"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "QARAD_PROGRESS": "0",
+           PARENT_PID: str(os.getpid())}
     done = lambda: sum(len(jobs.read_manifest(out / jobs.manifest_name((i, n)))) for i in range(n))  # noqa: E731
     before = done()
     logs = [tempfile.TemporaryFile(mode="w+") for _ in range(n)]
@@ -300,8 +321,9 @@ def merge(out: str | Path, folders: list) -> Merged:
     from .synthesis import jobs
 
     out = check_output_folder(out)
-    missing = jobs.merge_folders(out, [Path(f) for f in folders])
-    _write_gallery(out)
+    with jobs.writing(out, None, "qarad merge"):
+        missing = jobs.merge_folders(out, [Path(f) for f in folders])
+        _write_gallery(out)
     return Merged(out, len(jobs.read_manifest(out / jobs.MANIFEST)), missing)
 
 
@@ -316,7 +338,7 @@ def copy_paste(real_defects: "RealDefects", images: list, out: str | Path, n: in
     from .defects.transplant import PasteConfig, cut, place, transform
     from .synthesis import jobs
 
-    paths = expand_images(images)
+    paths = [p.resolve() for p in expand_images(images)]  # a manifest's `source` means the same from anywhere
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
     paste = PasteConfig()
@@ -341,9 +363,10 @@ def copy_paste(real_defects: "RealDefects", images: list, out: str | Path, n: in
                          {"real_type": shots[k].defect_type, "shot": shots[k].image})
 
     made_any = lambda: bool(jobs.read_manifest(Path(out) / jobs.MANIFEST))  # noqa: E731
-    with discarded_on_failure(out, created=fresh, worth_keeping=made_any), bar(len(work), "copy-paste") as tick:
+    with jobs.writing(Path(out), None, "qarad copy-paste"), \
+            discarded_on_failure(out, created=fresh, worth_keeping=made_any), bar(len(work), "copy-paste") as tick:
         made = jobs.run(work, make, out, "copy_paste", settings, on_done=tick)
-    _write_gallery(out)
+        _write_gallery(out)
     return Synthesized(Path(out), len(work), made, 1)
 
 
@@ -364,10 +387,11 @@ def score(synth_dir: str | Path, model: str | Path | None = None) -> np.ndarray:
         raise ValueError(f"{settings_path}: names no ARAS model; pass --model")
     config = M.read_config(model_dir)
     scorer = M.load_dual_encoder(model_dir)
-    n = len(jobs.read_manifest(Path(synth_dir) / jobs.MANIFEST))
-    with bar(n, "score (QAW)") as tick:
-        scores = score_folder(synth_dir, scorer, config.policy, config.fit.window_rule, on_sample=tick)
-    _write_gallery(synth_dir)  # now with the scores
+    with jobs.writing(Path(synth_dir), None, "qarad score"):  # no synth or score may write it meanwhile
+        n = len(jobs.check_finished(Path(synth_dir)))
+        with bar(n, "score (QAW)") as tick:
+            scores = score_folder(synth_dir, scorer, config.policy, config.fit.window_rule, on_sample=tick)
+        _write_gallery(synth_dir)  # now with the scores
     return np.asarray(scores)
 
 
@@ -448,16 +472,16 @@ def train(data: str | Path, category: str, out: str | Path, detector: "PatchCore
                           detector.seed)
     out = Path(out)
     fresh = not out.exists()
-    if runs.prepare(out, config, overwrite):
-        threshold = float(checkpoint.load_config(out / runs.MODEL)["threshold"])
-        return Trained(out, method, len(train_set), threshold, already_trained=True)
-    paths = [s.image for s in train_set]
-    with discarded_on_failure(out, created=fresh):  # a bad input found mid-fit
+    with owned.writing(out, "qarad train"), discarded_on_failure(out, created=fresh):  # bad input found mid-fit
+        if runs.prepare(out, config, overwrite):
+            threshold = float(checkpoint.load_config(out / runs.MODEL)["threshold"])
+            return Trained(out, method, len(train_set), threshold, already_trained=True)
+        paths = [s.image for s in train_set]
         if method == "patchcore":
             model = _train_patchcore(detector, policy, paths, device)
         else:
             model = _train_qarad(detector, training, policy, paths, device)
-    model.save(out / runs.MODEL)
+        model.save(out / runs.MODEL)
     return Trained(out, method, len(train_set), model.threshold_, already_trained=False)
 
 
@@ -514,7 +538,6 @@ def evaluate(run: str | Path, data: str | Path | None = None, allow_missing_mask
     `pixel_metrics`: auto, exact or streaming (qarad.metrics; auto streams above
     metrics.EXACT_PIXEL_LIMIT graded pixels)."""
     from .detection.evaluate import evaluate as evaluate_split
-    from .report.pages import REPORT, run_report
 
     cfg = runs.read_config(run)
     check_output_folder(run)  # metrics.json goes here: refuse an unwritable run before evaluating
@@ -528,18 +551,26 @@ def evaluate(run: str | Path, data: str | Path | None = None, allow_missing_mask
     excluded = []
     if real is not None:  # the shots it trained on are not test images (by path or by content)
         test, excluded = real.split(test)
-    with bar(len(test), "eval") as tick:
-        ev = evaluate_split(detector, test, batch_size, on_image=tick, pixel_mode=pixel_metrics)
-    result = {"method": cfg["method"], "category": cfg["data"]["category"], "policy": cfg["policy"],
+    with owned.writing(run, "qarad eval"):
+        with bar(len(test), "eval") as tick:
+            ev = evaluate_split(detector, test, batch_size, on_image=tick, pixel_mode=pixel_metrics)
+        return _write_evaluation(Path(run), cfg, detector, ev, real, excluded, curves)
+
+
+def _write_evaluation(run: Path, cfg: dict, detector, ev, real, excluded: list, curves: bool) -> dict:
+    from .report.pages import REPORT, run_report
+
+    # the policy the model was trained and scored with (model.json's), which config.json also records
+    result = {"method": cfg["method"], "category": cfg["data"]["category"], "policy": detector.policy.to_dict(),
               "threshold": detector.threshold_, "overall": ev.overall, "per_type": ev.per_type,
               "test_images_per_s": ev.images_per_s, "pixel_metrics": ev.pixel_metrics}
     if real is not None:
         result["excluded_real_defects"] = {"count": len(excluded), "images": [str(s.image) for s in excluded]}
     if curves:
         result["curves"] = ev.curves
-    write_json(Path(run) / "metrics.json", result)
-    write_text(Path(run) / "scores.csv", _csv(ev.records))
-    run_report(result, ev, Path(run)).write(Path(run) / REPORT)
+    write_json(run / "metrics.json", result)
+    write_text(run / "scores.csv", _csv(ev.records))
+    run_report(result, ev, run).write(run / REPORT)
     return result
 
 
@@ -551,14 +582,19 @@ def _csv(records: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _unique_stems(paths: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    stems = []
+def _overlay_names(paths: list[Path]) -> list[str]:
+    """One overlay file name per input, distinct even when inputs share a stem (a/dup.png, c/dup.png,
+    c/dup_1.png: every candidate name is checked against those already given)."""
+    used: set[str] = set()
+    names = []
     for p in paths:
-        k = seen.get(p.stem, 0)
-        seen[p.stem] = k + 1
-        stems.append(p.stem if k == 0 else f"{p.stem}_{k}")
-    return stems
+        stem, k = p.stem, 0
+        while f"{stem}_overlay.png" in used:
+            k += 1
+            stem = f"{p.stem}_{k}"
+        used.add(f"{stem}_overlay.png")
+        names.append(f"{stem}_overlay.png")
+    return names
 
 
 @dataclass(frozen=True)
@@ -568,10 +604,31 @@ class Predictions:
     threshold: float
 
 
+PREDICTION_TABLE = "scores.csv"
+
+
+def _earlier_predictions(out: Path) -> bool:
+    """Whether `out` holds an earlier `predict`'s output, which a new one replaces (False: empty or
+    absent). Anything else in it, a run's files or a user's images, is refused before any work."""
+    found = owned.entries(out)
+    if not found:
+        return False
+    ours = lambda p: p.is_file() and not p.is_symlink() and (  # noqa: E731
+        p.name == PREDICTION_TABLE or p.name.endswith("_overlay.png"))
+    if owned.kind_of(out) != "predictions" and not (out / PREDICTION_TABLE).is_file():
+        raise runs.RunError(f"{out}: folder is not empty and holds no earlier predictions; choose another --out")
+    foreign = [p for p in found if not ours(p)]
+    if foreign:
+        raise runs.RunError(f"{out}: holds {foreign[0].name}, which `qarad predict` did not write; predictions "
+                            "replace only earlier predictions: choose another --out")
+    return True
+
+
 def predict(run: str | Path, images: list, out: str | Path | None = None, batch_size: int = 8,
             device: str = "cpu") -> Predictions:
     """Score `images` (files or folders) with a trained run: a heat-map overlay per image and
-    scores.csv in `out` (default RUN/predictions), written all or nothing."""
+    scores.csv in `out` (default RUN/predictions), written all or nothing. An `out` holding an
+    earlier prediction is replaced; any other non-empty folder is refused."""
     import torch
 
     from .detection.inference import score_images
@@ -579,29 +636,51 @@ def predict(run: str | Path, images: list, out: str | Path | None = None, batch_
 
     paths = expand_images(images)
     detector = runs.load_detector(run, device)
-    out = check_output_folder(out or Path(run) / "predictions")  # refuse before scoring anything
-    if out.exists() and any(out.iterdir()) and not (out / "scores.csv").is_file():
-        raise runs.RunError(f"{out}: folder is not empty and holds no earlier predictions; choose another --out")
+    given = Path(out or Path(run) / "predictions")
+    out = check_output_folder(given).resolve()  # `--out .` has a name and a parent once resolved
+    replace_earlier = _earlier_predictions(out)  # refuse before scoring anything
     make_folder(out.parent)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    stage = owned.staging_folder(out)
     records = []
     try:
         with bar(len(paths), "predict") as tick:
-            for stem, res in zip(_unique_stems(paths), score_images(detector, paths, batch_size, keep_images=True,
-                                                                     on_image=tick)):
+            for name, res in zip(_overlay_names(paths), score_images(detector, paths, batch_size, keep_images=True,
+                                                                      on_image=tick)):
                 full = res.layout.to_source(torch.from_numpy(res.anomaly_map)).numpy()
-                write_image(stage / f"{stem}_overlay.png", overlay(res.image, full, detector.threshold_))
+                write_image(stage / name, overlay(res.image, full, detector.threshold_))
                 records.append({"image": str(res.path), "score": round(res.score, 6),
                                 "threshold": round(detector.threshold_, 6),
-                                "anomalous": int(res.score > detector.threshold_), "overlay": f"{stem}_overlay.png"})
-        write_text(stage / "scores.csv", _csv(records))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(stage, out)
+                                "anomalous": int(res.score > detector.threshold_), "overlay": name})
+        write_text(stage / PREDICTION_TABLE, _csv(records))
+        owned.mark(stage, "predictions")
+        _replace_folder(stage, out, replace_earlier)
     finally:
         if stage.exists():
-            shutil.rmtree(stage)
-    return Predictions(out, records, detector.threshold_)
+            owned.remove_own(stage, [p.name for p in stage.iterdir()])  # a folder this call made
+            stage.rmdir()
+    return Predictions(given, records, detector.threshold_)
+
+
+def _replace_folder(stage: Path, out: Path, earlier: bool) -> None:
+    """Put the finished `stage` where `out` is; an earlier prediction there (checked to hold only
+    a prediction's files) is moved aside first and removed file by file once the new one is in."""
+    if not earlier:
+        if not out.exists():
+            os.replace(stage, out)
+            return
+        # an empty folder that is there already (the user's, or the cwd) stays; the files move in, the
+        # table last, so a prediction cut short here has no scores.csv
+        for path in sorted(stage.iterdir(), key=lambda p: p.name == PREDICTION_TABLE):
+            os.replace(path, out / path.name)
+        stage.rmdir()
+        return
+    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.replaced-"))
+    os.replace(out, aside / "old")
+    os.replace(stage, out)
+    old = aside / "old"
+    owned.remove_own(old, [p.name for p in old.iterdir()])  # only a prediction's files (checked above)
+    old.rmdir()
+    aside.rmdir()
 
 
 def _refuse_different(path: Path, data: bytes, overwrite: bool) -> None:

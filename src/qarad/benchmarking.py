@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import api, runs
+from . import api, owned, runs
 from .data.io import check_output_folder, make_folder, write_json, write_text
 from .data.layouts import FolderSplit, list_categories, resolve_layout
 from .data.mvtec import DatasetError
@@ -79,11 +79,15 @@ def benchmark(data: str | Path, out: str | Path, detector: "PatchCoreConfig | Se
         raise ValueError("benchmark draws each category's shots from real_defects=ROOT (ROOT/CATEGORY); "
                          "leave training.real_defects None")
     out = check_output_folder(out)
-    if out.is_dir() and any(out.iterdir()) and not ((out / RUNS).is_dir() or (out / f"{TABLE}.json").is_file()):
+    if not owned.is_empty(out) and not (owned.kind_of(out) == "benchmark" or (out / RUNS).is_dir()
+                                        or (out / f"{TABLE}.json").is_file()):
         raise runs.RunError(f"{out}: folder is not empty and is not a qarad benchmark; choose another --out")
     layout = resolve_layout(data, layout, categories[0] if categories else None, folder)
     available = list_categories(data, layout, folder)
     categories = list(categories or available)
+    odd = [c for c in categories if not c or c in (".", "..") or any(sep in c for sep in "/\\\0")]
+    if odd:  # each names its run folder OUT/runs/CATEGORY, which must stay inside OUT
+        raise DatasetError(f"category {odd[0]!r} is not a plain name (no path separators, not '.' or '..')")
     unknown = [c for c in categories if c not in available and layout != "folder"]
     if unknown:
         raise DatasetError(f"{data}: no category {', '.join(map(repr, unknown))} in this {layout} dataset; "
@@ -103,6 +107,8 @@ def benchmark(data: str | Path, out: str | Path, detector: "PatchCoreConfig | Se
     # what every category shares: the root, K and the seed (each category's shots are in its config.json)
     settings["data"]["real_defects"] = None if real_defects is None else {
         "root": str(Path(real_defects).resolve()), "shots": shots.shots, "seed": shots.shot_seed}
+    make_folder(out)
+    owned.mark(out, "benchmark")
     rows, skipped = {}, []
     for i, category in enumerate(categories, 1):
         own, _, config = plans[category]

@@ -8,7 +8,8 @@ from pathlib import Path
 from . import __version__
 from .backbone_config import BACKBONES, DETECTOR_BACKBONE
 from .fewshot_config import ShotConfig
-from .flags import add_dataset_flags, add_flags, add_policy_flags
+from .flags import (add_dataset_flags, add_flags, add_policy_flags, device, finite_float, non_negative_int,
+                    positive_int)
 from .synthesis.sampler_config import SamplerConfig
 
 EXAMPLES = {
@@ -28,6 +29,14 @@ EXAMPLES = {
 REAL_DEFECTS_HELP = ("real defect images with masks: an MVTec AD category folder ROOT/CATEGORY (test/<type> and "
                      "ground_truth/<type>; every type but good), or folders of one type's images (the folder's "
                      "name is the type) with their masks in FOLDER/masks (<stem>.png or <stem>_mask.png)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """A refused flag is one line on stderr and exit 2 (argparse would print the whole usage first,
+    which for `train` is twenty lines that hide the one that matters)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _sub(subs, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -64,40 +73,43 @@ def _add_detector_flags(p: argparse.ArgumentParser, synth_help: str | None = Non
     p.add_argument("--backbone", choices=list(BACKBONES), default=DETECTOR_BACKBONE,
                    help=f"frozen ImageNet backbone whose stride 8 + 16 features both methods use (stored with "
                         f"the run; eval/predict/export reuse it). Default: {DETECTOR_BACKBONE}")
-    p.add_argument("--coreset-ratio", type=float, default=0.1, help="fraction of patches kept (default 0.1)")
-    p.add_argument("--memory-limit", type=int, default=None, help="cap on memory-bank rows (default: none)")
+    p.add_argument("--coreset-ratio", type=finite_float, default=0.1,
+                   help="fraction of patches kept in the memory bank, in (0, 1] (default 0.1)")
+    p.add_argument("--memory-limit", type=positive_int, default=None, help="cap on memory-bank rows (default: none)")
     p.add_argument("--search", choices=["ivf", "exact"], default="ivf",
                    help="nearest-neighbour search in the memory bank: ivf (faiss inverted lists, fast) or exact")
-    p.add_argument("--max-train-images", type=int, default=None,
+    p.add_argument("--max-train-images", type=positive_int, default=None,
                    help="fit on a reproducible random subset of this many normal images")
-    g = p.add_argument_group("qarad method")
+    # defaults None: the qarad method fills in its own (commands.detect.QARAD_ONLY); patchcore refuses them
+    g = p.add_argument_group("qarad method (--method patchcore refuses these)")
     g.add_argument("--synth", type=Path,
                    help=synth_help or "synthetic defects folder (qarad synth, then qarad score)")
-    g.add_argument("--weighting", choices=["none", "linear", "softmax"], default="linear",
+    g.add_argument("--weighting", choices=["none", "linear", "softmax"],
                    help="QAW calibration of sample weights (default linear)")
     g.add_argument("--negatives", nargs="+", choices=["synthetic", "perlin", "feature", "real"],
-                   default=["synthetic", "perlin"],
                    help="defects the head learns from: synthetic (--synth, QAW-weighted), perlin (DRAEM-style "
                         "texture patches on the normal images; needs no ARAS model), feature (noise in feature "
                         "space; measured worse, BENCHMARKS.md), real (--real-defects; added when they are "
                         "given). Default: synthetic perlin")
-    g.add_argument("--perlin-samples", type=int, default=200, help="Perlin texture patches drawn (default 200)")
-    g.add_argument("--no-residual", dest="residual", action="store_false",
+    g.add_argument("--perlin-samples", type=positive_int, help="Perlin texture patches drawn (default 200)")
+    g.add_argument("--no-residual", dest="residual", action="store_false", default=None,
                    help="head reads frozen features only, not the residual to the memory bank")
-    g.add_argument("--no-fusion", dest="fusion", action="store_false",
+    g.add_argument("--no-fusion", dest="fusion", action="store_false", default=None,
                    help="map = head probability alone, not fused with the nearest-neighbour distance")
-    g.add_argument("--real-weight", type=float, default=1.0,
+    g.add_argument("--real-weight", type=finite_float,
                    help="loss weight of each real defect view (--real-defects; default 1)")
-    g.add_argument("--steps", type=int, default=1000, help="head training steps (default 1000)")
-    g.add_argument("--max-normal-views", type=int, default=4000, help="cap on cached normal views")
+    g.add_argument("--steps", type=non_negative_int, help="head training steps (default 1000)")
+    g.add_argument("--max-normal-views", type=positive_int, help="cap on cached normal views (default 4000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    p.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="views per backbone batch (default 8)")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="retrain a run folder that holds a different run: its model and evaluation outputs "
+                        "(metrics.json, scores.csv, report.html, model.onnx) are replaced; other files stay, and a "
+                        "folder that is not a qarad run is always refused")
 
 
 def main_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="qarad", description="Offline industrial anomaly synthesis and detection.")
+    ap = _Parser(prog="qarad", description="Offline industrial anomaly synthesis and detection.")
     ap.add_argument("--version", action="version", version=f"qarad {__version__}")
     subs = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -134,15 +146,15 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-metrics", choices=["auto", "exact", "streaming"], default="auto",
                    help="exact keeps every graded pixel; streaming keeps score histograms in bounded memory "
                         "(within 0.001 of exact); auto (default) streams above 2^24 graded pixels")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="views per backbone batch (default 8)")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
 
     p = _sub(subs, "predict", "Score new images: heat-map overlays and a CSV of scores and decisions.")
     p.add_argument("run", type=Path)
     p.add_argument("images", type=Path, nargs="+", help="image files and/or folders of images")
     p.add_argument("--out", type=Path, help="output folder (default RUN/predictions)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="views per backbone batch (default 8)")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
 
     p = _sub(subs, "export", "Export a trained run's detector as ONNX (per-view anomaly map and score) plus a JSON "
                              "sidecar (policy, threshold, what to do outside the graph).")
@@ -159,45 +171,49 @@ def main_parser() -> argparse.ArgumentParser:
     add_dataset_flags(p)
     add_policy_flags(p)
     # defaults None: FitConfig's (or, with --init, the model's, which they may not change)
-    p.add_argument("--window", type=int, default=None,
+    p.add_argument("--window", type=positive_int, default=None,
                    help="working px a side of the local window the prior sees (multiple of 8; default 64)")
-    p.add_argument("--max-zoom", type=float, default=None,
+    p.add_argument("--max-zoom", type=finite_float, default=None,
                    help="window px per working px at most: small masks are zoomed in until they span half "
                         "the window (default 4; 1 = never zoom in)")
-    p.add_argument("--corpus-size", type=int, default=None, help="procedural defects rendered for fitting (3000)")
-    p.add_argument("--tokenizer-steps", type=int, default=None, help="default 4000")
-    p.add_argument("--prior-steps", type=int, default=None,
+    p.add_argument("--corpus-size", type=positive_int, default=None,
+                   help="procedural defects rendered for fitting (3000)")
+    p.add_argument("--tokenizer-steps", type=non_negative_int, default=None, help="default 4000")
+    p.add_argument("--prior-steps", type=non_negative_int, default=None,
                    help="default 2500; with --init: the steps the prior trains on from the model's (default 500)")
-    p.add_argument("--refiner-steps", type=int, default=None,
+    p.add_argument("--refiner-steps", type=non_negative_int, default=None,
                    help="steps of the text-conditioned detail decoder: more realistic samples, weaker "
                         "detector training on the demo (e.g. 2000; default 0 = none)")
     p.add_argument("--source-conditioned", action="store_true", default=None,
                    help="tokenizer that encodes a defect as a change of the normal image and decodes it on "
                         "top of the real pixels: much more realistic samples after a full fit, but it needs "
                         "one (near-invisible defects after a short fit such as the demo's)")
-    p.add_argument("--tokenizer-ema", type=float, default=None, metavar="DECAY",
+    p.add_argument("--tokenizer-ema", type=finite_float, default=None, metavar="DECAY",
                    help="train the tokenizer's codebook as exponential moving averages of the encoder outputs "
                         "assigned to each code (VQ-VAE's EMA update), with this decay (e.g. 0.99), instead of "
                         "by gradient; opt-in, not yet measured against the default (default 0 = off)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-train-images", type=int, default=None)
-    p.add_argument("--qaw-steps", type=int, default=None, help="dual-encoder (QAW scorer) training steps (1500)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="default 8")
+    p.add_argument("--max-train-images", type=positive_int, default=None,
+                   help="fit on a reproducible random subset of this many normal images")
+    p.add_argument("--qaw-steps", type=non_negative_int, default=None,
+                   help="dual-encoder (QAW scorer) training steps (1500)")
     g = _add_real_defect_flags(p, "they join the fitting corpus with their type names (or --defect-prompt) as "
                                   "prompts, and `qarad synth --prompts TYPE` draws that type")
     g.add_argument("--init", type=Path, metavar="MODEL",
                    help="continue the fitted model MODEL instead of fitting afresh: its tokenizer, corpus, "
                         "refiner and QAW scorer are kept, the real shots are added, and its prior trains on "
                         "for --prior-steps (default 500): minutes instead of a full fit")
-    g.add_argument("--real-samples-per-shot", type=int, default=None,
+    g.add_argument("--real-samples-per-shot", type=positive_int, default=None,
                    help="corpus samples made of each shot: itself and re-placed, flipped, turned, rescaled "
                         "copies on other normal images (default 40)")
-    g.add_argument("--real-share", type=float, default=None,
+    g.add_argument("--real-share", type=finite_float, default=None,
                    help="share of every tokenizer and prior batch drawn from the real shots' samples (default 0.35)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+    p.add_argument("--device", type=device, default="cpu",
                    help="where every stage trains (default cpu; auto = cuda when present). Under torchrun "
                         "each process takes its own GPU and a slice of every batch (README, Scale out)")
-    p.add_argument("--overwrite", action="store_true", help="refit over a model with other settings")
+    p.add_argument("--overwrite", action="store_true", help="refit over a model with other settings: the files the earlier fit wrote are deleted "
+                        "(aras.json, the weights, state/); anything else in the folder stays")
 
     p = _sub(subs, "synth", "Write text-described defects into images inside given or proposed masks.")
     p.add_argument("model", type=Path, help="ARAS model folder from `qarad fit`")
@@ -209,12 +225,12 @@ def main_parser() -> argparse.ArgumentParser:
                    help="0..1 with --prompt-b: 0 draws the prompt alone, 1 --prompt-b alone, between them a blend")
     p.add_argument("--masks", type=Path, nargs="+", help="one mask per image (files or folders, same order)")
     p.add_argument("--auto-masks", action="store_true", help="propose defect regions on the object")
-    p.add_argument("--n", type=int, default=10, help="number of samples (cycles over images and prompts)")
+    p.add_argument("--n", type=positive_int, default=10, help="number of samples (cycles over images and prompts)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     add_flags(p, SamplerConfig)  # --cfg-scale ... --no-refine: the sampler's own fields
     p.add_argument("--shard", help="i/n: do every n-th sample starting at i (parallel runs)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=positive_int, default=1,
                    help="parallel single-threaded processes (e.g. the number of cores; default 1)")
 
     p = _sub(subs, "copy-paste", "The copy-paste baseline: real defects cut by their masks and pasted, flipped, "
@@ -222,7 +238,7 @@ def main_parser() -> argparse.ArgumentParser:
                                  "(qarad train --synth DIR --weighting none learns from it).")
     _add_real_defect_flags(p, "the shots pasted, in turn", required=True)
     p.add_argument("--images", type=Path, nargs="+", required=True, help="normal image files and/or folders")
-    p.add_argument("--n", type=int, default=10, help="number of samples (the shots in turn)")
+    p.add_argument("--n", type=positive_int, default=10, help="number of samples (the shots in turn)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
 
@@ -243,7 +259,10 @@ def main_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = main_parser().parse_args(argv)  # before the imports below: --help and --version stay torch-free
+    try:  # before the imports below: --help and --version stay torch-free
+        args = main_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a refused flag (its one line already printed)
+        return exc.code
     from . import commands
     from .heap import return_large_blocks
     from .checkpoint import CheckpointError

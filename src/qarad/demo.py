@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import api, runs
+from . import api, owned, runs
 from .data.demo import DemoConfig, make_demo_dataset
 from .data.io import write_json
 from .data.layouts import scan
@@ -131,10 +131,29 @@ def _curve_plots(results: dict[str, dict]) -> list[str]:
     return curve_plots({METHODS[m].split(" (")[0]: r.get("curves", {}) for m, r in results.items()})
 
 
+def _check_demo_folder(out: Path, plan: DemoPlan) -> None:
+    """`out` is empty, absent or an earlier demo's folder (which a demo resumes); refuse anything else,
+    so that a user's report.html or summary.json is never overwritten."""
+    found = owned.entries(out)
+    if not found or owned.kind_of(out) == "demo":
+        return
+    names = {"data", "aras", "report.html", "summary.json", *plan.data.categories}
+    if (out / "aras" / "aras.json").is_file() and all(p.name in names for p in found):
+        return  # a demo folder written before folders were marked
+    raise owned.FolderError(f"{out}: folder is not empty and is not a qarad demo folder; choose another --out")
+
+
 def run_demo(out: Path, seed: int = 0, quick: bool = False) -> Path:
     start = time.perf_counter()
     plan = demo_plan(seed, quick)
     out = Path(out)
+    _check_demo_folder(out, plan)
+    with owned.writing(out, "qarad demo"):
+        owned.mark(out, "demo")
+        return _run_demo(out, plan, start, quick)
+
+
+def _run_demo(out: Path, plan: DemoPlan, start: float, quick: bool) -> Path:
     data, model = out / "data", out / "aras"
     with bar(None, "demo data") as tick:
         make_demo_dataset(data, plan.data, on_image=tick)

@@ -8,15 +8,105 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 
 FLAG = "flag"  # dataclasses.field metadata key
+# largest --size: a 4096-px view already makes 262k stride-8 patches (about 160 MB of features);
+# 100000 px asked torch for 120 GB before failing
+MAX_WORKING_SIZE = 4096
 
 
-def flag(default, help: str | None = None, choices: tuple[str, ...] | None = None):
+def flag(default, help: str | None = None, choices: tuple[str, ...] | None = None, parse=None):
     """A config field that is also the flag --NAME (underscores as dashes). A bool must default
-    to True and becomes the switch --no-NAME."""
-    return dataclasses.field(default=default, metadata={FLAG: {"help": help, "choices": choices}})
+    to True and becomes the switch --no-NAME. `parse` turns the flag's text into the value (default:
+    the field's type; a float must be finite)."""
+    return dataclasses.field(default=default, metadata={FLAG: {"help": help, "choices": choices, "parse": parse}})
+
+
+# Value checks, shared by the configs' __post_init__ (Python callers) and the flags' parsers (argparse
+# types below), so a bad value is refused in one line before any work, whichever door it came in by.
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def check_int(name: str, value, low: int = 1, optional: bool = False) -> None:
+    """`value` is a whole number >= `low` (or None when `optional`), else ValueError naming `name`."""
+    if optional and value is None:
+        return
+    if not _is_int(value) or value < low:
+        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+
+
+def check_float(name: str, value, low: float | None = None, high: float | None = None,
+                low_open: bool = False) -> None:
+    """`value` is a finite number in [low, high] ((low, high] when `low_open`), else ValueError."""
+    ok = _is_number(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        if low is not None and high is not None:
+            bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}]"
+        elif low is not None:
+            bounds = f" {'>' if low_open else '>='} {low:g}"
+        else:
+            bounds = "" if high is None else f" <= {high:g}"
+        raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}")
+
+
+def _parser(convert, check):
+    """An argparse type: `convert` the text, then `check` the value (one line on refusal)."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            kind = "whole number" if convert is int else "number"
+            raise argparse.ArgumentTypeError(f"expected a {kind}, got {text!r}") from None
+        try:
+            check(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+    return parse
+
+
+def int_at_least(low: int):
+    """argparse type: a whole number >= `low`."""
+    return _parser(int, lambda v: check_int("the value", v, low))
+
+
+positive_int = int_at_least(1)  # --batch-size, --max-train-images, --corpus-size, ...
+non_negative_int = int_at_least(0)  # step counts (0 = that stage does nothing)
+finite_float = _parser(float, lambda v: check_float("the value", v))  # nan and inf refused
+
+
+def working_size(text: str) -> int:
+    """argparse type of --size: a whole number of px in [32, MAX_WORKING_SIZE] (ResolutionPolicy
+    checks that it is a multiple of the backbone stride)."""
+    value = int_at_least(32)(text)
+    if value > MAX_WORKING_SIZE:
+        raise argparse.ArgumentTypeError(f"the working size must be at most {MAX_WORKING_SIZE} px (tile larger "
+                                         f"images with --policy tile), got {value}")
+    return value
+
+
+def device(text: str) -> str:
+    """argparse type of --device: cpu, cuda, cuda:N or auto, and cuda only where torch has it."""
+    if text == "cpu":  # the default: no torch import while parsing
+        return text
+    from .distributed import resolve_device  # imports torch
+
+    try:
+        resolve_device(text)
+    except (ValueError, RuntimeError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _flags(cls) -> list[tuple[dataclasses.Field, type]]:
@@ -38,7 +128,8 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls) ->
             parser.add_argument(_option(f, kind), dest=f.name, action="store_false", help=meta["help"])
             continue
         extra = {"choices": list(meta["choices"])} if meta["choices"] else {}
-        parser.add_argument(_option(f, kind), type=kind, default=f.default, help=meta["help"], **extra)
+        parse = meta.get("parse") or (finite_float if kind is float else kind)
+        parser.add_argument(_option(f, kind), type=parse, default=f.default, help=meta["help"], **extra)
 
 
 def from_args(cls, args: argparse.Namespace):
@@ -64,9 +155,12 @@ def add_policy_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--policy", choices=["resize", "keep-aspect", "tile"], default="resize",
                    help="resize: squash to SIZE x SIZE; keep-aspect: shorter side to SIZE, padded; "
                         "tile: SIZE tiles at SCALE (1.0 = native pixels). Default: resize")
-    g.add_argument("--size", type=int, default=256, help="working size in px (default 256)")
-    g.add_argument("--scale", type=float, default=1.0, help="tile policy: image scale before tiling (default 1.0)")
-    g.add_argument("--overlap", type=int, default=64, help="tile policy: minimum tile overlap in px (default 64)")
+    g.add_argument("--size", type=working_size, default=256,
+                   help=f"working size in px, a multiple of 32 up to {MAX_WORKING_SIZE} (default 256)")
+    g.add_argument("--scale", type=finite_float, default=1.0,
+                   help="tile policy: image scale before tiling (default 1.0)")
+    g.add_argument("--overlap", type=non_negative_int, default=64,
+                   help="tile policy: minimum tile overlap in px (default 64)")
 
 
 def policy_from_args(args: argparse.Namespace):
@@ -97,7 +191,7 @@ def add_dataset_flags(parser: argparse.ArgumentParser, run_default: bool = False
     g.add_argument("--normal-test-dir",
                    help="folder layout: normal test images; without it a seeded share of --normal-dir is held "
                         "out for test (never trained on)")
-    g.add_argument("--test-split-ratio", type=float, default=0.2,
+    g.add_argument("--test-split-ratio", type=finite_float, default=0.2,
                    help="folder layout: share of --normal-dir held out for test without --normal-test-dir "
                         "(default 0.2)")
     g.add_argument("--split-seed", type=int, default=0,

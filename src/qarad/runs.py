@@ -11,7 +11,7 @@ import json
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
-from . import __version__, checkpoint
+from . import __version__, checkpoint, owned
 from .backbone_config import LEGACY_BACKBONE
 from .data.io import make_folder, write_json
 from .data.layouts import FolderSplit
@@ -72,10 +72,13 @@ class QaradSettings:
     search: str = "exact"
     backbone: str = LEGACY_BACKBONE
     real_weight: float = 1.0  # loss weight of the real shots' views (runs without them: unused)
+    # the memory bank's; runs written before they were recorded (`train` never passed them on) had these
+    coreset_ratio: float = 0.1
+    memory_limit: int | None = None
 
 
 # detector settings added since runs were first written whose default is what older runs did
-ADDED = {"qarad": {"real_weight": 1.0}}
+ADDED = {"qarad": {"real_weight": 1.0, "coreset_ratio": 0.1, "memory_limit": None}}
 DETECTORS = {"patchcore": PatchCoreSettings, "qarad": QaradSettings}
 TOP_KEYS = {"qarad_version", "method", "data", "policy", "detector"}
 
@@ -99,16 +102,27 @@ def config_json(method: str, data: RunData, policy: ResolutionPolicy, detector: 
                                   "detector": detector}))
 
 
+# what a run folder holds besides config.json that retraining makes stale (each written by qarad)
+TRAINED = (f"{MODEL}.safetensors", f"{MODEL}.json")
+EVALUATED = ("metrics.json", "scores.csv", "report.html", "model.onnx", "model.onnx.json")
+
+
 def prepare(out: Path, config: dict, overwrite: bool = False) -> bool:
-    """Create or re-enter `out` for `config`. Returns True when the same run is already complete."""
+    """Create or re-enter `out` for `config`. Returns True when the same run is already complete.
+    With `overwrite`, a run folder holding another run (or the same one) is retrained: its model and
+    evaluation outputs go first, so a retraining cut short never leaves the new config.json beside
+    the old model; nothing else in the folder is touched, and a folder that is not a run is refused."""
     out = make_folder(out)  # refuses a file in the way or a folder we may not write, before any work
     existing = out / CONFIG
-    if any(out.iterdir()) and not overwrite:
+    if not owned.is_empty(out):
         if not existing.is_file():
             raise RunError(f"{out}: folder is not empty and is not a qarad run; choose another --out")
-        if not holds(out, config):
-            raise RunError(f"{out}: holds a different run ({existing}); choose another --out or pass --overwrite")
-        return (out / f"{MODEL}.safetensors").is_file() and (out / f"{MODEL}.json").is_file()
+        if not overwrite:
+            if not holds(out, config):
+                raise RunError(f"{out}: holds a different run ({existing}); choose another --out or pass --overwrite")
+            return (out / f"{MODEL}.safetensors").is_file() and (out / f"{MODEL}.json").is_file()
+        owned.remove_own(out, (*TRAINED, *EVALUATED))
+    owned.mark(out, "run")
     write_json(existing, {"qarad_version": __version__, **config})
     return False
 

@@ -1,6 +1,7 @@
 """The detection verbs: parsed flags -> configs -> one qarad.api call -> what to print."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from .. import api, flags
@@ -11,31 +12,47 @@ from ..metrics import LABELS, METRICS
 from .synth import real_defects
 
 
-def detector_configs(args, real=None) -> tuple:
-    """(detector config, api.QaradTraining with the real defect shots `real`) from the flags
-    cli._add_detector_flags defines; --real-defects adds 'real' to the qarad detector's negatives."""
+# flags of the qarad detector alone (cli._add_detector_flags, default None): --method qarad fills in
+# SegmenterConfig's and QaradTraining's defaults, --method patchcore refuses them rather than ignore them
+QARAD_HEAD = ("steps", "negatives", "residual", "fusion")  # SegmenterConfig fields
+QARAD_TRAINING = ("synth", "weighting", "max_normal_views", "perlin_samples", "real_weight")  # QaradTraining's
+QARAD_ONLY = (*QARAD_HEAD, *QARAD_TRAINING, "real_defects")
+
+
+def _option(name: str) -> str:
+    return {"residual": "--no-residual", "fusion": "--no-fusion"}.get(name, f"--{name.replace('_', '-')}")
+
+
+def detector_configs(args) -> tuple:
+    """(detector config, api.QaradTraining) from the flags cli._add_detector_flags defines, without
+    the real defect shots themselves (`train` draws them: only after the flags are found good);
+    --real-defects adds 'real' to the qarad detector's negatives."""
     from ..detection.patchcore import PatchCoreConfig
     from ..detection.segmenter import SegmenterConfig
 
+    given = {k: getattr(args, k) for k in QARAD_ONLY if getattr(args, k) is not None}
+    bank = {"coreset_ratio": args.coreset_ratio, "memory_limit": args.memory_limit, "seed": args.seed,
+            "search": args.search, "backbone": args.backbone}
     if args.method == "patchcore":
-        detector = PatchCoreConfig(coreset_ratio=args.coreset_ratio, memory_limit=args.memory_limit,
-                                   batch_size=args.batch_size, seed=args.seed, search=args.search,
-                                   backbone=args.backbone)
-    else:
-        negatives = tuple(args.negatives)
-        if args.real_defects is not None and "real" not in negatives:
-            negatives += ("real",)  # --real-defects: the head learns from them
-        detector = SegmenterConfig(steps=args.steps, seed=args.seed, negatives=negatives,
-                                   residual=args.residual, fusion=args.fusion, search=args.search,
-                                   backbone=args.backbone)
-    training = api.QaradTraining(synth=args.synth, weighting=args.weighting, max_normal_views=args.max_normal_views,
-                                 perlin_samples=args.perlin_samples, batch_size=args.batch_size, real_defects=real,
-                                 real_weight=args.real_weight)
+        if given:
+            one = len(given) == 1
+            raise ValueError(f"{', '.join(_option(k) for k in given)}: {'not a setting' if one else 'no settings'} "
+                             f"of PatchCore (PatchCore learns from normal images only); drop {'it' if one else 'them'}"
+                             f" or pass --method qarad")
+        return PatchCoreConfig(**bank, batch_size=args.batch_size), api.QaradTraining(batch_size=args.batch_size)
+    head = {k: v for k, v in given.items() if k in QARAD_HEAD}
+    negatives = tuple(head.get("negatives", SegmenterConfig.negatives))
+    if args.real_defects is not None and "real" not in negatives:
+        negatives += ("real",)  # --real-defects: the head learns from them
+    detector = SegmenterConfig(**bank, **{**head, "negatives": negatives})
+    training = api.QaradTraining(**{k: v for k, v in given.items() if k in QARAD_TRAINING},
+                                 batch_size=args.batch_size)
     return detector, training
 
 
 def train(args) -> int:
-    detector, training = detector_configs(args, real_defects(args))
+    detector, training = detector_configs(args)
+    training = replace(training, real_defects=real_defects(args))
     done = api.train(args.data, args.category, args.out, detector, training, policy_from_args(args),
                      args.max_train_images, args.device, args.overwrite, args.layout,
                      folder_from_args(args))

@@ -6,7 +6,7 @@ from pathlib import Path
 from .. import api, flags
 from ..fewshot_config import ShotConfig
 from ..flags import folder_from_args, policy_from_args
-from ..synthesis.sampler_config import SamplerConfig
+from ..synthesis.sampler_config import SamplerConfig, check_mix
 
 
 # `qarad fit` flags that describe the model's networks and corpus (default None: FitConfig's);
@@ -79,6 +79,7 @@ def score(args) -> int:
 
 
 def synth(args) -> int:
+    check_mix(args.prompt_b, args.mix)  # before the model is read (api.synth checks it too)
     done = api.synth(args.model, args.images, args.prompts, args.out, args.n, args.seed, args.masks, args.auto_masks,
                      flags.from_args(SamplerConfig, args), _parse_shard(args.shard), args.workers, args.prompt_b,
                      args.mix)

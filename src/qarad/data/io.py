@@ -1,26 +1,37 @@
 """Image and mask reading with explicit, file-naming errors, and atomic writes.
 
 Every image is returned as float32 RGB in [0, 1] (H, W, 3), whatever its mode on disk:
-grayscale, palette, RGBA/LA (alpha composited onto black), 16-bit and 32-bit integer, float.
+grayscale, palette, RGBA/LA (alpha composited onto black), 16-bit and 32-bit integer, float;
+images and masks alike are turned upright by their EXIF orientation, as a viewer shows them.
+
+Reading runs in the read-ahead thread (data/stream.py), so it changes no process-wide state:
+no warnings filters (they are shared by every thread: an "error" filter set here once turned the
+main thread's ONNX-export warnings into crashes, issue 32) and no umask.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import struct
 import tempfile
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Refuse before decoding: 100 Mpx of float32 RGB is already 1.2 GB.
 MAX_PIXELS = 100_000_000
 Image.MAX_IMAGE_PIXELS = None  # we do our own, clearer check against MAX_PIXELS
+# Float images hold intensities on one of these scales, told apart by their largest value.
+FLOAT_SCALES = (1.0, 255.0, 65535.0)
+# EXIF orientations that swap width and height (transpose, rotate 90 / 270, transverse).
+SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+EXIF_ERRORS = (SyntaxError, ValueError, OSError, struct.error, KeyError, TypeError)  # what a bad EXIF block raises
 
 
 class ImageError(ValueError):
@@ -42,32 +53,60 @@ def is_image_file(path: Path) -> bool:
 
 @contextmanager
 def _opened(path: str | os.PathLike, max_pixels: int) -> Iterator[Image.Image]:
+    """The decoded image, turned upright by its EXIF orientation.
+
+    Truncated and corrupt pixel data raise in PIL (ImageFile.LOAD_TRUNCATED_IMAGES is left False);
+    what PIL only warns about is metadata it skipped (a short EXIF tag, a malformed MPO or APNG
+    extension), never the pixels, so its warnings are left to the process's own filters."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(path, "file not found")
     if path.stat().st_size == 0:
         raise ImageError(path, "file is empty (0 bytes)")
     try:
-        with Image.open(path) as img:
+        fp = open(path, "rb")
+    except OSError as exc:
+        raise ImageError(path, f"cannot open ({exc.strerror or exc})") from None
+    try:
+        # From a file object, not a name: PIL memory-maps an uncompressed image opened by name, and
+        # on that path leaves a TIFF's pixels unturned while reporting the turned size.
+        with fp, Image.open(fp) as img:
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageError(path, f"image is {w}x{h} = {w * h} px, over the limit of {max_pixels} px "
                                        "(raise qarad.data.io.MAX_PIXELS if this is intended)")
             if w == 0 or h == 0:
                 raise ImageError(path, f"image has zero size {w}x{h}")
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")  # PIL warns (not raises) on some corrupt files
-                img.load()
+            img.load()
+            try:
+                ImageOps.exif_transpose(img, in_place=True)
+            except EXIF_ERRORS as exc:
+                raise ImageError(path, f"unreadable EXIF orientation ({exc})") from None
             yield img
     except ImageError:
         raise
     except UnidentifiedImageError:
         raise ImageError(path, "not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError, Warning) as exc:
+    except (OSError, SyntaxError, ValueError, Warning) as exc:  # Warning: where the process made them errors
         raise ImageError(path, f"cannot decode image ({exc}); the file may be truncated or corrupt") from None
 
 
-def _to_float(img: Image.Image) -> np.ndarray:
+def _float_scale(arr: np.ndarray, path: Path) -> float:
+    """The scale of a float image's intensities: the smallest of FLOAT_SCALES that holds them all."""
+    if not np.isfinite(arr).all():
+        raise ImageError(path, "float image has pixels that are not a number (NaN or infinity)")
+    low, high = float(arr.min(initial=0.0)), float(arr.max(initial=0.0))
+    if low < 0:
+        raise ImageError(path, f"float image has negative values (down to {low:g}); intensities must lie in "
+                               f"[0, 1], [0, 255] or [0, 65535]")
+    for scale in FLOAT_SCALES:
+        if high <= scale:
+            return scale
+    raise ImageError(path, f"float image has values up to {high:g}, above 65535; intensities must lie in "
+                           "[0, 1], [0, 255] or [0, 65535]")
+
+
+def _to_float(img: Image.Image, path: Path) -> np.ndarray:
     """Any PIL mode -> float32 array in [0, 1], shape (H, W) or (H, W, C)."""
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -80,15 +119,15 @@ def _to_float(img: Image.Image) -> np.ndarray:
         return arr.astype(np.float32) / 65535.0
     if img.mode == "I":
         return arr.astype(np.float32) / float(2**32 - 1)
-    if img.mode == "F":
-        return np.clip(arr.astype(np.float32), 0.0, 1.0)
+    if img.mode == "F":  # not clipped: 8-bit values stored as float would all be white
+        return arr.astype(np.float32) / np.float32(_float_scale(arr, path))
     return arr.astype(np.float32) / 255.0
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read any supported image as float32 RGB (H, W, 3) in [0, 1]."""
     with _opened(path, MAX_PIXELS if max_pixels is None else max_pixels) as img:
-        arr = _to_float(img)
+        arr = _to_float(img, Path(path))
     if arr.ndim == 2:
         arr = arr[..., None]
     channels = arr.shape[2]
@@ -102,14 +141,21 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) from the header only."""
+    """(height, width) as read_image returns it (EXIF orientation applied), from the header only."""
     path = Path(path)
     try:
         with Image.open(path) as img:
             w, h = img.size
+            # Image.getexif reads what the header holds; a PNG's own getexif would decode the whole
+            # image to look for an eXIf chunk after the pixels (PIL writes it before them).
+            # PIL's TIFF reader gives the upright size itself (and turns the pixels as it loads).
+            tiff = img.format == "TIFF"
+            orientation = 1 if tiff else Image.Image.getexif(img).get(ExifTags.Base.Orientation, 1)
     except (UnidentifiedImageError, OSError) as exc:
         raise ImageError(path, f"not a readable image ({exc})") from None
-    return h, w
+    except EXIF_ERRORS as exc:
+        raise ImageError(path, f"unreadable EXIF orientation ({exc})") from None
+    return (w, h) if orientation in SWAPPING_ORIENTATIONS else (h, w)
 
 
 MASK_ENCODINGS = ("binary", "nonzero")
@@ -186,6 +232,21 @@ def discarded_on_failure(folder: str | os.PathLike, created: bool,
         raise
 
 
+def current_umask() -> int:
+    """The process umask, read without setting it: os.umask(0) and back would leave every other
+    thread creating files without a umask for that moment."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o077)  # no /proc (or an old kernel): the briefest, most restrictive swap
+    os.umask(umask)
+    return umask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -196,15 +257,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
-    umask = os.umask(0)  # mkstemp makes 0600 files; give outputs the usual permissions
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield Path(tmp)
+        # mkstemp makes 0600 files, and some writers (safetensors) replace the file with their own
+        # 0600 one: give the finished output the usual permissions just before it appears.
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def staging_folder(parent: str | os.PathLike, name: str) -> Path:
+    """A fresh hidden folder in `parent` (made if needed) to build the output `name` in, with the
+    permissions of any folder made under the umask (tempfile.mkdtemp makes 0700 ones)."""
+    parent = make_folder(parent)
+    try:
+        stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.partial-"))
+    except OSError as exc:
+        raise OutputError(f"cannot create a folder in {parent}: {exc.strerror or exc}") from None
+    os.chmod(stage, 0o777 & ~current_umask())
+    return stage
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
@@ -222,5 +295,41 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def _non_finite(obj: Any, where: str = "") -> str | None:
+    """Where in `obj` the first NaN or infinity sits ("a.b[2]"), or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "(top level)"
+    if isinstance(obj, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    return next((found for key, value in items if (found := _non_finite(value, key)) is not None), None)
+
+
+def finite_or_null(obj: Any) -> Any:
+    """A copy of `obj` (dicts, lists, tuples, scalars) with each NaN or infinity made None (JSON null):
+    for values where "undefined" is an answer, as a metric on a split with one class only."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, path: str | os.PathLike) -> str:
+    """Strict JSON (no NaN, no Infinity: other readers refuse them) for the file `path`."""
+    try:
+        return json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError:
+        where = _non_finite(obj)
+        if where is None:
+            raise
+        raise OutputError(f"{path}: refusing to write {where} = NaN or infinity, which JSON cannot hold") from None
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_text(path, json_text(obj, path))

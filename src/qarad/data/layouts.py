@@ -141,7 +141,22 @@ def _visa_rows(root: Path) -> list[tuple[int, dict[str, str]]]:
             rows.append((reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if k}))
     if not rows:
         raise DatasetError(f"{path}: no rows")
+    for n, row in rows:  # an object names a run folder (benchmark's OUT/runs/OBJECT): a plain name only
+        name = row["object"]
+        if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise DatasetError(f"{path} line {n}: object {name!r} is not a plain name (no path separators, "
+                               "not '.' or '..')")
     return rows
+
+
+def _inside(root: Path, relative: str, where: str) -> Path:
+    """ROOT/relative for a path read from the split file, which must stay under ROOT: no absolute
+    path and no '..' (checked on the text, so a dataset made of symlinks still reads)."""
+    parts = Path(relative).parts
+    if Path(relative).is_absolute() or Path(relative).drive or ".." in parts:
+        raise DatasetError(f"{where}: path {relative!r} leaves the dataset root {root}; paths in the split file "
+                           "are relative to ROOT and stay inside it")
+    return root / relative
 
 
 def scan_visa(root: str | Path, category: str, split: str, allow_missing_masks: bool = False) -> list[Sample]:
@@ -160,7 +175,7 @@ def scan_visa(root: str | Path, category: str, split: str, allow_missing_masks: 
             raise DatasetError(f"{where}: split must be 'train' or 'test', got {row['split']!r}")
         if row["label"] not in VISA_LABELS:
             raise DatasetError(f"{where}: label must be 'normal' or 'anomaly', got {row['label']!r}")
-        image = root / row["image"]
+        image = _inside(root, row["image"], where)
         if image in seen and seen[image][0] != row["split"]:
             raise DatasetError(f"{where}: {image} is listed in both the train and the test split (also line "
                                f"{seen[image][1]}); train and test must not overlap")
@@ -175,7 +190,7 @@ def scan_visa(root: str | Path, category: str, split: str, allow_missing_masks: 
         if split == "train":
             raise DatasetError(f"{where}: an anomaly row in the train split; the detectors train on normal "
                                "images only")
-        mask = root / row["mask"] if row["mask"] else None
+        mask = _inside(root, row["mask"], where) if row["mask"] else None
         if mask is None or not mask.is_file():
             if not allow_missing_masks:
                 raise missing_mask(image, f"a mask path in {where}" if mask is None else f"{mask}, named in {where}")

@@ -3,6 +3,9 @@
 Images are decoded one at a time (one read ahead in a background thread), cut into views by
 their `Layout`, and views of the same shape are grouped into batches of at most `batch_size`.
 Memory is bounded by the batch and by one image's stitched map, never by the dataset size.
+What runs in the read-ahead thread (`load`) must change no process-wide state: warnings filters,
+the umask and library globals are shared with the main thread, which exports, trains and scores
+meanwhile (issue 32: an "error" warnings filter set while decoding crashed the ONNX export).
 """
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from ..backbone import PATCH_STRIDE, Backbone, BackboneConfig, PatchEmbedder
 from ..backbone_config import DETECTOR_BACKBONE, LEGACY_BACKBONE
 from ..data.resolution import ResolutionPolicy
 from ..data.stream import iter_loaded, map_views
+from ..flags import check_float, check_int
 from .anomaly_map import gaussian_blur, upsample
 from .coreset import CoresetSampler
 from .knn import NearestNeighbours, SearchConfig
@@ -46,6 +47,13 @@ class PatchCoreConfig:
     backbone: str = DETECTOR_BACKBONE  # whose stride 8 + 16 features (backbone_config.BACKBONES)
 
     def __post_init__(self):
+        check_float("--coreset-ratio", self.coreset_ratio, 0.0, 1.0, low_open=True)
+        check_int("--memory-limit", self.memory_limit, optional=True)
+        check_int("batch_size", self.batch_size)  # 0 never ends a batch: the fit would loop for ever
+        check_int("projection_dim", self.projection_dim)
+        check_int("coreset_partition", self.coreset_partition)
+        check_int("calibration_images", self.calibration_images)
+        check_float("blur_sigma", self.blur_sigma, 0.0)
         BackboneConfig(self.backbone)  # validates
         SearchConfig(self.search, self.nprobe, self.seed, self.refine)
 
@@ -154,7 +162,8 @@ class PatchCore:
         self._check_fitted()
         checkpoint.save(stem, {"memory": self.memory_.cpu(), "memory_source": self.memory_source_.cpu()}, {
             "method": self.method, "patchcore": asdict(self.config), "policy": self.policy.to_dict(),
-            "threshold": self.threshold_, "calibration_scores": self.calibration_scores_.tolist()})
+            "threshold": checkpoint.threshold_json(self.threshold_),
+            "calibration_scores": self.calibration_scores_.tolist()})
 
     @classmethod
     def load(cls, stem: str | Path) -> "PatchCore":
@@ -169,10 +178,14 @@ class PatchCore:
             settings = {"backbone": LEGACY_BACKBONE, **settings}
         model = cls(checkpoint.build_config(PatchCoreConfig, settings, source),
                     checkpoint.build_config(ResolutionPolicy, cfg["policy"], source))
+        threshold = checkpoint.read_threshold(cfg["threshold"], source)
+        scores = checkpoint.finite_numbers(cfg["calibration_scores"], "calibration_scores", source)
         tensors = checkpoint.load_tensors(stem, {"memory": (None, model.embedder.channels), "memory_source": (None,)})
         if len(tensors["memory"]) != len(tensors["memory_source"]):
             raise checkpoint.CheckpointError(f"{stem}: memory and memory_source lengths differ")
+        if len(tensors["memory"]) == 0:  # every search would fail, or find nothing
+            raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.safetensors')}: the memory bank is empty")
         model._set_memory(tensors["memory"], tensors["memory_source"])
-        model.threshold_ = float(cfg["threshold"])
-        model.calibration_scores_ = np.asarray(cfg["calibration_scores"], dtype=np.float64)
+        model.threshold_ = threshold
+        model.calibration_scores_ = np.asarray(scores, dtype=np.float64)
         return model

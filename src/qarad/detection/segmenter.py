@@ -33,6 +33,7 @@ from .. import checkpoint
 from ..backbone import PATCH_STRIDE, Backbone, BackboneConfig, PatchEmbedder
 from ..backbone_config import DETECTOR_BACKBONE, LEGACY_BACKBONE
 from ..data.resolution import ResolutionPolicy
+from ..flags import check_float, check_int
 from .anomaly_map import gaussian_blur, upsample
 from .knn import NearestNeighbours, SearchConfig
 
@@ -64,6 +65,14 @@ class SegmenterConfig:
     backbone: str = DETECTOR_BACKBONE  # whose stride 8 + 16 features (backbone_config.BACKBONES)
 
     def __post_init__(self):
+        check_float("--coreset-ratio", self.coreset_ratio, 0.0, 1.0, low_open=True)  # the bank, as PatchCore's
+        check_int("--memory-limit", self.memory_limit, optional=True)
+        check_int("--steps", self.steps, 0)
+        check_int("batch_size", self.batch_size, 2)  # one normal view and at least one defect view
+        check_int("hidden", self.hidden)
+        check_float("lr", self.lr, 0.0, low_open=True)
+        for name in ("focal_gamma", "blur_sigma", "feature_noise"):
+            check_float(name, getattr(self, name), 0.0)
         unknown = set(self.negatives) - set(NEGATIVE_SOURCES)
         if unknown or not self.negatives:
             raise ValueError(f"negatives must be a non-empty subset of {NEGATIVE_SOURCES}, got {self.negatives}")
@@ -317,7 +326,7 @@ class Segmenter:
             tensors.update(memory=self.memory_.cpu(), memory_source=self.memory_source_.cpu())
         checkpoint.save(stem, tensors, {
             "method": self.method, "segmenter": asdict(self.config), "policy": self.policy.to_dict(),
-            "reference": asdict(self.reference_), "threshold": self.threshold_,
+            "reference": asdict(self.reference_), "threshold": checkpoint.threshold_json(self.threshold_),
             "calibration_scores": self.calibration_scores_.tolist()})
 
     @classmethod
@@ -327,14 +336,18 @@ class Segmenter:
         known = {"method", "segmenter", "policy", "threshold", "calibration_scores"}
         if not known <= set(cfg) <= known | {"reference"} or cfg["method"] != cls.method:
             raise checkpoint.CheckpointError(f"{source}: not a QARAD segmenter config (keys {sorted(cfg)})")
-        if not isinstance(cfg["threshold"], (int, float)) or not isinstance(cfg["calibration_scores"], list):
-            raise checkpoint.CheckpointError(f"{source}: threshold must be a number and calibration_scores a list")
+        threshold = checkpoint.read_threshold(cfg["threshold"], source)
+        scores = checkpoint.finite_numbers(cfg["calibration_scores"], "calibration_scores", source)
         settings = cfg["segmenter"]
         if isinstance(settings, dict):  # saved without a backbone setting: Lite0, whatever the default is now
             settings = {"backbone": LEGACY_BACKBONE, **(LEGACY_DEFAULTS if "reference" not in cfg else {}), **settings}
         model = cls(checkpoint.build_config(SegmenterConfig, settings, source),
                     checkpoint.build_config(ResolutionPolicy, cfg["policy"], source), backbone)
         model.reference_ = checkpoint.build_config(Reference, cfg.get("reference", {}), source)
+        for key in ("dist_scale", "logit_std", "dist_std"):  # divisors: 0 would make every map inf or NaN
+            if getattr(model.reference_, key) <= 0:
+                raise checkpoint.CheckpointError(f"{source}: reference {key} must be positive, "
+                                                 f"got {getattr(model.reference_, key)}")
         head = SegmentationHead(model.config)
         rest = checkpoint.load_module(stem, head, prefix="head.")
         bank = {"memory", "memory_source"} if model.config.uses_bank else set()
@@ -346,9 +359,11 @@ class Segmenter:
             if memory.dim() != 2 or memory.shape[1] != model.config.feature_channels or rows.shape != (len(memory),):
                 raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.safetensors')}: memory bank shapes "
                                                  f"{tuple(memory.shape)} / {tuple(rows.shape)} do not fit")
+            if len(memory) == 0:  # every search would fail, or find nothing
+                raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.safetensors')}: the memory bank is empty")
             model.set_bank(memory, rows)
         model.head_ = head.eval()
-        model.threshold_ = float(cfg["threshold"])
-        model.calibration_scores_ = np.asarray(cfg["calibration_scores"], dtype=np.float64)
+        model.threshold_ = threshold
+        model.calibration_scores_ = np.asarray(scores, dtype=np.float64)
         return model
 

@@ -39,7 +39,7 @@ from ..data.stream import Loaded, iter_loaded, map_views
 from ..defects.baselines import perlin_texture
 from ..defects.masks import foreground_mask
 from ..quality.weighting import WeightingConfig, weighted_loss, weights
-from ..synthesis.jobs import MANIFEST, read_manifest
+from ..synthesis.jobs import MANIFEST, check_finished, sample_path
 from ..training import optimizer_step
 from .coreset import CoresetSampler
 from .patchcore import THRESHOLD_SIGMAS, patch_valid
@@ -132,14 +132,14 @@ def synthetic_features(model: Segmenter, synth_dir: Path, normal_paths: list[Pat
     """Views of a `qarad synth` folder that show a defect; a sample drawn on one of `normal_paths`
     gets that image as its source (its bank rows are skipped when it is searched)."""
     synth_dir = Path(synth_dir)
-    entries = read_manifest(synth_dir / MANIFEST)
+    entries = check_finished(synth_dir)
     if not entries:
         raise ValueError(f"{synth_dir / MANIFEST}: no synthetic samples (run `qarad synth` first)")
     index = _source_index(normal_paths or [])
-    paths = [synth_dir / e["image"] for e in entries]
+    paths = [sample_path(synth_dir, e, "image") for e in entries]
     out, origin = _defect_views(
         model, iter_loaded(paths, model.policy),
-        lambda item: _mask_views(read_mask(synth_dir / entries[item.index]["mask"], item.image.shape[:2]),
+        lambda item: _mask_views(read_mask(sample_path(synth_dir, entries[item.index], "mask"), item.image.shape[:2]),
                                  model.policy),
         lambda item: index.get(str(Path(entries[item.index]["source"]).resolve()), -1), batch_size, on_image)
     if not len(out):

@@ -17,7 +17,7 @@ import torch
 from ..data.io import read_image, read_mask, write_text
 from ..data.resolution import ResolutionPolicy
 from ..synthesis.aras import mix_prompts
-from ..synthesis.jobs import MANIFEST, read_manifest
+from ..synthesis.jobs import MANIFEST, check_finished, sample_path
 from ..synthesis.window import crop_window
 from ..synthesis.window import WindowRule
 from ..text import TextEncoder
@@ -36,7 +36,7 @@ def score_folder(synth_dir: Path, model: DualEncoder, policy: ResolutionPolicy, 
                  on_sample: Callable[[], None] | None = None) -> list[float]:
     """Write a score into every manifest line (atomically: the manifest is replaced at the end)."""
     synth_dir = Path(synth_dir)
-    entries = read_manifest(synth_dir / MANIFEST)
+    entries = check_finished(synth_dir)
     if not entries:
         raise ValueError(f"{synth_dir / MANIFEST}: no samples to score")
     features_fn = default_features_fn()
@@ -46,8 +46,8 @@ def score_folder(synth_dir: Path, model: DualEncoder, policy: ResolutionPolicy, 
     for entry, t in zip(entries, text):
         if entry.get("prompt_b") is not None:  # scored against the description it was drawn with
             t = mix_prompts(t, encoder.encode([entry["prompt_b"]])[0], entry["mix"])
-        image = read_image(synth_dir / entry["image"])
-        mask = read_mask(synth_dir / entry["mask"], image.shape[:2])
+        image = read_image(sample_path(synth_dir, entry, "image"))
+        mask = read_mask(sample_path(synth_dir, entry, "mask"), image.shape[:2])
         entry["score"] = round(score_sample(model, features_fn, t, image, mask, policy, rule), 6)
         scores.append(entry["score"])
         if on_sample:

@@ -24,8 +24,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .. import checkpoint
-from ..data.io import check_output_folder, make_folder, read_image, read_mask, write_image, write_json
+from .. import checkpoint, owned
+from ..data.io import atomic_path, check_output_folder, make_folder, read_image, read_mask, write_image, write_json
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "synth.json"
@@ -82,9 +82,50 @@ def read_settings(out: Path) -> dict:
     return checkpoint.load_config(Path(out) / SETTINGS)
 
 
+def writing(out: Path, shard: tuple[int, int] | None, what: str):
+    """The writer lock of `out`'s manifest for this shard (None: the whole job's, which `merge` and
+    `score` take too): a second process writing the same manifest is refused, naming the folder."""
+    name = owned.LOCK if shard is None else f"{owned.BOOKKEEPING}.shard-{shard[0]}-of-{shard[1]}.lock"
+    return owned.writing(out, what, name)
+
+
+def check_finished(out: Path) -> list[dict]:
+    """The manifest of a finished synth folder: every planned sample made and merged; refuses an
+    unfinished one (killed, still running, or shards not merged yet), saying how to finish it."""
+    out = Path(out)
+    if not (out / SETTINGS).is_file():
+        raise ValueError(f"{out}: not a qarad synth output (no {SETTINGS})")
+    entries = read_manifest(out / MANIFEST)
+    planned = read_settings(out).get("n")
+    if not isinstance(planned, int) or len({e.get("id") for e in entries}) != planned or len(entries) != planned:
+        shards = sorted(p.name for p in out.glob("manifest.shard-*.jsonl"))
+        hint = (f"merge its shards first (qarad merge; found {', '.join(shards)})" if shards else
+                "rerun the qarad synth command that made it to finish it")
+        raise ValueError(f"{out}: unfinished synth folder ({len(entries)} of {planned} samples in {MANIFEST}); "
+                         f"{hint}")
+    return entries
+
+
+SAMPLE_NAME = {"image": "images/{:06d}.png", "mask": "masks/{:06d}.png"}
+
+
+def sample_path(folder: Path, entry: dict, key: str) -> Path:
+    """The file of `entry`'s `key` (image or mask) inside `folder`; a manifest naming anything but
+    the file this module writes for that id (another folder, `..`, a link) is refused."""
+    sample_id = entry.get("id")
+    expected = SAMPLE_NAME[key].format(sample_id) if isinstance(sample_id, int) and sample_id >= 0 else None
+    if entry.get(key) != expected:
+        raise ValueError(f"{Path(folder) / MANIFEST}: sample {sample_id!r} names {key} {entry.get(key)!r}; a qarad "
+                         f"synth manifest names {key}s as {SAMPLE_NAME[key].format(0)} ...")
+    path = Path(folder) / expected
+    if path.is_symlink() or not path.is_file():
+        raise ValueError(f"{path}: not a regular file (missing, or a link); the synth folder is damaged")
+    return path
+
+
 def prepare_output(out: Path, settings: dict) -> None:
     out = check_output_folder(out)  # a file in the way or no permission: refuse before any work
-    if out.exists() and any(out.iterdir()):
+    if not owned.is_empty(out):
         path = out / SETTINGS
         if not path.is_file():
             raise ValueError(f"{out}: folder is not empty and is not a qarad synth output; choose another --out")
@@ -93,6 +134,7 @@ def prepare_output(out: Path, settings: dict) -> None:
         return
     make_folder(out / "images")
     make_folder(out / "masks")
+    owned.mark(out, "synth")
     write_json(out / SETTINGS, settings)
 
 
@@ -190,9 +232,11 @@ def merge_folders(out: Path, folders: list[Path]) -> list[int]:
             if merged.get(entry["id"], entry) != entry:
                 raise ValueError(f"{folder}: sample {entry['id']} differs from the one already merged; "
                                  "were these folders made by one job?")
-            if copy:
-                for key in ("image", "mask"):
-                    shutil.copyfile(folder / entry[key], out / entry[key])
+            for key in ("image", "mask"):
+                source = sample_path(folder, entry, key)  # confined to its folder, a regular file
+                if copy:
+                    with atomic_path(out / entry[key]) as tmp:  # replaces a link at the target, never writes through it
+                        shutil.copyfile(source, tmp)
             merged[entry["id"]] = entry
     _write_merged(out, merged.values())
     return [i for i in range(settings["n"]) if i not in merged]

@@ -17,14 +17,14 @@ nothing else names these files.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import checkpoint
+from .. import checkpoint, owned
 from ..data.io import make_folder, write_json
 from ..data.real_defects import RealDefects
 from ..data.resolution import ResolutionPolicy
+from ..flags import check_float, check_int
 from ..quality.dual_encoder import DualEncoder
 from ..quality.fit import load_dual_encoder as _load_dual_encoder
 from ..quality.fit import save_dual_encoder as _save_dual_encoder
@@ -41,6 +41,7 @@ REFINER = "refiner"
 DUAL_ENCODER = "dual_encoder"
 STATE = "state"
 TIMINGS = "timings.json"
+PARTS = (CORPUS, TOKENIZER, PRIOR, REFINER, DUAL_ENCODER)  # each STEM.safetensors + STEM.json
 
 
 
@@ -87,16 +88,27 @@ class FitConfig:
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
 
     def __post_init__(self):
-        if self.window < 32 or self.window % 8:
+        # counts and rates checked before any folder is made: batch 0 trained on nan losses for ever
+        for name in ("corpus_size", "batch_size", "checkpoint_every"):
+            check_int(name, getattr(self, name))
+        for name in ("tokenizer_steps", "prior_steps", "refiner_steps", "qaw_steps", "warmup_steps", "mask_dilate_px"):
+            check_int(name, getattr(self, name), 0)
+        for name in ("tokenizer_lr", "prior_lr"):
+            check_float(name, getattr(self, name), 0.0, low_open=True)
+        for name in ("perceptual_weight", "defect_weight"):
+            check_float(name, getattr(self, name), 0.0)
+        check_float("prompt_dropout", self.prompt_dropout, 0.0, 1.0)
+        check_int("window", self.window, 32)
+        if self.window % 8:
             raise ValueError(f"window must be a multiple of 8 and at least 32 px, got {self.window}")
-        self.window_rule  # building the rule checks max_zoom
+        self.window_rule  # building the rule checks max_zoom >= 1
+        check_float("max_zoom", self.max_zoom)  # ... and inf would zoom without end
         if self.prior.vocab_size != self.tokenizer.codebook_size:
             raise ValueError(f"prior vocabulary ({self.prior.vocab_size}) must equal the tokenizer's codebook size "
                              f"({self.tokenizer.codebook_size})")
         if not 0.0 <= self.real_share < 1.0:
             raise ValueError(f"real_share must be in [0, 1), got {self.real_share}")
-        if self.real_samples_per_shot < 1:
-            raise ValueError(f"real_samples_per_shot must be at least 1, got {self.real_samples_per_shot}")
+        check_int("real_samples_per_shot", self.real_samples_per_shot)
         if self.prior.grid * 8 != self.window:
             raise ValueError(f"prior grid {self.prior.grid} tokens does not cover the {self.window}-px window "
                              f"(need grid = window / 8 = {self.window / 8:g})")
@@ -188,7 +200,7 @@ def prepare_folder(out: str | Path, config: ModelConfig, overwrite: bool = False
     """Make `out` ready to fit `config` into (its aras.json written); True when the folder is new.
 
     A folder holding the same fit is kept, so the fit resumes; one fitted with other settings is
-    refused unless `overwrite` (then emptied: nothing in it can be reused).
+    refused unless `overwrite` (then its model files go: nothing in them can be reused; other files stay).
     """
     out = Path(out)
     path = out / CONFIG
@@ -204,14 +216,21 @@ def prepare_folder(out: str | Path, config: ModelConfig, overwrite: bool = False
             if not overwrite:
                 raise ValueError(f"{out}: holds an ARAS model fitted with other settings; choose another --out "
                                  "or pass --overwrite")
-            shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()):
+            owned.remove_own(out, own_files())  # the old model's files only: a user's notes stay
+    elif not owned.is_empty(out):
         raise ValueError(f"{out}: folder is not empty and is not an ARAS model; choose another --out")
     fresh = not out.exists()
     make_folder(out)
+    owned.mark(out, "model")
     write_config(out, config)
     (out / STATE).mkdir(exist_ok=True)
     return fresh
+
+
+def own_files() -> list[str]:
+    """Every file a fit writes into a model folder (relative names): what a refit may delete."""
+    stems = [*PARTS, *(f"{STATE}/{part}" for part in PARTS)]
+    return [CONFIG, TIMINGS, *(f"{stem}{ext}" for stem in stems for ext in (".safetensors", ".json"))]
 
 
 def has(folder: str | Path, part: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..flags import flag
+from ..flags import check_float, check_int, flag, non_negative_int
 
 COMPOSITES = ("replace", "residual")
 
@@ -20,7 +20,7 @@ class SamplerConfig:
     cfg_scale: float = flag(4.0, "classifier-free guidance (1 = off; default 4)")  # 0 = unconditional
     temperature: float = flag(0.5, "sampling temperature (0 = greedy; default 0.5: cooler draws keep the "
                                    "prompted type)")  # <= 0 means greedy (argmax)
-    top_k: int = flag(0)  # 0 = off
+    top_k: int = flag(0, parse=non_negative_int)  # 0 = off
     top_p: float = flag(1.0)  # 1 = off
     strength: float = flag(1.0, "0..1 blend strength of the new defect (default 1)")  # multiplies the blending alpha
     dilate_px: int = 4
@@ -35,6 +35,15 @@ class SamplerConfig:
     refine: bool = flag(True, "paste decoded codes as they are, without the model's refiner")
 
     def __post_init__(self):
+        # every number finite: a nan temperature or guidance scale turns every logit into nan
+        check_float("--cfg-scale", self.cfg_scale)
+        check_float("--temperature", self.temperature)
+        check_int("--top-k", self.top_k, 0)
+        check_float("--top-p", self.top_p, 0.0, 1.0, low_open=True)  # 0 would filter out every code
+        check_int("dilate_px", self.dilate_px, 0)
+        check_int("feather_px", self.feather_px, 0)
+        if not isinstance(self.refine, bool):
+            raise ValueError(f"refine must be true or false, got {self.refine!r}")
         if self.composite not in COMPOSITES:
             raise ValueError(f"composite must be 'residual' or 'replace', got {self.composite!r}")
         if not 0.0 <= self.strength <= 1.0:  # also refuses nan
