@@ -10,14 +10,11 @@ import json
 import re
 import unicodedata
 import zlib
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .params import DefectParams
 from .vocab import BASELINE_FAMILY, STROKE_FAMILIES
-
-if TYPE_CHECKING:
-    from .renderer import DefectParams
 
 MAX_PROMPT_CHARS = 300
 ALLOWED_WHITESPACE = "\t\n\r"  # control characters that are whitespace: collapsed, not rejected
