@@ -208,7 +208,7 @@ def synth_set(args, key: str, method: str, train_paths: list[Path]) -> tuple[Pat
 def score_set(args, key: str, folder: Path) -> dict:
     """QAW scores into the ARAS set's manifest (once: a scored set is not scored again)."""
     from qarad.progress import bar
-    from qarad.quality.scoring import score_folder
+    from qarad.synthesis.scoring import score_folder
     from qarad.synthesis import model as aras_model
     from qarad.synthesis.jobs import MANIFEST, read_manifest
 

@@ -126,7 +126,7 @@ def fewshot_set(args, key: str, k: int, seed: int, real, train_paths: list[Path]
     of its shots'; QAW-scored. (The procedural families come from MODEL's own set beside it.)"""
     from qarad.defects.masks import foreground_mask
     from qarad.defects.transplant import mask_like
-    from qarad.quality.scoring import score_folder
+    from qarad.synthesis.scoring import score_folder
     from qarad.synthesis import jobs
     from qarad.synthesis import model as M
     from qarad.synthesis.aras import SamplerConfig

@@ -1,5 +1,4 @@
 """The Python API (qarad.api, `import qarad`): the README's example runs, and the module layout holds."""
-import ast
 import inspect
 import re
 import subprocess
@@ -76,73 +75,6 @@ def test_top_level_names():
     assert qarad.PatchCore is PatchCore and qarad.Segmenter is Segmenter
     with pytest.raises(AttributeError):
         qarad.no_such_name
-
-
-def _modules() -> dict[str, tuple[Path, bool]]:
-    out = {}
-    for path in (SRC / "qarad").rglob("*.py"):
-        parts = list(path.relative_to(SRC).with_suffix("").parts)
-        is_package = parts[-1] == "__init__"
-        out[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
-    return out
-
-
-def _imports(name: str, path: Path, is_package: bool, modules) -> set[str]:
-    """qarad modules `name` imports anywhere (function bodies too), except under `if TYPE_CHECKING:`."""
-    package = name if is_package else name.rsplit(".", 1)[0]
-    found = set()
-
-    def visit(node):
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
-                continue
-            if isinstance(child, ast.Import):
-                found.update(a.name for a in child.names)
-            elif isinstance(child, ast.ImportFrom):
-                if child.level:
-                    base = package.split(".")[:len(package.split(".")) - child.level + 1]
-                    module = ".".join(base + ([child.module] if child.module else []))
-                else:
-                    module = child.module or ""
-                found.update(f"{module}.{a.name}" if f"{module}.{a.name}" in modules else module for a in child.names)
-            visit(child)
-
-    visit(ast.parse(path.read_text()))
-    return {m for m in found if m in modules and m != name}
-
-
-def _graph() -> dict[str, set[str]]:
-    modules = _modules()
-    return {name: _imports(name, path, pkg, modules) for name, (path, pkg) in modules.items()}
-
-
-def test_only_cli_imports_the_commands_and_nothing_imports_cli():
-    for name, imported in _graph().items():
-        if name == "qarad.__main__":  # `python -m qarad`: the command's second entry point
-            assert imported == {"qarad.cli"}, imported
-            continue
-        if name == "qarad.cli" or name.startswith("qarad.commands"):
-            assert "qarad.cli" not in imported, name
-            continue
-        assert not {m for m in imported if m == "qarad.cli" or m.startswith("qarad.commands")}, name
-
-
-def test_no_import_cycles():
-    graph = _graph()
-    state: dict[str, int] = {}  # 1 on the current path, 2 done
-
-    def walk(node, path):
-        state[node] = 1
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
-            if nxt not in state:
-                walk(nxt, path + [nxt])
-        state[node] = 2
-
-    for node in sorted(graph):
-        if node not in state:
-            walk(node, [node])
 
 
 def _train_defaults() -> dict:

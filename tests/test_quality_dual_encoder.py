@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from qarad.checkpoint import CheckpointError
 from qarad.quality.dual_encoder import DualEncoder, DualEncoderConfig, region_pool
-from qarad.quality.fit import fit_dual_encoder, load_dual_encoder, save_dual_encoder
+from qarad.quality.fit import fit_dual_encoder
+from qarad.synthesis.model import load_dual_encoder, save_dual_encoder
 
 N_CLASSES = 4
 SIZE = 64
@@ -111,8 +112,8 @@ def test_fit_rejects_mismatched_inputs(toy_problem):
 
 def test_save_load_round_trip_gives_identical_scores(toy_problem, tmp_path):
     model, features_fn, prototypes, _ = toy_problem
-    save_dual_encoder(tmp_path / "qaw", model)
-    loaded = load_dual_encoder(tmp_path / "qaw")
+    save_dual_encoder(tmp_path, model, "qaw")
+    loaded = load_dual_encoder(tmp_path, "qaw")
     images, masks, classes = _toy(3, 8)
     feats = features_fn(images.float() / 255)
     with torch.no_grad():
@@ -124,18 +125,18 @@ def test_save_load_round_trip_gives_identical_scores(toy_problem, tmp_path):
     cfg["dual_encoder"]["embed_dim"] = 64
     (tmp_path / "qaw.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="has shape"):
-        load_dual_encoder(tmp_path / "qaw")
+        load_dual_encoder(tmp_path, "qaw")
     cfg["method"] = "patchcore"
     (tmp_path / "qaw.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="not a dual encoder"):
-        load_dual_encoder(tmp_path / "qaw")
+        load_dual_encoder(tmp_path, "qaw")
 
 
 def test_unknown_dual_encoder_config_key_is_refused_naming_the_file(toy_problem, tmp_path):
     model, *_ = toy_problem
-    save_dual_encoder(tmp_path / "qaw", model)
+    save_dual_encoder(tmp_path, model, "qaw")
     cfg = json.loads((tmp_path / "qaw.json").read_text())
     cfg["dual_encoder"]["bogus_key"] = 1
     (tmp_path / "qaw.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"qaw\.json: unknown DualEncoderConfig keys \['bogus_key'\]"):
-        load_dual_encoder(tmp_path / "qaw")
+        load_dual_encoder(tmp_path, "qaw")

@@ -374,7 +374,7 @@ def score(synth_dir: str | Path, model: str | Path | None = None) -> np.ndarray:
     """QAW-score every sample of a `synth` folder against its prompt, with `model`'s scorer (default:
     the model that made the samples); writes the scores into its manifest, rewrites its
     gallery.html with them and returns them."""
-    from .quality.scoring import score_folder
+    from .synthesis.scoring import score_folder
     from .synthesis import jobs
     from .synthesis import model as M
 

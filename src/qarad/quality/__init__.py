@@ -2,7 +2,9 @@
 well its defect region matches its prompt, and turn the scores into per-sample loss weights.
 
 dual_encoder.py  the trained scorer (frozen backbone + MiniLM, trained projections)
-fit.py           its contrastive training loop and checkpoint I/O
+fit.py           its contrastive training loop (the checkpoint: synthesis/model.py)
+
+Nothing here imports synthesis/: QAW sits one floor below it (synthesis/scoring.py scores a synth folder).
 weighting.py     score -> weight calibrations and the per-sample weighted loss
 """
 from .dual_encoder import DualEncoder, DualEncoderConfig, region_pool

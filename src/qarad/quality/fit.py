@@ -1,4 +1,4 @@
-"""Contrastive training of the QAW dual encoder, and its checkpoint I/O.
+"""Contrastive training of the QAW dual encoder (its checkpoint: synthesis/model.py, the model folder's owner).
 
 Qian et al., arXiv 2508.03539 (QAW). The backbone is frozen and each sample's region is fixed, so
 the region-pooled features are computed once and only the two projections (and the temperature)
@@ -6,17 +6,13 @@ are trained: a training step costs two small MLPs, not a backbone pass.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .. import checkpoint
 from ..training import optimizer_step
 from .dual_encoder import DualEncoder, DualEncoderConfig, region_pool
 
-METHOD = "dual_encoder"
 FEATURE_BATCH = 16  # images per frozen-backbone pass while caching features
 WEIGHT_DECAY = 0.01
 
@@ -92,21 +88,3 @@ def fit_dual_encoder(features_fn: FeaturesFn | None, images: torch.Tensor, masks
         if on_step:
             on_step(value)
     return model.cpu().eval()
-
-
-def save_dual_encoder(stem: str | Path, model: DualEncoder) -> None:
-    checkpoint.save(stem, model.state_dict(), {"method": METHOD, "dual_encoder": asdict(model.config)})
-
-
-def load_dual_encoder(stem: str | Path) -> DualEncoder:
-    """Rebuild a dual encoder from STEM.json + STEM.safetensors; names and shapes must match exactly."""
-    cfg = checkpoint.load_config(stem)
-    if set(cfg) != {"method", "dual_encoder"} or cfg["method"] != METHOD:
-        raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.json')}: not a dual encoder config "
-                                         f"(keys {sorted(cfg)})")
-    model = DualEncoder(checkpoint.build_config(DualEncoderConfig, cfg["dual_encoder"],
-                                                Path(stem).with_suffix(".json")))
-    rest = checkpoint.load_module(stem, model)
-    if rest:  # load_module with no prefix consumes everything; kept as a guard for the contract
-        raise checkpoint.CheckpointError(f"{stem}: unexpected tensors {sorted(rest)[:5]}")
-    return model.eval()

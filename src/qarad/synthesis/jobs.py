@@ -25,7 +25,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .. import checkpoint, owned
-from ..data.io import atomic_path, check_output_folder, make_folder, read_image, read_mask, write_image, write_json
+from ..data.io import (atomic_path, check_output_folder, make_folder, read_image, read_mask, write_image, write_json,
+                       write_text)
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "synth.json"
@@ -104,6 +105,12 @@ def check_finished(out: Path) -> list[dict]:
         raise ValueError(f"{out}: unfinished synth folder ({len(entries)} of {planned} samples in {MANIFEST}); "
                          f"{hint}")
     return entries
+
+
+def rewrite_manifest(out: Path, entries: list[dict]) -> None:
+    """Replace a finished folder's manifest with `entries` (the same samples, fields added: `qarad
+    score`'s scores), atomically."""
+    write_text(Path(out) / MANIFEST, "".join(json.dumps(e) + "\n" for e in entries))
 
 
 SAMPLE_NAME = {"image": "images/{:06d}.png", "mask": "masks/{:06d}.png"}

@@ -7,7 +7,8 @@ MODEL/
     tokenizer.{json,safetensors}       VQTokenizer; the JSON is its TokenizerConfig
     prior.{json,safetensors}           Prior; PriorConfig
     refiner.{json,safetensors}         Refiner; RefinerConfig (only when fit.refiner_steps > 0)
-    dual_encoder.{json,safetensors}    the QAW scorer (quality/fit.py writes its checkpoint)
+    dual_encoder.{json,safetensors}    the QAW scorer (quality/dual_encoder.py); the JSON is
+                                       {"method": "dual_encoder", "dual_encoder": DualEncoderConfig}
     state/STAGE.{json,safetensors}     train state of an unfinished stage (training.py)
     timings.json                       wall seconds per fit stage
 
@@ -25,9 +26,7 @@ from ..data.io import make_folder, write_json
 from ..data.real_defects import RealDefects
 from ..data.resolution import ResolutionPolicy
 from ..flags import check_float, check_int
-from ..quality.dual_encoder import DualEncoder
-from ..quality.fit import load_dual_encoder as _load_dual_encoder
-from ..quality.fit import save_dual_encoder as _save_dual_encoder
+from ..quality.dual_encoder import DualEncoder, DualEncoderConfig
 from .prior import Prior, PriorConfig
 from .refiner import Refiner, RefinerConfig
 from .tokenizer import TokenizerConfig, VQTokenizer
@@ -262,12 +261,27 @@ def load_refiner(folder: str | Path) -> Refiner:
     return _load_part(Path(folder), REFINER, Refiner, RefinerConfig)
 
 
-def save_dual_encoder(folder: str | Path, scorer: DualEncoder) -> None:
-    _save_dual_encoder(Path(folder) / DUAL_ENCODER, scorer)
+SCORER_METHOD = "dual_encoder"  # the scorer checkpoint's "method", checked on load
 
 
-def load_dual_encoder(folder: str | Path) -> DualEncoder:
-    return _load_dual_encoder(Path(folder) / DUAL_ENCODER)
+def save_dual_encoder(folder: str | Path, scorer: DualEncoder, stem: str = DUAL_ENCODER) -> None:
+    """The QAW scorer into MODEL/dual_encoder.{json,safetensors} (`stem` for another name)."""
+    checkpoint.save(Path(folder) / stem, scorer.state_dict(),
+                    {"method": SCORER_METHOD, "dual_encoder": asdict(scorer.config)})
+
+
+def load_dual_encoder(folder: str | Path, stem: str = DUAL_ENCODER) -> DualEncoder:
+    """Rebuild the QAW scorer of MODEL (`stem` for another name); names and shapes must match exactly."""
+    path = Path(folder) / stem
+    cfg = checkpoint.load_config(path)
+    if set(cfg) != {"method", "dual_encoder"} or cfg["method"] != SCORER_METHOD:
+        raise checkpoint.CheckpointError(f"{path.with_suffix('.json')}: not a dual encoder config "
+                                         f"(keys {sorted(cfg)})")
+    scorer = DualEncoder(checkpoint.build_config(DualEncoderConfig, cfg["dual_encoder"], path.with_suffix(".json")))
+    rest = checkpoint.load_module(path, scorer)
+    if rest:  # load_module with no prefix consumes everything; kept as a guard for the contract
+        raise checkpoint.CheckpointError(f"{path}: unexpected tensors {sorted(rest)[:5]}")
+    return scorer.eval()
 
 
 @dataclass

@@ -1,28 +1,27 @@
 """QAW scores for a synthesis output folder: each sample's region vs its prompt (Qian et al. 2508.03539).
 
-The dual encoder was trained on the fitting corpus, windows cut around each defect by the model's
-window rule, so each synthetic sample is scored on the same kind of window, cut around its mask
-by that rule at the run's working scale. A sample drawn with an interpolated prompt (`qarad synth
---prompt-b`) is scored against that interpolated embedding.
+The dual encoder (quality/) was trained on the fitting corpus, windows cut around each defect by
+the model's window rule, so each synthetic sample is scored on the same kind of window, cut around
+its mask by that rule at the run's working scale. A sample drawn with an interpolated prompt
+(`qarad synth --prompt-b`) is scored against that interpolated embedding. The scores go into the
+folder's manifest through jobs.py, its owner.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ..data.io import read_image, read_mask, write_text
+from ..data.io import read_image, read_mask
 from ..data.resolution import ResolutionPolicy
-from ..synthesis.aras import mix_prompts
-from ..synthesis.jobs import MANIFEST, check_finished, sample_path
-from ..synthesis.window import crop_window
-from ..synthesis.window import WindowRule
+from ..quality.dual_encoder import DualEncoder
+from ..quality.fit import default_features_fn
 from ..text import TextEncoder
-from .dual_encoder import DualEncoder
-from .fit import default_features_fn
+from .aras import mix_prompts
+from .jobs import MANIFEST, check_finished, rewrite_manifest, sample_path
+from .window import WindowRule, crop_window
 
 
 @torch.no_grad()
@@ -52,5 +51,5 @@ def score_folder(synth_dir: Path, model: DualEncoder, policy: ResolutionPolicy, 
         scores.append(entry["score"])
         if on_sample:
             on_sample()
-    write_text(synth_dir / MANIFEST, "".join(json.dumps(e) + "\n" for e in entries))
+    rewrite_manifest(synth_dir, entries)
     return scores
