@@ -22,14 +22,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import checkpoint, flags, owned, runs
+from . import checkpoint, owned, runs
 from .data.io import (atomic_path, check_output_folder, discarded_on_failure, make_folder, write_image, write_json,
                       write_text)
 from .data.layouts import FolderSplit, resolve_layout, scan
 from .data.mvtec import expand_images, subsample
 from .data.resolution import ResolutionPolicy
 from .progress import bar, loss_bar
-from .synthesis.sampler_config import SamplerConfig, check_mix
+from .synthesis.generate import Synthesized, write_gallery
+from .synthesis.sampler_config import SamplerConfig
 
 if TYPE_CHECKING:
     from .data.real_defects import RealDefects
@@ -145,14 +146,6 @@ def _check_continues(init: Path, base, config: "FitConfig", policy: ResolutionPo
         raise ValueError(f"--init {init}: a continued fit keeps the model's resolution policy {base.policy.to_dict()}")
 
 
-@dataclass(frozen=True)
-class Synthesized:
-    folder: Path
-    total: int  # samples the folder (or this shard) holds when done
-    made: int  # of which this call made
-    workers: int
-
-
 def synth(model: str | Path, images: list, prompts: list[str], out: str | Path, n: int = 10, seed: int = 0,
           masks: list | None = None, auto_masks: bool = False, sampler: SamplerConfig = SamplerConfig(),
           shard: tuple[int, int] | None = None, workers: int = 1, prompt_b: str | None = None,
@@ -165,146 +158,9 @@ def synth(model: str | Path, images: list, prompts: list[str], out: str | Path, 
     fitted with real defect shots knows their types: a prompt naming one ("blowhole") is the type's
     fitted prompt, and its proposed masks take the shape of that type's real masks
     (defects/transplant.mask_like)."""
-    from .defects.prompts import normalise_prompt
-    from .synthesis import jobs
-    from .synthesis.model import read_config
-    from .synthesis.pipeline import ARAS
+    from .synthesis.generate import generate
 
-    real = read_config(model).real_defects
-
-    def prompt_of(text: str) -> str:  # checked, and a real type's name resolved to its fitted prompt
-        text = normalise_prompt(text)
-        return real.resolve(text) if real is not None else text
-
-    normalised = [prompt_of(p) for p in prompts]
-    check_mix(prompt_b, mix)
-    interpolation = {} if prompt_b is None else {"prompt_b": prompt_of(prompt_b), "mix": float(mix)}
-    # absolute, so that a manifest's `source` names the same image from any working directory
-    paths = [p.resolve() for p in expand_images(images)]
-    mask_paths = [p.resolve() for p in expand_images(masks)] if masks else None
-    if mask_paths is None and not auto_masks:
-        raise ValueError("give --masks (one per image) or --auto-masks to let qarad propose defect regions")
-    settings = {"model": str(Path(model).resolve()), "images": [str(p) for p in paths],
-                "masks": [str(p) for p in mask_paths] if mask_paths else None, "prompts": normalised, "n": n,
-                "seed": seed, "sampler": json.loads(json.dumps(sampler.__dict__)), "method": "aras",
-                **interpolation}  # only when used: folders made before it existed still resume
-    if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
-    aras = ARAS.load(model)
-    fresh = not Path(out).exists()
-    with jobs.writing(Path(out), shard, "qarad synth"):
-        jobs.prepare_output(out, settings)
-        return _synth_jobs(aras, real, jobs.plan(paths, normalised, mask_paths, n, seed), Path(out), settings,
-                           sampler, interpolation, shard, workers, fresh,
-                           ["synth", str(model), "--images", *map(str, images), "--prompts", *prompts, "--n", str(n),
-                            "--out", str(out), "--seed", str(seed), *flags.to_argv(sampler),
-                            *(["--masks", *map(str, masks)] if masks else ["--auto-masks"]),
-                            *([f"--prompt-b={prompt_b}", f"--mix={float(mix)!r}"] if prompt_b is not None else [])])
-
-
-PARENT_PID = "QARAD_PARENT_PID"  # set for synth worker processes: they stop when their parent is gone
-
-
-def _synth_jobs(aras, real, work: list, out: Path, settings: dict, sampler: SamplerConfig, interpolation: dict,
-                shard, workers: int, fresh: bool, argv: list[str]) -> Synthesized:
-    from .synthesis import jobs
-
-    templates = _RealMasks(real)
-    parent = os.environ.get(PARENT_PID)
-
-    def make(image, user_mask, job):
-        if parent is not None and str(os.getppid()) != parent:  # the parent was killed: stop writing
-            raise SystemExit(f"synth worker: parent process {parent} is gone; stopping")
-        mask = user_mask
-        if mask is None:
-            mask = propose_defect_mask(np.random.default_rng(job.seed), image, job.prompt, templates)
-        res = aras.synthesize(image, mask, job.prompt, job.seed, sampler, **interpolation)
-        extra = {"steps": res.steps, "window": list(res.window), **interpolation}
-        if real is not None and real.type_of(job.prompt):
-            extra["real_type"] = real.type_of(job.prompt)
-        return jobs.Made(res.image, res.mask, job.prompt, extra)
-
-    total = len(work) if shard is None else len([j for j in work if j.id % shard[1] == shard[0]])
-    if shard is None and workers > 1:
-        return _synth_in_workers(argv, out, workers, total, fresh)
-    made_any = lambda: bool(jobs.read_manifest(Path(out) / jobs.manifest_name(shard)))  # noqa: E731
-    with discarded_on_failure(out, created=fresh, worth_keeping=made_any), bar(total, "synth") as tick:
-        made = jobs.run(work, make, out, "aras", settings, shard, on_done=tick)
-    if shard is None:  # a shard's samples are shown once the workers' manifests are merged
-        _write_gallery(out)
-    return Synthesized(Path(out), total, made, 1)
-
-
-class _RealMasks:
-    """The masks of a RealDefects' shots, read once per type when first asked for."""
-
-    def __init__(self, real: "RealDefects | None"):
-        self.real, self.masks = real, {}
-
-    def of_prompt(self, prompt: str) -> list[np.ndarray]:
-        from .data.io import read_mask
-
-        t = self.real.type_of(prompt) if self.real is not None else None
-        if t is None:
-            return []
-        if t not in self.masks:
-            self.masks[t] = [read_mask(d.mask) for d in self.real.of_type(t)]
-        return self.masks[t]
-
-
-def propose_defect_mask(rng: np.random.Generator, image: np.ndarray, prompt: str,
-                        real_masks: _RealMasks | None = None) -> np.ndarray:
-    """A region for `prompt` on `image`'s object: for a real type, the shape of one of its shots'
-    masks (flipped, turned, rescaled); otherwise a proposal of the kind the prompt's family takes."""
-    from .defects.masks import FAMILY_MASK_KIND, foreground_mask, propose_mask
-    from .defects.prompts import family_of
-    from .defects.transplant import mask_like
-
-    templates = real_masks.of_prompt(prompt) if real_masks is not None else []
-    if templates:
-        return mask_like(rng, templates[int(rng.integers(len(templates)))], image.shape[:2], foreground_mask(image))
-    kind = FAMILY_MASK_KIND.get(family_of(prompt) or "", None)
-    return propose_mask(rng, image.shape[:2], foreground_mask(image), kind=kind)
-
-
-def _synth_in_workers(argv: list[str], out: Path, n: int, total: int, fresh: bool) -> Synthesized:
-    """Run `n` single-threaded `qarad synth ARGV --shard i/n` processes and merge their manifests.
-
-    Decoding is a long chain of tiny matrix products that a second thread barely speeds up, so the
-    cores are better spent on separate samples (BENCHMARKS.md, synthesis speed, has the numbers).
-    Each shard resumes on its own; the merged manifest is in id order whatever the split.
-    """
-    import subprocess
-    import sys
-    import time
-
-    from .synthesis import jobs
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "QARAD_PROGRESS": "0",
-           PARENT_PID: str(os.getpid())}
-    done = lambda: sum(len(jobs.read_manifest(out / jobs.manifest_name((i, n)))) for i in range(n))  # noqa: E731
-    before = done()
-    logs = [tempfile.TemporaryFile(mode="w+") for _ in range(n)]
-    procs = [subprocess.Popen([sys.executable, "-m", "qarad.cli", *argv, "--shard", f"{i}/{n}"], env=env,
-                              stdout=logs[i], stderr=subprocess.STDOUT) for i in range(n)]
-    with bar(total, f"synth ({n} workers)") as tick:
-        seen = 0
-        while any(p.poll() is None for p in procs):
-            time.sleep(0.5)
-            now = done()
-            for _ in range(now - seen):
-                tick()
-            seen = now
-    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
-    if failed:
-        logs[failed[0]].seek(0)
-        message = (logs[failed[0]].read().strip().splitlines() or ["(no output)"])[-1]
-        with discarded_on_failure(out, created=fresh, worth_keeping=lambda: done() > 0):
-            raise ValueError(f"synth worker {failed[0]}/{n} failed: {message}")
-    made = done() - before
-    jobs.merge_manifests(out)
-    _write_gallery(out)
-    return Synthesized(out, total, made, n)
+    return generate(model, images, prompts, out, n, seed, masks, auto_masks, sampler, shard, workers, prompt_b, mix)
 
 
 @dataclass(frozen=True)
@@ -323,7 +179,7 @@ def merge(out: str | Path, folders: list) -> Merged:
     out = check_output_folder(out)
     with jobs.writing(out, None, "qarad merge"):
         missing = jobs.merge_folders(out, [Path(f) for f in folders])
-        _write_gallery(out)
+        write_gallery(out)
     return Merged(out, len(jobs.read_manifest(out / jobs.MANIFEST)), missing)
 
 
@@ -366,7 +222,7 @@ def copy_paste(real_defects: "RealDefects", images: list, out: str | Path, n: in
     with jobs.writing(Path(out), None, "qarad copy-paste"), \
             discarded_on_failure(out, created=fresh, worth_keeping=made_any), bar(len(work), "copy-paste") as tick:
         made = jobs.run(work, make, out, "copy_paste", settings, on_done=tick)
-        _write_gallery(out)
+        write_gallery(out)
     return Synthesized(Path(out), len(work), made, 1)
 
 
@@ -391,15 +247,8 @@ def score(synth_dir: str | Path, model: str | Path | None = None) -> np.ndarray:
         n = len(jobs.check_finished(Path(synth_dir)))
         with bar(n, "score (QAW)") as tick:
             scores = score_folder(synth_dir, scorer, config.policy, config.fit.window_rule, on_sample=tick)
-        _write_gallery(synth_dir)  # now with the scores
+        write_gallery(synth_dir)  # now with the scores
     return np.asarray(scores)
-
-
-def _write_gallery(synth_dir: str | Path) -> Path:
-    """OUT/gallery.html of a synth folder: its samples, prompts and QAW scores once scored."""
-    from .report.pages import write_gallery
-
-    return write_gallery(Path(synth_dir))
 
 
 # ---- detection: train, evaluate, predict, export ----------------------------------------------
