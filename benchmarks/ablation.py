@@ -232,7 +232,7 @@ def evaluate_cached(head, cached: list, test: list) -> dict:
     """Metrics exactly as evaluate() grades them (same map/mask pairing, same metric function)."""
     from qarad import metrics as M
     from qarad.detection.evaluate import graded_pair, graded_pixels, summary_metrics
-    from qarad.detection.train import score_cached
+    from qarad.detection.cached import score_cached
 
     pixels = M.PixelMetrics(streaming=M.streams(graded_pixels(test, head.policy)))
     scores = []
@@ -257,7 +257,8 @@ def _timed(fn, *a, **k):
 
 def cache_features(args, key: str, embedder, train_paths: list[Path], test: list) -> tuple[dict, dict, list]:
     """Normal, ARAS (if a model is given), Perlin and test features, each once; -> (views, seconds, cached)."""
-    from qarad.detection.train import cache_images, normal_features, perlin_features, synthetic_features
+    from qarad.detection.cached import cache_images
+    from qarad.detection.views import normal_features, perlin_features, synthetic_features
     from qarad.progress import bar
 
     views, seconds = {}, {}
@@ -282,7 +283,7 @@ def _pools(views: dict, calibration: str) -> dict:
     """The defect pools one variant trains on; ARAS views get that variant's QAW weights."""
     from dataclasses import replace
 
-    from qarad.detection.train import sample_weights
+    from qarad.detection.views import sample_weights
     from qarad.quality.weighting import WeightingConfig
 
     pools = {"perlin": views["perlin"]}
@@ -295,7 +296,9 @@ def _pools(views: dict, calibration: str) -> dict:
 def run_detectors(args, key: str) -> dict:
     """ARAS set, feature caching, one shared bank, then one head per (method, seed) on cached test features."""
     from qarad.detection.segmenter import Segmenter, SegmenterConfig
-    from qarad.detection.train import fit_bank, fit_head, search_cached
+    from qarad.detection.bank import fit_bank
+    from qarad.detection.cached import search_cached
+    from qarad.detection.head_training import fit_head
     from qarad.progress import bar
 
     train, test = splits(args, key)

@@ -338,7 +338,7 @@ def run_generate(args, key: str, k: int, seed: int) -> dict:
 # ---- 3. detectors --------------------------------------------------------------------------
 def _concat(a, b):
     """Two searched ViewSets as one pool (their weights kept)."""
-    from qarad.detection.train import ViewSet
+    from qarad.detection.views import ViewSet
 
     cat = lambda x, y: None if x is None or y is None else x + y  # noqa: E731
     return ViewSet(a.features + b.features, a.valid + b.valid, torch.cat([a.source, b.source]),
@@ -359,8 +359,11 @@ def run_detectors(args, key: str) -> dict:
     aras_fewshot heads, per seed one zero_shot head, each graded on the seed's remaining test images.
     Finished (K, seed) results are kept in --work, so a rerun trains only the missing heads."""
     from qarad.detection.segmenter import Segmenter, SegmenterConfig
-    from qarad.detection.train import (cache_images, fit_bank, fit_head, normal_features, perlin_features,
-                                       real_features, sample_weights, search, synthetic_features)
+    from qarad.detection.bank import fit_bank, search
+    from qarad.detection.cached import cache_images
+    from qarad.detection.head_training import fit_head
+    from qarad.detection.views import (normal_features, perlin_features, real_features, sample_weights,
+                                       synthetic_features)
     from qarad.progress import bar
     from qarad.quality.weighting import WeightingConfig
 

@@ -35,7 +35,8 @@ def window_losses(out) -> torch.Tensor:
 
 @torch.no_grad()
 def main() -> None:
-    from qarad.synthesis import fit as F
+    from qarad.synthesis import corpus as C
+    from qarad.synthesis import loops as L
     from qarad.synthesis import model as M
     from qarad.synthesis.pipeline import ARAS
 
@@ -44,11 +45,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=400, help="corpus windows (the last n)")
     args = ap.parse_args()
     model = ARAS.load(args.model)
-    corpus = F.load_corpus(args.model / M.CORPUS)
+    corpus = C.load_corpus(args.model / M.CORPUS)
     idx = torch.arange(max(0, len(corpus.prompts) - args.n), len(corpus.prompts))
-    part = F.Corpus(corpus.clean[idx], corpus.defect[idx], corpus.mask[idx], [corpus.prompts[i] for i in idx],
+    part = C.Corpus(corpus.clean[idx], corpus.defect[idx], corpus.mask[idx], [corpus.prompts[i] for i in idx],
                     [corpus.families[i] for i in idx])
-    codes, masks = F.encode_corpus(model.tokenizer, part, M.read_config(args.model).fit)
+    codes, masks = L.encode_corpus(model.tokenizer, part, M.read_config(args.model).fit)
     text = model.text.encode(part.prompts)
     n = len(idx)
     conditions = {"right prompt": (text, False), "another family's prompt": (text[other_family(part.families)], False),

@@ -50,16 +50,19 @@ def worker(work: Path, steps: int, device: str) -> None:
     from dataclasses import replace
 
     from qarad import checkpoint, distributed
+    from qarad.synthesis import corpus as C
     from qarad.synthesis import fit as F
+    from qarad.synthesis import loops as L
+    from qarad.synthesis import model as M
 
-    cfg = replace(F.FitConfig(), tokenizer_steps=steps, prior_steps=steps, checkpoint_every=10 ** 9)
-    corpus = F.load_corpus(work / "corpus")
+    cfg = replace(M.FitConfig(), tokenizer_steps=steps, prior_steps=steps, checkpoint_every=10 ** 9)
+    corpus = C.load_corpus(work / "corpus")
     inputs = checkpoint.read_tensors(work / "prior_inputs")
     with distributed.session(device) as dev:
         n, state = distributed.world_size(), work / f"state-{distributed.world_size()}-{dev.type}"
         state.mkdir(exist_ok=True)
-        tok = _timed(lambda cb: F.fit_tokenizer(corpus, cfg, state / "tokenizer", cb, dev), steps)
-        pri = _timed(lambda cb: F.fit_prior(inputs["codes"], inputs["token_masks"].bool(), inputs["text"], cfg,
+        tok = _timed(lambda cb: L.fit_tokenizer(corpus, cfg, state / "tokenizer", cb, dev), steps)
+        pri = _timed(lambda cb: L.fit_prior(inputs["codes"], inputs["token_masks"].bool(), inputs["text"], cfg,
                                             state / "prior", cb, dev), steps)
         if distributed.is_main():
             import torch
@@ -78,17 +81,20 @@ def prepare(work: Path, root: Path, category: str, corpus_size: int) -> None:
 
     from qarad import checkpoint
     from qarad.data.resolution import ResolutionPolicy
+    from qarad.synthesis import corpus as C
     from qarad.synthesis import fit as F
+    from qarad.synthesis import loops as L
+    from qarad.synthesis import model as M
     from qarad.synthesis.tokenizer import VQTokenizer
 
-    cfg = replace(F.FitConfig(), corpus_size=corpus_size)
+    cfg = replace(M.FitConfig(), corpus_size=corpus_size)
     paths = F.normal_images(root, [category], None, cfg.seed)
-    corpus = F.build_corpus(paths, ResolutionPolicy(), cfg)
-    F.save_corpus(work / "corpus", corpus)
+    corpus = C.build_corpus(paths, ResolutionPolicy(), cfg)
+    C.save_corpus(work / "corpus", corpus)
     torch.manual_seed(0)
-    codes, token_masks = F.encode_corpus(VQTokenizer(cfg.tokenizer).eval(), corpus, cfg)
+    codes, token_masks = L.encode_corpus(VQTokenizer(cfg.tokenizer).eval(), corpus, cfg)
     checkpoint.save(work / "prior_inputs", {"codes": codes, "token_masks": token_masks.to(torch.uint8),
-                                            "text": F.text_embeddings(corpus.prompts)}, {})
+                                            "text": L.text_embeddings(corpus.prompts)}, {})
 
 
 def _free_port() -> int:

@@ -194,7 +194,7 @@ def procedural_renders(train: list[str], policy, rule, n_per_family: int, seed: 
     from qarad.data.io import read_image
     from qarad.defects.corpus import CorpusConfig, make_sample
     from qarad.defects.vocab import FAMILIES
-    from qarad.synthesis.fit import zoom_to_mask
+    from qarad.synthesis.corpus import zoom_to_mask
 
     config, renders, labels = CorpusConfig(window=rule.side), [], []
     for i in tqdm(range(n_per_family * len(FAMILIES)), desc="language: procedural renders", unit="render"):

@@ -80,11 +80,12 @@ def at_side(aras, side: int):
 def step_seconds(meta, side: int, paths: list[str]) -> dict:
     """Seconds per step of the tokenizer and prior fit loops at `side` (TIMED_STEPS each), with the
     fit settings of `meta` (the model's ModelConfig) but that side's window."""
-    from qarad.synthesis import fit as F
+    from qarad.synthesis import corpus as C
+    from qarad.synthesis import loops as L
 
     base = replace(meta.fit, window=side, corpus_size=TIMING_CORPUS, checkpoint_every=10**9,
                    prior=replace(meta.fit.prior, grid=side // 8))
-    corpus = F.build_corpus([Path(p) for p in paths], meta.policy, base)
+    corpus = C.build_corpus([Path(p) for p in paths], meta.policy, base)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         def timed(stage: str, run):  # -> the model fitted in the timed run
@@ -94,10 +95,10 @@ def step_seconds(meta, side: int, paths: list[str]) -> dict:
             out[stage] = (time.perf_counter() - t0) / TIMED_STEPS
             return model
 
-        tokenizer = timed("tokenizer", lambda cfg, stem: F.fit_tokenizer(corpus, cfg, stem))
-        codes, masks = F.encode_corpus(tokenizer, corpus, base)
-        text = F.text_embeddings(corpus.prompts)
-        timed("prior", lambda cfg, stem: F.fit_prior(codes, masks, text, cfg, stem))
+        tokenizer = timed("tokenizer", lambda cfg, stem: L.fit_tokenizer(corpus, cfg, stem))
+        codes, masks = L.encode_corpus(tokenizer, corpus, base)
+        text = L.text_embeddings(corpus.prompts)
+        timed("prior", lambda cfg, stem: L.fit_prior(codes, masks, text, cfg, stem))
     return out
 
 

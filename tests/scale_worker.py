@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from qarad import checkpoint, distributed
-from qarad.synthesis import fit as F
+from qarad.synthesis import corpus as C
+from qarad.synthesis import loops as L
 from test_scale import DEAD_CODE_EVERY, ema_config, fit_config
 
 
@@ -22,8 +23,8 @@ class Crash(RuntimeError):
 
 
 def main(inputs: Path, out: Path, tasks: list[str]) -> None:
-    F.DEAD_CODE_EVERY = DEAD_CODE_EVERY
-    corpus = F.load_corpus(inputs / "corpus")
+    L.DEAD_CODE_EVERY = DEAD_CODE_EVERY
+    corpus = C.load_corpus(inputs / "corpus")
     prior_inputs = checkpoint.read_tensors(inputs / "prior_inputs")
     with distributed.session("cpu") as device:
         for task in tasks:
@@ -38,9 +39,9 @@ def main(inputs: Path, out: Path, tasks: list[str]) -> None:
             cfg = ema_config() if stage == "tokenizer_ema" else fit_config()
             try:
                 if stage in ("tokenizer", "tokenizer_ema"):
-                    model = F.fit_tokenizer(corpus, cfg, out / name, on_step, device)
+                    model = L.fit_tokenizer(corpus, cfg, out / name, on_step, device)
                 else:
-                    model = F.fit_prior(prior_inputs["codes"], prior_inputs["token_masks"].bool(),
+                    model = L.fit_prior(prior_inputs["codes"], prior_inputs["token_masks"].bool(),
                                         prior_inputs["text"], cfg, out / name, on_step, device)
             except Crash:
                 continue

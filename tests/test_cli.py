@@ -146,7 +146,7 @@ def test_fit_and_synth_cli_defaults_are_the_config_defaults():
     """The CLI spells its defaults out (no torch import for --help); they must not drift from the configs."""
     from qarad.cli import main_parser
     from qarad.synthesis.aras import SamplerConfig
-    from qarad.synthesis.fit import FitConfig
+    from qarad.synthesis.model import FitConfig
 
     fit, synth, f, s = _defaults("fit"), _defaults("synth"), FitConfig(), SamplerConfig()
     for name in ("batch_size", "seed"):

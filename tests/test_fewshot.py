@@ -33,7 +33,7 @@ def _fit(base, root, shots, model, out, *extra):
 
 def test_fit_init_with_real_defects_learns_the_type_and_synth_draws_it(data, capsys):
     from qarad.synthesis import model as M
-    from qarad.synthesis.fit import load_corpus
+    from qarad.synthesis.corpus import load_corpus
 
     base, root, shots, init = data
     out = base / "fewshot-model"
@@ -78,7 +78,7 @@ def test_a_fit_from_scratch_puts_the_shots_in_its_corpus(data, capsys):
     """Without --init every stage is fitted, the real shots' samples last in the corpus (default model
     sizes, two steps per stage)."""
     from qarad.synthesis import model as M
-    from qarad.synthesis.fit import load_corpus
+    from qarad.synthesis.corpus import load_corpus
 
     base, root, shots, _ = data
     out = base / "scratch"
@@ -106,7 +106,7 @@ def test_fit_init_refuses_what_it_cannot_change(data, capsys):
 
 def test_a_plain_fit_labels_real_types_for_the_qaw_encoder():
     from qarad.defects.vocab import FAMILIES
-    from qarad.synthesis.fit import Corpus, family_labels
+    from qarad.synthesis.corpus import Corpus, family_labels
 
     z = torch.zeros(5, 8, 8, 3, dtype=torch.uint8)
     corpus = Corpus(z, z, z[..., 0], ["a thin scratch", "a hole", "crack", "blowhole", "blowhole"],
@@ -115,7 +115,7 @@ def test_a_plain_fit_labels_real_types_for_the_qaw_encoder():
 
 
 def test_real_batches_take_their_share_and_none_change_nothing():
-    from qarad.synthesis.fit import _batch
+    from qarad.synthesis.loops import _batch
 
     plain = torch.randint(100, (8,), generator=torch.Generator().manual_seed(3 * 1_000_003 + 7))
     assert torch.equal(_batch(100, 8, 3, 7), plain)  # as before real samples existed

@@ -17,7 +17,9 @@ import torch
 
 from conftest import make_mvtec_tree
 from qarad.data.resolution import ResolutionPolicy
-from qarad.synthesis import fit as F
+from qarad.synthesis import corpus as C
+from qarad.synthesis import loops as L
+from qarad.synthesis import model as M
 from qarad.synthesis.prior import PriorConfig
 from qarad.synthesis.refiner import Refiner, RefinerConfig
 from qarad.synthesis.tokenizer import TokenizerConfig, VQTokenizer
@@ -25,8 +27,8 @@ from qarad.synthesis.tokenizer import TokenizerConfig, VQTokenizer
 STEPS, EVERY, CRASH_AFTER = 20, 5, 12  # the crash lands after the step-10 checkpoint, before the step-15 one
 
 
-def tiny_config(codebook_size: int = 16, **prior_overrides) -> F.FitConfig:
-    return F.FitConfig(window=64, corpus_size=16, tokenizer_steps=STEPS, prior_steps=STEPS, batch_size=2,
+def tiny_config(codebook_size: int = 16, **prior_overrides) -> M.FitConfig:
+    return M.FitConfig(window=64, corpus_size=16, tokenizer_steps=STEPS, prior_steps=STEPS, batch_size=2,
                        warmup_steps=5, checkpoint_every=EVERY, seed=3,
                        tokenizer=TokenizerConfig(codebook_size=codebook_size, code_dim=8, channels=(8, 16, 16),
                                                  source_conditioned=True),
@@ -91,7 +93,7 @@ def paths(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def corpus(paths):
-    return F.build_corpus(paths, ResolutionPolicy(size=64), tiny_config())
+    return C.build_corpus(paths, ResolutionPolicy(size=64), tiny_config())
 
 
 @pytest.fixture
@@ -114,12 +116,12 @@ def test_tokenizer_resumes_to_the_uninterrupted_weights(corpus, tmp_path, monkey
     monkeypatch.setattr(F, "DEAD_CODE_EVERY", 10)
     cfg = tiny_config(codebook_size=64)  # more codes than these windows use: some die and restart
     whole_steps = Steps()
-    whole = F.fit_tokenizer(corpus, cfg, tmp_path / "whole", on_step=whole_steps)
+    whole = L.fit_tokenizer(corpus, cfg, tmp_path / "whole", on_step=whole_steps)
     assert len(whole_steps.losses) == STEPS
     assert len(restarts) == 2 and sum(restarts) > 0, "the test should exercise dead-code restarts"
 
     resumed, before, after = crash_then_resume(
-        lambda state, cb: F.fit_tokenizer(corpus, cfg, state, on_step=cb), tmp_path / "crashed")
+        lambda state, cb: L.fit_tokenizer(corpus, cfg, state, on_step=cb), tmp_path / "crashed")
     assert before == whole_steps.losses[:CRASH_AFTER]
     assert after == whole_steps.losses[10:], "the resumed run should see the same batches, lr and codebook"
     assert_same_weights(whole, resumed)
@@ -130,10 +132,10 @@ def test_tokenizer_resume_with_dead_code_restarts_between_checkpoints(paths, tmp
     # re-seeds the same codes whether or not the fit was resumed at step 10 in between.
     monkeypatch.setattr(F, "DEAD_CODE_EVERY", 8)  # restarts after steps 8 and 16; the resume point is 10
     cfg = tiny_config(codebook_size=64)  # a codebook larger than one batch's tokens: codes go unused
-    corpus = F.build_corpus(paths, ResolutionPolicy(size=64), cfg)
-    whole = F.fit_tokenizer(corpus, cfg, tmp_path / "whole")
+    corpus = C.build_corpus(paths, ResolutionPolicy(size=64), cfg)
+    whole = L.fit_tokenizer(corpus, cfg, tmp_path / "whole")
     assert sum(restarts) > 0
-    resumed, _, _ = crash_then_resume(lambda state, cb: F.fit_tokenizer(corpus, cfg, state, on_step=cb),
+    resumed, _, _ = crash_then_resume(lambda state, cb: L.fit_tokenizer(corpus, cfg, state, on_step=cb),
                                       tmp_path / "crashed")
     assert_same_weights(whole, resumed)
 
@@ -144,11 +146,11 @@ def test_tokenizer_with_an_ema_codebook_resumes_to_the_uninterrupted_weights(pat
     monkeypatch.setattr(F, "DEAD_CODE_EVERY", 8)
     cfg = tiny_config(codebook_size=64)
     cfg = replace(cfg, tokenizer=replace(cfg.tokenizer, ema_decay=0.9))
-    corpus = F.build_corpus(paths, ResolutionPolicy(size=64), cfg)
-    whole = F.fit_tokenizer(corpus, cfg, tmp_path / "whole")
+    corpus = C.build_corpus(paths, ResolutionPolicy(size=64), cfg)
+    whole = L.fit_tokenizer(corpus, cfg, tmp_path / "whole")
     assert sum(restarts) > 0
     torch.testing.assert_close(whole.normalized_codebook(), torch.nn.functional.normalize(whole.ema_embed_sum, dim=1))
-    resumed, _, _ = crash_then_resume(lambda state, cb: F.fit_tokenizer(corpus, cfg, state, on_step=cb),
+    resumed, _, _ = crash_then_resume(lambda state, cb: L.fit_tokenizer(corpus, cfg, state, on_step=cb),
                                       tmp_path / "crashed")
     assert {"ema_cluster_size", "ema_embed_sum"} <= set(resumed.state_dict())
     assert_same_weights(whole, resumed)
@@ -187,13 +189,13 @@ def test_a_train_state_without_the_usage_counts_is_refused(corpus, tmp_path):
     from qarad.checkpoint import CheckpointError
 
     cfg = replace(tiny_config(), tokenizer_steps=EVERY)
-    F.fit_tokenizer(corpus, cfg, tmp_path / "state")
+    L.fit_tokenizer(corpus, cfg, tmp_path / "state")
     tensors = load_file(str(tmp_path / "state.safetensors"))
     del tensors["buffer.usage"]  # as written before the counts were saved
     save_file(tensors, str(tmp_path / "state.safetensors"))
     with pytest.raises(CheckpointError, match=r"state\.safetensors: train state holds buffers \[\], "
                                               r"expected \['usage'\]"):
-        F.fit_tokenizer(corpus, cfg, tmp_path / "state")
+        L.fit_tokenizer(corpus, cfg, tmp_path / "state")
 
 
 @pytest.fixture(scope="module")
@@ -201,14 +203,14 @@ def prior_inputs(corpus):
     cfg = tiny_config()
     torch.manual_seed(0)
     tokenizer = VQTokenizer(cfg.tokenizer).eval()  # untrained: any codes do for fitting a prior
-    codes, token_masks = F.encode_corpus(tokenizer, corpus, cfg)
-    return codes, token_masks, F.text_embeddings(corpus.prompts)
+    codes, token_masks = L.encode_corpus(tokenizer, corpus, cfg)
+    return codes, token_masks, L.text_embeddings(corpus.prompts)
 
 
 def test_prior_resumes_to_the_uninterrupted_weights(prior_inputs, tmp_path):
     codes, token_masks, text = prior_inputs
     cfg = tiny_config()
-    assert_resumes_exactly(lambda state, cb: F.fit_prior(codes, token_masks, text, cfg, state, on_step=cb), tmp_path)
+    assert_resumes_exactly(lambda state, cb: L.fit_prior(codes, token_masks, text, cfg, state, on_step=cb), tmp_path)
 
 
 def test_a_continued_prior_with_real_samples_resumes_to_the_uninterrupted_weights(prior_inputs, tmp_path):
@@ -220,10 +222,10 @@ def test_a_continued_prior_with_real_samples_resumes_to_the_uninterrupted_weight
     cfg = replace(tiny_config(), real_share=0.5)
     torch.manual_seed(7)
     init = Prior(cfg.prior)
-    losses = assert_resumes_exactly(lambda state, cb: F.fit_prior(codes, token_masks, text, cfg, state, on_step=cb,
+    losses = assert_resumes_exactly(lambda state, cb: L.fit_prior(codes, token_masks, text, cfg, state, on_step=cb,
                                                                   n_real=4, init=init), tmp_path)
     fresh = Steps()
-    F.fit_prior(codes, token_masks, text, cfg, tmp_path / "fresh", on_step=fresh, n_real=4)
+    L.fit_prior(codes, token_masks, text, cfg, tmp_path / "fresh", on_step=fresh, n_real=4)
     assert fresh.losses[0] != losses[0], "the continued prior should start from the given weights"
 
 
@@ -231,9 +233,9 @@ def test_prior_with_dropout_resumes_to_the_uninterrupted_weights(prior_inputs, t
     # Dropout draws from torch's global RNG, which each step seeds from (seed, step) (training.step_rng).
     codes, token_masks, text = prior_inputs
     cfg = tiny_config(dropout=0.1)
-    whole = F.fit_prior(codes, token_masks, text, cfg, tmp_path / "whole")
+    whole = L.fit_prior(codes, token_masks, text, cfg, tmp_path / "whole")
     resumed, _, _ = crash_then_resume(
-        lambda state, cb: F.fit_prior(codes, token_masks, text, cfg, state, on_step=cb), tmp_path / "crashed")
+        lambda state, cb: L.fit_prior(codes, token_masks, text, cfg, state, on_step=cb), tmp_path / "crashed")
     assert_same_weights(whole, resumed)
 
 
@@ -241,13 +243,13 @@ def test_refiner_resumes_to_the_uninterrupted_weights(corpus, tmp_path):
     cfg = replace(tiny_config(), refiner_steps=STEPS, refiner=RefinerConfig(channels=(8, 16, 16)))
     torch.manual_seed(0)
     tokenizer = VQTokenizer(cfg.tokenizer).eval()
-    text = F.text_embeddings(corpus.prompts)
-    assert_resumes_exactly(lambda state, cb: F.fit_refiner(tokenizer, corpus, text, cfg, state, on_step=cb),
+    text = L.text_embeddings(corpus.prompts)
+    assert_resumes_exactly(lambda state, cb: L.fit_refiner(tokenizer, corpus, text, cfg, state, on_step=cb),
                            tmp_path)
     # it learns: over the whole corpus (a step's loss sees a batch of 2, too noisy to compare two steps)
     torch.manual_seed(cfg.seed)  # the initial weights, as fit_refiner draws them
     untrained = Refiner(cfg.refiner).eval()
-    trained = F.fit_refiner(tokenizer, corpus, text, cfg, tmp_path / "again")
+    trained = L.fit_refiner(tokenizer, corpus, text, cfg, tmp_path / "again")
     assert _refiner_error(trained, tokenizer, corpus, text, cfg) < _refiner_error(untrained, tokenizer, corpus,
                                                                                   text, cfg)
 
@@ -257,7 +259,7 @@ def _refiner_error(refiner, tokenizer, corpus, text, cfg) -> float:
     """Mean absolute error of the refined encode/decode against the renders, inside the masks."""
     idx = torch.arange(len(corpus.prompts))
     target, clean = corpus.images(idx, "defect"), corpus.images(idx, "clean")
-    decoded = tokenizer(target, clean, F._edit_tokens(corpus.mask[idx], 0, cfg)).recon.clamp(0, 1)
+    decoded = tokenizer(target, clean, L._edit_tokens(corpus.mask[idx], 0, cfg)).recon.clamp(0, 1)
     mask = corpus.mask[idx].float()
     out = refiner(decoded, clean, mask, text)
     return float(((out - target).abs() * mask[:, None]).sum() / mask.sum().clamp_min(1))
@@ -319,7 +321,8 @@ def test_fit_source_conditioned_makes_a_model_that_synthesizes_locally(tmp_path)
 def test_tokenizer_weights_defect_pixels_and_their_edge_only_on_the_defect_half():
     import torch
 
-    from qarad.synthesis.fit import Corpus, _pixel_weights
+    from qarad.synthesis.corpus import Corpus
+    from qarad.synthesis.loops import _pixel_weights
 
     mask = torch.zeros(4, 16, 16, dtype=torch.uint8)
     mask[:, 8, 8] = 1

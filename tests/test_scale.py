@@ -24,7 +24,9 @@ from conftest import make_mvtec_tree, make_tiny_aras, texture
 from qarad import checkpoint
 from qarad.cli import main
 from qarad.data.resolution import ResolutionPolicy
-from qarad.synthesis import fit as F
+from qarad.synthesis import corpus as C
+from qarad.synthesis import loops as L
+from qarad.synthesis import model as M
 from qarad.synthesis.prior import PriorConfig
 from qarad.synthesis.tokenizer import TokenizerConfig, VQTokenizer
 
@@ -35,15 +37,15 @@ MAX_DIFF, MEAN_DIFF = 2e-3, 1e-6
 WORKER = Path(__file__).with_name("scale_worker.py")
 
 
-def fit_config() -> F.FitConfig:
-    return F.FitConfig(window=64, corpus_size=16, tokenizer_steps=STEPS, prior_steps=STEPS, batch_size=4,
+def fit_config() -> M.FitConfig:
+    return M.FitConfig(window=64, corpus_size=16, tokenizer_steps=STEPS, prior_steps=STEPS, batch_size=4,
                        warmup_steps=5, checkpoint_every=EVERY, seed=3,
                        tokenizer=TokenizerConfig(codebook_size=64, code_dim=8, channels=(8, 16, 16),
                                                  source_conditioned=True),
                        prior=PriorConfig(vocab_size=64, grid=8, d_model=32, n_layers=1, n_heads=2))
 
 
-def ema_config() -> F.FitConfig:
+def ema_config() -> M.FitConfig:
     """fit_config() with an EMA codebook: its per-code sums are all-reduced, every process keeps the same codebook."""
     cfg = fit_config()
     return replace(cfg, tokenizer=replace(cfg.tokenizer, ema_decay=0.9))
@@ -89,11 +91,11 @@ def inputs(tmp_path_factory):
     root = make_mvtec_tree(base / "mvtec", size=(64, 64), n_train=4)
     paths = sorted((root / "widget" / "train" / "good").glob("*.png"))
     cfg = fit_config()
-    corpus = F.build_corpus(paths, ResolutionPolicy(size=64), cfg)
-    F.save_corpus(base / "corpus", corpus)
+    corpus = C.build_corpus(paths, ResolutionPolicy(size=64), cfg)
+    C.save_corpus(base / "corpus", corpus)
     torch.manual_seed(0)
-    codes, token_masks = F.encode_corpus(VQTokenizer(cfg.tokenizer).eval(), corpus, cfg)
-    text = F.text_embeddings(corpus.prompts)
+    codes, token_masks = L.encode_corpus(VQTokenizer(cfg.tokenizer).eval(), corpus, cfg)
+    text = L.text_embeddings(corpus.prompts)
     checkpoint.save(base / "prior_inputs", {"codes": codes, "token_masks": token_masks.to(torch.uint8), "text": text},
                     {})
     return base, corpus, (codes, token_masks, text)
@@ -106,11 +108,11 @@ def one_process(inputs, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(F, "DEAD_CODE_EVERY", DEAD_CODE_EVERY)
         losses["tokenizer"] = Steps()
-        tokenizer = F.fit_tokenizer(corpus, fit_config(), out / "tokenizer", losses["tokenizer"])
+        tokenizer = L.fit_tokenizer(corpus, fit_config(), out / "tokenizer", losses["tokenizer"])
         losses["tokenizer_ema"] = Steps()
-        tokenizer_ema = F.fit_tokenizer(corpus, ema_config(), out / "tokenizer_ema", losses["tokenizer_ema"])
+        tokenizer_ema = L.fit_tokenizer(corpus, ema_config(), out / "tokenizer_ema", losses["tokenizer_ema"])
     losses["prior"] = Steps()
-    prior = F.fit_prior(codes, token_masks, text, fit_config(), out / "prior", losses["prior"])
+    prior = L.fit_prior(codes, token_masks, text, fit_config(), out / "prior", losses["prior"])
     return ({"tokenizer": tokenizer, "tokenizer_ema": tokenizer_ema, "prior": prior},
             {k: v.losses for k, v in losses.items()})
 
@@ -129,7 +131,7 @@ def test_two_processes_fit_what_one_fits_and_resume_in_one(inputs, one_process, 
     assert json.loads((tmp_path / "crashed.json").read_text())["step"] == 10
     monkeypatch.setattr(F, "DEAD_CODE_EVERY", DEAD_CODE_EVERY)
     rest = Steps()
-    resumed = F.fit_tokenizer(corpus, fit_config(), tmp_path / "crashed", rest)
+    resumed = L.fit_tokenizer(corpus, fit_config(), tmp_path / "crashed", rest)
     assert len(rest.losses) == STEPS - 10
     assert_close(resumed.state_dict(), models["tokenizer"].state_dict())
 
@@ -138,7 +140,7 @@ def test_a_one_process_train_state_resumes_in_two(inputs, one_process, tmp_path)
     base, _, (codes, token_masks, text) = inputs
     models, losses = one_process
     with pytest.raises(KeyboardInterrupt):
-        F.fit_prior(codes, token_masks, text, fit_config(), tmp_path / "crashed", Steps(crash_after=CRASH_AFTER))
+        L.fit_prior(codes, token_masks, text, fit_config(), tmp_path / "crashed", Steps(crash_after=CRASH_AFTER))
     torchrun(str(WORKER), str(base), str(tmp_path), "prior:crashed")
     assert json.loads((tmp_path / "crashed-losses.json").read_text()) == pytest.approx(losses["prior"][10:],
                                                                                       abs=LOSS_ATOL)
@@ -150,7 +152,7 @@ def test_batch_that_does_not_split_over_the_processes_is_refused(monkeypatch, in
 
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     with pytest.raises(ValueError, match="--batch-size 4 does not split over 3 processes"):
-        F.fit_tokenizer(inputs[1], fit_config(), inputs[0] / "never")
+        L.fit_tokenizer(inputs[1], fit_config(), inputs[0] / "never")
 
 
 def test_device_names(monkeypatch):

@@ -10,7 +10,8 @@ from qarad.checkpoint import CheckpointError
 from qarad.data.resolution import ResolutionPolicy
 from qarad.detection.inference import score_images
 from qarad.detection.segmenter import Segmenter, SegmenterConfig, cell_targets, per_sample_loss
-from qarad.detection.train import ViewSet, fit_detector
+from qarad.detection.train import fit_detector
+from qarad.detection.views import ViewSet
 from qarad.metrics import auroc
 
 GRID = 8  # feature cells per side (64 px views)
@@ -53,7 +54,7 @@ def views(features, targets=None, weights=None, sources=None) -> ViewSet:
 
 
 def fit(config, normal, synth, targets, weights, on_step=None):
-    return fit_detector(config, ResolutionPolicy(size=64), views(normal),
+    return fit_detector(Segmenter(config, ResolutionPolicy(size=64)), views(normal),
                         {"synthetic": views(synth, targets, weights)}, on_step)
 
 
@@ -140,9 +141,10 @@ def test_fit_rejects_wrong_inputs(toy):
     with pytest.raises(ValueError, match="non-negative"):
         fit(CONFIG, normal, synth, targets, -torch.ones(len(synth)))
     with pytest.raises(ValueError, match="no such defect views"):
-        fit_detector(CONFIG, ResolutionPolicy(size=64), views(normal), {})
+        fit_detector(Segmenter(CONFIG, ResolutionPolicy(size=64)), views(normal), {})
     with pytest.raises(ValueError, match="at least two normal images"):
-        fit_detector(CONFIG, ResolutionPolicy(size=64), views(normal, sources=torch.zeros(40, dtype=torch.int64)),
+        fit_detector(Segmenter(CONFIG, ResolutionPolicy(size=64)),
+                     views(normal, sources=torch.zeros(40, dtype=torch.int64)),
                      {"synthetic": views(synth, targets, torch.ones(len(synth)))})
 
 
@@ -208,7 +210,8 @@ def test_load_is_strict(fitted, tmp_path):
 def test_scoring_cached_features_equals_scoring_the_images(fitted, backbone, tmp_path, policy):
     from PIL import Image
 
-    from qarad.detection.train import FEATURE_DTYPE, cache_images, score_cached, search_cached
+    from qarad.detection.cached import cache_images, score_cached, search_cached
+    from qarad.detection.views import FEATURE_DTYPE
 
     model = Segmenter(fitted.config, policy, backbone)
     model.head_, model.threshold_, model.reference_ = fitted.head_, fitted.threshold_, fitted.reference_

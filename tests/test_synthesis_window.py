@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from qarad.synthesis.fit import zoom_to_mask
+from qarad.synthesis.corpus import zoom_to_mask
 from qarad.synthesis.model import FitConfig, config_dict, config_from_dict
 from qarad.synthesis.window import LEGACY_MAX_ZOOM, WindowRule
 

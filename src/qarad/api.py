@@ -10,11 +10,7 @@ Datasets are read through data/layouts.py (`layout`: mvtec, visa, btad, folder o
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
-import os
-import tempfile
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,11 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import checkpoint, owned, runs
-from .data.io import (atomic_path, check_output_folder, discarded_on_failure, make_folder, write_image, write_json,
-                      write_text)
+from .data.io import atomic_path, check_output_folder, discarded_on_failure, write_csv, write_json, write_text
 from .data.layouts import FolderSplit, resolve_layout, scan
 from .data.mvtec import expand_images, subsample
 from .data.resolution import ResolutionPolicy
+from .detection.predictions import Predictions
+from .detection.train import QaradTraining
 from .progress import bar, loss_bar
 from .synthesis.generate import Synthesized, write_gallery
 from .synthesis.sampler_config import SamplerConfig
@@ -253,27 +250,13 @@ def score(synth_dir: str | Path, model: str | Path | None = None) -> np.ndarray:
 
 # ---- detection: train, evaluate, predict, export ----------------------------------------------
 @dataclass(frozen=True)
-class QaradTraining:
-    """What the qarad detector's head learns from, beside its SegmenterConfig (stored with the run)."""
-
-    synth: str | Path | None = None  # `synth` + `score` folder; needed when negatives has "synthetic"
-    weighting: str = "linear"  # QAW calibration of the synthetic samples' weights: none, linear, softmax
-    max_normal_views: int = 4000  # cap on cached normal views
-    perlin_samples: int = 200  # DRAEM-style Perlin texture patches drawn, when negatives has "perlin"
-    batch_size: int = 8  # views per backbone batch while caching features (the head's is SegmenterConfig's)
-    # real defect shots (data/real_defects.py: select_real_defects) the head learns from as weighted
-    # positives, when negatives has "real"; `evaluate` leaves exactly these images out of the test split
-    real_defects: "RealDefects | None" = None
-    real_weight: float = 1.0  # loss weight of each real view (an ARAS sample's is its QAW weight)
-
-
-@dataclass(frozen=True)
 class Trained:
     run: Path
     method: str  # "patchcore" or "qarad"
     n_images: int  # normal training images
     threshold: float
     already_trained: bool  # the same run was complete in `run`: nothing was done
+    notes: tuple[str, ...] = ()  # what a qarad detector learned from, in words (QAW weights, real shots, bank)
 
 
 def run_config(data: str | Path, category: str, detector: "PatchCoreConfig | SegmenterConfig",
@@ -326,12 +309,16 @@ def train(data: str | Path, category: str, out: str | Path, detector: "PatchCore
             threshold = float(checkpoint.load_config(out / runs.MODEL)["threshold"])
             return Trained(out, method, len(train_set), threshold, already_trained=True)
         paths = [s.image for s in train_set]
+        notes = ()
         if method == "patchcore":
             model = _train_patchcore(detector, policy, paths, device)
         else:
-            model = _train_qarad(detector, training, policy, paths, device)
+            from .detection.train import train_qarad
+
+            done = train_qarad(detector, training, policy, paths, device)
+            model, notes = done.model, tuple(done.notes)
         model.save(out / runs.MODEL)
-    return Trained(out, method, len(train_set), model.threshold_, already_trained=False)
+    return Trained(out, method, len(train_set), model.threshold_, already_trained=False, notes=notes)
 
 
 def _train_patchcore(config: "PatchCoreConfig", policy: ResolutionPolicy, paths: list[Path], device: str):
@@ -340,41 +327,6 @@ def _train_patchcore(config: "PatchCoreConfig", policy: ResolutionPolicy, paths:
     model = PatchCore(config, policy).to(device)
     with bar(len(paths), "train patchcore") as tick:
         model.fit(paths, on_image=tick)
-    return model
-
-
-def _train_qarad(config: "SegmenterConfig", training: QaradTraining, policy: ResolutionPolicy, paths: list[Path],
-                 device: str):
-    from .detection.segmenter import Segmenter
-    from .detection.train import (DIHEDRAL, describe, fit_detector, normal_features, perlin_features,
-                                  real_features, sample_weights, synthetic_features)
-    from .quality.weighting import WeightingConfig
-    from .synthesis.jobs import MANIFEST, read_manifest
-
-    model = Segmenter(config, policy).to(device)
-    batch = training.batch_size
-    with bar(len(paths), "features: normal images") as tick:
-        normal = normal_features(model, paths, batch, training.max_normal_views, config.seed, on_image=tick)
-    pools = {}
-    if "synthetic" in config.negatives:
-        with bar(len(read_manifest(Path(training.synth) / MANIFEST)), "features: synthetic samples") as tick:
-            pools["synthetic"] = synthetic_features(model, Path(training.synth), paths, batch, on_image=tick)
-        pools["synthetic"].weights = sample_weights(pools["synthetic"].scores,
-                                                    WeightingConfig(calibration=training.weighting))
-        print(f"QAW weights ({training.weighting}): {describe(pools['synthetic'])}")
-    if "perlin" in config.negatives:
-        with bar(training.perlin_samples, "features: Perlin texture patches") as tick:
-            pools["perlin"] = perlin_features(model, paths, training.perlin_samples, config.seed, batch, on_image=tick)
-    if "real" in config.negatives:
-        real = training.real_defects
-        with bar(len(real.defects) * DIHEDRAL, "features: real defect shots (8 turns each)") as tick:
-            pools["real"] = real_features(model, real, batch, training.real_weight, on_image=tick)
-        print(f"real defect shots: {len(real.defects)} images of {len(real.types)} types "
-              f"({', '.join(real.types)}), {len(pools['real'])} views, weight {training.real_weight:g}")
-    if config.uses_bank:
-        print("memory bank from the normal views, then every cached cell's nearest row (own image skipped)")
-    with bar(config.steps, "train detector head", unit="step") as tick:
-        fit_detector(config, model.policy, normal, pools, on_step=lambda _: tick(), model=model)
     return model
 
 
@@ -418,59 +370,9 @@ def _write_evaluation(run: Path, cfg: dict, detector, ev, real, excluded: list, 
     if curves:
         result["curves"] = ev.curves
     write_json(run / "metrics.json", result)
-    write_text(run / "scores.csv", _csv(ev.records))
+    write_csv(run / "scores.csv", ev.records)
     run_report(result, ev, run).write(run / REPORT)
     return result
-
-
-def _csv(records: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    return buf.getvalue()
-
-
-def _overlay_names(paths: list[Path]) -> list[str]:
-    """One overlay file name per input, distinct even when inputs share a stem (a/dup.png, c/dup.png,
-    c/dup_1.png: every candidate name is checked against those already given)."""
-    used: set[str] = set()
-    names = []
-    for p in paths:
-        stem, k = p.stem, 0
-        while f"{stem}_overlay.png" in used:
-            k += 1
-            stem = f"{p.stem}_{k}"
-        used.add(f"{stem}_overlay.png")
-        names.append(f"{stem}_overlay.png")
-    return names
-
-
-@dataclass(frozen=True)
-class Predictions:
-    folder: Path  # overlays and scores.csv
-    records: list[dict]  # one scores.csv row per image: image, score, threshold, anomalous, overlay
-    threshold: float
-
-
-PREDICTION_TABLE = "scores.csv"
-
-
-def _earlier_predictions(out: Path) -> bool:
-    """Whether `out` holds an earlier `predict`'s output, which a new one replaces (False: empty or
-    absent). Anything else in it, a run's files or a user's images, is refused before any work."""
-    found = owned.entries(out)
-    if not found:
-        return False
-    ours = lambda p: p.is_file() and not p.is_symlink() and (  # noqa: E731
-        p.name == PREDICTION_TABLE or p.name.endswith("_overlay.png"))
-    if owned.kind_of(out) != "predictions" and not (out / PREDICTION_TABLE).is_file():
-        raise runs.RunError(f"{out}: folder is not empty and holds no earlier predictions; choose another --out")
-    foreign = [p for p in found if not ours(p)]
-    if foreign:
-        raise runs.RunError(f"{out}: holds {foreign[0].name}, which `qarad predict` did not write; predictions "
-                            "replace only earlier predictions: choose another --out")
-    return True
 
 
 def predict(run: str | Path, images: list, out: str | Path | None = None, batch_size: int = 8,
@@ -478,58 +380,12 @@ def predict(run: str | Path, images: list, out: str | Path | None = None, batch_
     """Score `images` (files or folders) with a trained run: a heat-map overlay per image and
     scores.csv in `out` (default RUN/predictions), written all or nothing. An `out` holding an
     earlier prediction is replaced; any other non-empty folder is refused."""
-    import torch
-
-    from .detection.inference import score_images
-    from .report.figures import overlay
+    from .detection.predictions import write_predictions
 
     paths = expand_images(images)
     detector = runs.load_detector(run, device)
     given = Path(out or Path(run) / "predictions")
-    out = check_output_folder(given).resolve()  # `--out .` has a name and a parent once resolved
-    replace_earlier = _earlier_predictions(out)  # refuse before scoring anything
-    make_folder(out.parent)
-    stage = owned.staging_folder(out)
-    records = []
-    try:
-        with bar(len(paths), "predict") as tick:
-            for name, res in zip(_overlay_names(paths), score_images(detector, paths, batch_size, keep_images=True,
-                                                                      on_image=tick)):
-                full = res.layout.to_source(torch.from_numpy(res.anomaly_map)).numpy()
-                write_image(stage / name, overlay(res.image, full, detector.threshold_))
-                records.append({"image": str(res.path), "score": round(res.score, 6),
-                                "threshold": round(detector.threshold_, 6),
-                                "anomalous": int(res.score > detector.threshold_), "overlay": name})
-        write_text(stage / PREDICTION_TABLE, _csv(records))
-        owned.mark(stage, "predictions")
-        _replace_folder(stage, out, replace_earlier)
-    finally:
-        if stage.exists():
-            owned.remove_own(stage, [p.name for p in stage.iterdir()])  # a folder this call made
-            stage.rmdir()
-    return Predictions(given, records, detector.threshold_)
-
-
-def _replace_folder(stage: Path, out: Path, earlier: bool) -> None:
-    """Put the finished `stage` where `out` is; an earlier prediction there (checked to hold only
-    a prediction's files) is moved aside first and removed file by file once the new one is in."""
-    if not earlier:
-        if not out.exists():
-            os.replace(stage, out)
-            return
-        # an empty folder that is there already (the user's, or the cwd) stays; the files move in, the
-        # table last, so a prediction cut short here has no scores.csv
-        for path in sorted(stage.iterdir(), key=lambda p: p.name == PREDICTION_TABLE):
-            os.replace(path, out / path.name)
-        stage.rmdir()
-        return
-    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.replaced-"))
-    os.replace(out, aside / "old")
-    os.replace(stage, out)
-    old = aside / "old"
-    owned.remove_own(old, [p.name for p in old.iterdir()])  # only a prediction's files (checked above)
-    old.rmdir()
-    aside.rmdir()
+    return write_predictions(detector, paths, given, batch_size)
 
 
 def _refuse_different(path: Path, data: bytes, overwrite: bool) -> None:

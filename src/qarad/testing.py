@@ -213,7 +213,7 @@ def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0, refiner: bool 
     model.save_dual_encoder(folder, DualEncoder())
     model.write_config(folder, model.ModelConfig(cfg, ResolutionPolicy(size=64), model.FitData()))
     if corpus_from:
-        from .synthesis import fit
+        from .synthesis import corpus
 
-        fit.save_corpus(folder / model.CORPUS, fit.build_corpus(list(corpus_from), ResolutionPolicy(size=64), cfg))
+        corpus.save_corpus(folder / model.CORPUS, corpus.build_corpus(list(corpus_from), ResolutionPolicy(size=64), cfg))
     return folder

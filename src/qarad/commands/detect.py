@@ -59,6 +59,8 @@ def train(args) -> int:
     if done.already_trained:
         print(f"{args.out}: this run is already trained; nothing to do (pass --overwrite to retrain)")
     else:
+        for line in done.notes:
+            print(line)
         print(f"trained {done.method} on {done.n_images} normal images, threshold {done.threshold:.4f}\n"
               f"run folder: {args.out}")
     return 0

@@ -10,6 +10,8 @@ main thread's ONNX-export warnings into crashes, issue 32) and no umask.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -293,6 +295,15 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_csv(path: str | os.PathLike, records: list[dict]) -> None:
+    """`records` (dicts with the same keys, the first one's order) as a CSV table with a header, atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    write_text(path, buf.getvalue())
 
 
 def _non_finite(obj: Any, where: str = "") -> str | None:

@@ -203,7 +203,7 @@ def _check_features(name: str, features: torch.Tensor, config: SegmenterConfig) 
 class Segmenter:
     """Synthesis-trained detector with a scikit-learn-like API; see the module docstring.
 
-    Fitting happens in `detection.train` (`fit_detector`), on cached features; this class holds
+    Fitting happens in `detection.train` (`fit_detector`, `train_qarad`), on cached features; this class holds
     the fitted parts and scores views.
     """
 
