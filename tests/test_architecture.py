@@ -1,10 +1,11 @@
 """The house's layout holds: who imports whom (no cycle, commands only from the CLI, QAW one floor
-below synthesis)."""
+below synthesis) and no file in src/ past its size limit (STYLE.md: one concept per file)."""
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
+MAX_LINES = 450  # STYLE.md's "under ~400 lines", with room for a docstring's growth
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -80,3 +81,9 @@ def test_quality_sits_below_synthesis():
         if name.startswith("qarad.quality"):
             assert not {m for m in imported if m.startswith("qarad.synthesis")}, name
 
+
+
+def test_no_file_in_src_is_too_long():
+    long = {str(p.relative_to(SRC)): n for p in (SRC / "qarad").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"files over {MAX_LINES} lines: {long}"

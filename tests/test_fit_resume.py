@@ -113,7 +113,7 @@ def test_tokenizer_resumes_to_the_uninterrupted_weights(corpus, tmp_path, monkey
     # Dead-code restarts every 10 steps, a multiple of checkpoint_every as with the defaults (100 and
     # 100): usage counts are zeroed at each restart, so a resume from a checkpoint loses none of them.
     # One restart falls on the resume point itself (step 10).
-    monkeypatch.setattr(F, "DEAD_CODE_EVERY", 10)
+    monkeypatch.setattr(L, "DEAD_CODE_EVERY", 10)
     cfg = tiny_config(codebook_size=64)  # more codes than these windows use: some die and restart
     whole_steps = Steps()
     whole = L.fit_tokenizer(corpus, cfg, tmp_path / "whole", on_step=whole_steps)
@@ -130,7 +130,7 @@ def test_tokenizer_resumes_to_the_uninterrupted_weights(corpus, tmp_path, monkey
 def test_tokenizer_resume_with_dead_code_restarts_between_checkpoints(paths, tmp_path, monkeypatch, restarts):
     # The usage counts since the last restart are part of the train state, so the restart after step 16
     # re-seeds the same codes whether or not the fit was resumed at step 10 in between.
-    monkeypatch.setattr(F, "DEAD_CODE_EVERY", 8)  # restarts after steps 8 and 16; the resume point is 10
+    monkeypatch.setattr(L, "DEAD_CODE_EVERY", 8)  # restarts after steps 8 and 16; the resume point is 10
     cfg = tiny_config(codebook_size=64)  # a codebook larger than one batch's tokens: codes go unused
     corpus = C.build_corpus(paths, ResolutionPolicy(size=64), cfg)
     whole = L.fit_tokenizer(corpus, cfg, tmp_path / "whole")
@@ -143,7 +143,7 @@ def test_tokenizer_resume_with_dead_code_restarts_between_checkpoints(paths, tmp
 def test_tokenizer_with_an_ema_codebook_resumes_to_the_uninterrupted_weights(paths, tmp_path, monkeypatch, restarts):
     # The EMA counts and sums are buffers of the tokenizer, so they are in its train state; the
     # restart after step 8 resets those of the codes it re-seeds, the resume point is 10, the next restart 16.
-    monkeypatch.setattr(F, "DEAD_CODE_EVERY", 8)
+    monkeypatch.setattr(L, "DEAD_CODE_EVERY", 8)
     cfg = tiny_config(codebook_size=64)
     cfg = replace(cfg, tokenizer=replace(cfg.tokenizer, ema_decay=0.9))
     corpus = C.build_corpus(paths, ResolutionPolicy(size=64), cfg)

@@ -106,7 +106,7 @@ def one_process(inputs, tmp_path_factory):
     base, corpus, (codes, token_masks, text) = inputs
     out, losses = tmp_path_factory.mktemp("one"), {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(F, "DEAD_CODE_EVERY", DEAD_CODE_EVERY)
+        mp.setattr(L, "DEAD_CODE_EVERY", DEAD_CODE_EVERY)
         losses["tokenizer"] = Steps()
         tokenizer = L.fit_tokenizer(corpus, fit_config(), out / "tokenizer", losses["tokenizer"])
         losses["tokenizer_ema"] = Steps()
@@ -129,7 +129,7 @@ def test_two_processes_fit_what_one_fits_and_resume_in_one(inputs, one_process, 
 
     # the 2-process train state (unwrapped module, step 10) resumes in one process
     assert json.loads((tmp_path / "crashed.json").read_text())["step"] == 10
-    monkeypatch.setattr(F, "DEAD_CODE_EVERY", DEAD_CODE_EVERY)
+    monkeypatch.setattr(L, "DEAD_CODE_EVERY", DEAD_CODE_EVERY)
     rest = Steps()
     resumed = L.fit_tokenizer(corpus, fit_config(), tmp_path / "crashed", rest)
     assert len(rest.losses) == STEPS - 10

@@ -80,15 +80,25 @@ class PatchCore:
         wanted = config.backbone_config
         if backbone is not None and backbone.config != wanted:
             raise ValueError(f"the backbone is {backbone.config}; this PatchCore was configured for {wanted}")
-        self.embedder = PatchEmbedder(backbone or Backbone(wanted))
+        self.backbone = backbone  # None: built on first use (`embedder`), as Segmenter does
+        self._patch_embedder: PatchEmbedder | None = None
         self.device = torch.device("cpu")
+
+    @property
+    def embedder(self) -> PatchEmbedder:
+        """The backbone's patch features, on this detector's device; loaded on first use."""
+        if self._patch_embedder is None:
+            self._patch_embedder = PatchEmbedder(self.backbone or Backbone(self.config.backbone_config))
+            self._patch_embedder.to(self.device)
+        return self._patch_embedder
 
     def to(self, device: str | torch.device) -> "PatchCore":
         """Move the backbone and the memory bank ('auto' picks CUDA when present)."""
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.embedder.to(self.device)
+        if self._patch_embedder is not None:
+            self._patch_embedder.to(self.device)
         if hasattr(self, "memory_"):
             self._set_memory(self.memory_, self.memory_source_)
         return self
@@ -180,7 +190,8 @@ class PatchCore:
                     checkpoint.build_config(ResolutionPolicy, cfg["policy"], source))
         threshold = checkpoint.read_threshold(cfg["threshold"], source)
         scores = checkpoint.finite_numbers(cfg["calibration_scores"], "calibration_scores", source)
-        tensors = checkpoint.load_tensors(stem, {"memory": (None, model.embedder.channels), "memory_source": (None,)})
+        tensors = checkpoint.load_tensors(stem, {"memory": (None, model.config.backbone_config.feature_channels),
+                                               "memory_source": (None,)})
         if len(tensors["memory"]) != len(tensors["memory_source"]):
             raise checkpoint.CheckpointError(f"{stem}: memory and memory_source lengths differ")
         if len(tensors["memory"]) == 0:  # every search would fail, or find nothing

@@ -117,6 +117,26 @@ class FitConfig:
         return WindowRule(self.window, self.max_zoom)
 
 
+# aras.json "fit" fields added since the first models were written, each with the value that reads
+# an older model as it was fitted (the one table: reading a model and comparing a rerun with it)
+LEGACY_FIT = {
+    "max_zoom": LEGACY_MAX_ZOOM,  # fitted before windows zoomed: keep their unzoomed view
+    "refiner_steps": 0,  # fitted before the refiner existed: it has none
+    "real_samples_per_shot": FitConfig.real_samples_per_shot,  # fitted before real shots: unused
+    "real_share": FitConfig.real_share,
+}
+LEGACY_TOKENIZER = {"ema_decay": 0.0}  # fitted before EMA codebooks: gradient-trained
+
+
+def with_legacy_defaults(fit: dict) -> dict:
+    """A copy of aras.json's "fit" with every field an older model lacks set to its LEGACY_FIT value
+    (and its tokenizer's to LEGACY_TOKENIZER's)."""
+    fit = {**LEGACY_FIT, **fit}
+    if isinstance(fit.get("tokenizer"), dict):
+        fit["tokenizer"] = {**LEGACY_TOKENIZER, **fit["tokenizer"]}
+    return fit
+
+
 def config_dict(cfg: FitConfig) -> dict:
     return asdict(cfg)
 
@@ -124,10 +144,7 @@ def config_dict(cfg: FitConfig) -> dict:
 def config_from_dict(values: dict, source) -> FitConfig:
     if not isinstance(values, dict):
         raise checkpoint.CheckpointError(f"{source}: FitConfig must be a JSON object, got {type(values).__name__}")
-    values = dict(values)
-    values.setdefault("max_zoom", LEGACY_MAX_ZOOM)  # fitted before windows zoomed: keep their view
-    values.setdefault("refiner_steps", 0)  # fitted before the refiner existed: it has none
-    values.update({k: v for k, v in _REAL_DEFAULTS.items() if k not in values})  # ... or real shots
+    values = with_legacy_defaults(values)
     tok = checkpoint.build_config(TokenizerConfig, values.pop("tokenizer", {}), source)
     pri = checkpoint.build_config(PriorConfig, values.pop("prior", {}), source)
     ref = checkpoint.build_config(RefinerConfig, values.pop("refiner", {}), source)
@@ -158,8 +175,6 @@ class ModelConfig:
         return self.real_defects.types if self.real_defects else ()
 
 
-_REAL_DEFAULTS = {"real_samples_per_shot": FitConfig.real_samples_per_shot, "real_share": FitConfig.real_share}
-_TOKENIZER_DEFAULTS = {"ema_decay": TokenizerConfig.ema_decay}  # fitted before EMA codebooks: gradient-trained
 KEYS = {"fit", "policy", "data"}  # aras.json always; REAL_KEY too when the corpus holds real shots
 REAL_KEY = "real_defects"
 
@@ -207,10 +222,8 @@ def prepare_folder(out: str | Path, config: ModelConfig, overwrite: bool = False
         old = checkpoint.load_config(path)
         if isinstance(old.get("data"), dict):  # a model fitted before a FitData field existed has its default
             old["data"] = {**asdict(FitData()), **old["data"]}
-        if isinstance(old.get("fit"), dict):  # ... and one fitted before real shots, the real-shot defaults
-            old["fit"] = {**_REAL_DEFAULTS, **old["fit"]}
-            if isinstance(old["fit"].get("tokenizer"), dict):  # ... or EMA codebooks, a gradient-trained one
-                old["fit"]["tokenizer"] = {**_TOKENIZER_DEFAULTS, **old["fit"]["tokenizer"]}
+        if isinstance(old.get("fit"), dict):  # ... and one fitted before a FitConfig field, its LEGACY_FIT value
+            old["fit"] = with_legacy_defaults(old["fit"])
         if old != config_json(config):
             if not overwrite:
                 raise ValueError(f"{out}: holds an ARAS model fitted with other settings; choose another --out "
