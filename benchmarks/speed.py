@@ -42,8 +42,8 @@ MODELS = common.ROOT / "benchmarks" / "models" / "speed"
 ENTRIES = ("backbone", "patchcore", "patchcore_exact", "patchcore_eval", "qarad")
 
 
-def fitted_runs(data: Path, key: str, backbone: str) -> tuple[dict, dict]:
-    """Run folders of PatchCore and the detector for (key, backbone) -> ({method: path}, {method: fit s})."""
+def fitted_runs(data: Path, key: str, backbone: str, size: int = SIZE) -> tuple[dict, dict]:
+    """Run folders of PatchCore and the detector for (key, backbone, size) -> ({method: path}, {method: fit s})."""
     from qarad import api
     from qarad.data.resolution import ResolutionPolicy
     from qarad.detection.patchcore import PatchCoreConfig
@@ -54,13 +54,13 @@ def fitted_runs(data: Path, key: str, backbone: str) -> tuple[dict, dict]:
                "qarad": SegmenterConfig(negatives=("perlin",), backbone=backbone)}
     runs, fit_s = {}, {}
     for method, config in configs.items():
-        out = MODELS / key.replace("/", "__") / f"{method}-{backbone}"
+        out = MODELS / key.replace("/", "__") / f"{method}-{backbone}-{size}"
         t0 = time.perf_counter()
-        trained = api.train(data / root, cat, out, config, policy=ResolutionPolicy("resize", SIZE),
+        trained = api.train(data / root, cat, out, config, policy=ResolutionPolicy("resize", size),
                             max_train_images=common.TRAIN_LIMIT.get(key))
         runs[method] = out
         fit_s[method] = None if trained.already_trained else time.perf_counter() - t0
-        print(f"{key} {backbone}: {method} run {out} ({'reused' if trained.already_trained else 'fitted'})",
+        print(f"{key} {backbone} {size}: {method} run {out} ({'reused' if trained.already_trained else 'fitted'})",
               flush=True)
     return runs, fit_s
 
