@@ -45,6 +45,16 @@ STAGES = ("load", "decode", "views", "backbone", "search", "head", "upsample_smo
 METHODS = ("patchcore", "qarad")
 
 
+def optional(module: str, name: str) -> list[tuple[object, str]]:
+    """[(module, name)] when the module exists (profiling an older checkout too), else []."""
+    import importlib
+
+    try:
+        return [(importlib.import_module(module), name)]
+    except ImportError:
+        return []
+
+
 def _targets() -> dict[str, list[tuple[object, str]]]:
     """stage -> (owner, attribute) of the functions it times; owners missing an attribute are skipped."""
     from qarad import api, metrics
@@ -67,7 +77,8 @@ def _targets() -> dict[str, list[tuple[object, str]]]:
                             (segmenter.Segmenter, "smooth"), (anomaly_map, "gaussian_blur")],
         "metrics": [(evaluate, "graded_pair"), (evaluate, "summary_metrics"), (metrics.ImagePixels, "__init__"),
                     (metrics.PixelMetrics, "add"), (metrics, "curves")],
-        "overlay_write": [(figures, "overlay"), (api, "write_image"), (api, "write_text")],
+        "overlay_write": [*optional("qarad.detection.overlay", "write_overlay"), (figures, "overlay"),
+                          (api, "write_image"), (api, "write_text")],
     }
 
 

@@ -93,6 +93,15 @@ class Layout:
         return Layout((height, width), work, (s, s), tuple((y, x) for y in ys for x in xs), policy.overlap)
 
     @property
+    def decode_reduction(self) -> int:
+        """Integer factor by which the source may be block-averaged while decoding (io.read_image's
+        `reduce`): half the downscale to the working image, so the antialiased resize that follows
+        still averages >= 2 reduced pixels per working pixel and the views stay within interpolation
+        noise of the full decode (tests/test_reduced_decode.py). 1 when the image is not shrunk 4x."""
+        shrink = min(self.source_hw[0] / self.work_hw[0], self.source_hw[1] / self.work_hw[1])
+        return max(1, int(shrink / 2))
+
+    @property
     def canvas_hw(self) -> tuple[int, int]:
         return (max(self.work_hw[0], self.view_hw[0]), max(self.work_hw[1], self.view_hw[1]))
 
