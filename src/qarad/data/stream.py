@@ -30,7 +30,7 @@ class Loaded:
 
 def load(index: int, path: Path, policy: ResolutionPolicy, keep_image: bool = True) -> Loaded:
     """Decode one image and cut its views. Without `keep_image` the original is dropped and, where
-    the policy shrinks the image 4x or more, decoded reduced (Layout.decode_reduction): memory then
+    the policy shrinks the image 8x or more, decoded reduced (Layout.decode_reduction): memory then
     follows the working size, not the file's."""
     if keep_image:
         image = read_image(path)
@@ -44,7 +44,7 @@ def load(index: int, path: Path, policy: ResolutionPolicy, keep_image: bool = Tr
     else:  # a decoder that turns the image (EXIF orientation) swaps the header's sides
         turned = reduced.shape[:2] != (-(-h // k), -(-w // k))
         layout = policy.layout(*((w, h) if turned else (h, w)))
-    return Loaded(index, Path(path), None, layout, layout.views(reduced))
+    return Loaded(index, Path(path), None, layout, layout.views(reduced, k))
 
 
 def iter_loaded(paths: Iterable[Path], policy: ResolutionPolicy, read_ahead: int = 2,
