@@ -124,7 +124,9 @@ def read_image_uint8(path: str | os.PathLike) -> np.ndarray:
             img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         if img.mode in ("RGBA", "LA"):  # premultiplied alpha = composite onto black
             return np.ascontiguousarray(np.asarray(img.convert("RGBA").convert("RGBa"))[..., :3])
-        if img.mode in ("1", "L", "RGB", "CMYK", "YCbCr"):
+        if img.mode == "RGB":
+            return np.array(img)  # one copy, not convert's second one
+        if img.mode in ("1", "L", "CMYK", "YCbCr"):
             return np.asarray(img.convert("RGB"))
     return to_uint8(read_image(path))  # 16- and 32-bit modes: through floats
 

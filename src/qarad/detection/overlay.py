@@ -60,4 +60,5 @@ def write_overlay(out: str | Path, source: str | Path, layout: Layout, work_map:
     for y, rows in source_rows(layout, work):
         part = image[y:y + len(rows)].astype(np.float32) / 255.0
         blended[y:y + len(rows)] = to_uint8(overlay(part, (rows / scale).numpy(), threshold))
+    del image  # the PNG encoder copies `blended` once more: free the source first
     write_image(out, blended)
