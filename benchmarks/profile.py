@@ -1,7 +1,7 @@
 """Where the time of `qarad eval` and `qarad predict` goes, per stage, for PatchCore and the QARAD detector.
 
     python benchmarks/profile.py [--dataset magnetic_tile/magnetic_tile] [--sizes 256 384] [--images 50]
-        [--repeats 3] [--batch 8]
+        [--repeats 3] [--batch 8] [--batches 1 2 4 16]
 
 Runs the library's own loops (`detection.evaluate.evaluate`, what `qarad eval` runs, and
 `api.predict`, what `qarad predict` runs, into a temporary folder) on evenly spaced test images,
@@ -168,6 +168,9 @@ def measure(args, size: int) -> dict:
                 "eval": lambda: evaluate(detector, samples, args.batch),
                 "predict": lambda: api.predict(runs[method], paths, Path(tmp) / method, args.batch),
             }
+            for b in args.batches:  # scoring at other batch sizes: the batch chosen by measurement
+                if b != args.batch:
+                    loops[f"scoring_batch{b}"] = lambda b=b: sum(1 for _ in score_images(detector, paths, b))
             out[method] = {name: profile_loop(loop, len(paths), args.repeats) for name, loop in loops.items()}
             print(f"{args.dataset} {size} {method}: " + ", ".join(
                 f"{n} {r['images_per_s']:.1f} img/s" for n, r in out[method].items()), flush=True)
@@ -205,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batches", nargs="*", type=int, default=[1, 2, 4, 16],
+                    help="scoring alone also at these batch sizes (views per backbone call)")
     ap.add_argument("--runs", nargs=2, type=Path, metavar=("PATCHCORE_RUN", "QARAD_RUN"),
                     help="profile these runs (one size) instead of benchmarks/models/speed/")
     ap.add_argument("--out", type=Path, default=common.RESULTS / "profile.json")
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {str(size): measure(args, size) for size in args.sizes}
     env = {**common.envelope(results), "settings": {
         "dataset": args.dataset, "backbone": args.backbone, "sizes": args.sizes, "images": args.images,
-        "repeats": args.repeats, "batch": args.batch, "threads": torch.get_num_threads()}}
+        "repeats": args.repeats, "batch": args.batch, "batches": args.batches, "threads": torch.get_num_threads()}}
     common.publish(args.out, env, "profile", markdown, not args.no_markdown)
 
 
