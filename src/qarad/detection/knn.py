@@ -4,7 +4,9 @@ The bank is small enough to search exactly on a GPU, but on 2 CPU cores an exact
 78k-row bank costs ~0.4 s per 256-px image. `ivf` (faiss IndexIVFFlat: the bank is split into
 Voronoi cells around k-means centroids and a query scans only the `nprobe` nearest cells) is the
 default; `exact` (faiss IndexFlatL2, same numbers as the brute-force torch search) stays for
-small banks and for checking. Both return Euclidean distances and row indices.
+small banks and for checking. `hnsw` (faiss IndexHNSWFlat: a graph walk keeping `ef_search`
+candidates) is measured beside them by benchmarks/search.py. All return Euclidean distances and row
+indices; an IVF or HNSW distance is never below the exact one.
 
 Refinement (`refine` > 0): the given share of a call's queries with the largest IVF distances are
 searched again exactly, per view. An IVF distance is never below the exact one, so the patches an
