@@ -1,11 +1,11 @@
 """Peak memory of `qarad predict` on one huge image (a generated 10000 x 10000 RGB PNG) under `resize`.
 
-    python benchmarks/huge_predict.py [--run RUN] [--side 10000] [--src src]
+    python benchmarks/huge_predict.py [--run RUN] [--side 10000] [--src src [OLD/src ...]]
 
 Draws a compressible 10000 x 10000 RGB PNG (grey, a fan of lines, a dark blob: ~0.7 MB, 100 Mpx,
 under data/io.MAX_PIXELS) into a temporary folder and runs `qarad predict RUN IMAGE` once under
-`/usr/bin/time -v` with the qarad source tree `--src` (so an older checkout can be measured the same
-way). Writes benchmarks/results/huge_predict.json (peak RSS, wall time, the image) and the
+`/usr/bin/time -v` with each qarad source tree of `--src` (an older checkout, e.g. `git archive
+COMMIT src | tar -x -C OLD`, is measured the same way, side by side). Writes benchmarks/results/huge_predict.json (peak RSS, wall time, the image) and the
 "huge_predict" section of BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -55,25 +55,26 @@ def markdown(env: dict) -> str:
         "## Memory of `qarad predict` on a huge image", "",
         f"Command: `{env['command']}` ({env['date']}, {env['machine']}; results: "
         "`benchmarks/results/huge_predict.json`). One generated "
-        f"{r['side']} x {r['side']} RGB PNG ({r['png_mb']:.1f} MB on disk), PatchCore run `resize` 256, "
-        "peak RSS from `/usr/bin/time -v`.", "",
+        f"{r['side']} x {r['side']} RGB PNG ({r['png_mb']:.1f} MB on disk), run `{r['run']}` (`resize`), "
+        "peak RSS from `/usr/bin/time -v`, one process per source tree.", "",
         "| source tree | peak RSS MB | wall |", "|---|---|---|",
-        f"| {r['src']} | {r['peak_rss_mb']:.0f} | {r['wall']} |"])
+        *[f"| {src} | {m['peak_rss_mb']:.0f} | {m['wall']} |" for src, m in r["by_src"].items()]])
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=RUN)
     ap.add_argument("--side", type=int, default=10000)
-    ap.add_argument("--src", type=Path, default=common.ROOT / "src")
+    ap.add_argument("--src", type=Path, nargs="+", default=[common.ROOT / "src"])
     ap.add_argument("--out", type=Path, default=common.RESULTS / "huge_predict.json")
     ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="qarad-huge-") as tmp:
         image = Path(tmp) / "huge.png"
         draw(image, args.side)
-        result = predict_peak(args.run, image, Path(tmp) / "predictions", args.src)
-        result.update(side=args.side, png_mb=image.stat().st_size / 2**20, src=str(args.src))
+        result = {"side": args.side, "png_mb": image.stat().st_size / 2**20, "run": str(args.run),
+                  "by_src": {str(src): predict_peak(args.run, image, Path(tmp) / f"predictions{i}", src)
+                             for i, src in enumerate(args.src)}}
     common.publish(args.out, common.envelope(result), "huge_predict", markdown, not args.no_markdown)
 
 
