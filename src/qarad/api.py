@@ -629,10 +629,8 @@ def predict(run: str | Path, images: list, out: str | Path | None = None, batch_
     """Score `images` (files or folders) with a trained run: a heat-map overlay per image and
     scores.csv in `out` (default RUN/predictions), written all or nothing. An `out` holding an
     earlier prediction is replaced; any other non-empty folder is refused."""
-    import torch
-
     from .detection.inference import score_images
-    from .report.figures import overlay
+    from .detection.overlay import write_overlay
 
     paths = expand_images(images)
     detector = runs.load_detector(run, device)
@@ -644,10 +642,8 @@ def predict(run: str | Path, images: list, out: str | Path | None = None, batch_
     records = []
     try:
         with bar(len(paths), "predict") as tick:
-            for name, res in zip(_overlay_names(paths), score_images(detector, paths, batch_size, keep_images=True,
-                                                                      on_image=tick)):
-                full = res.layout.to_source(torch.from_numpy(res.anomaly_map)).numpy()
-                write_image(stage / name, overlay(res.image, full, detector.threshold_))
+            for name, res in zip(_overlay_names(paths), score_images(detector, paths, batch_size, on_image=tick)):
+                write_overlay(stage / name, res.path, res.layout, res.anomaly_map, detector.threshold_)
                 records.append({"image": str(res.path), "score": round(res.score, 6),
                                 "threshold": round(detector.threshold_, 6),
                                 "anomalous": int(res.score > detector.threshold_), "overlay": name})

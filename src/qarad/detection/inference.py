@@ -38,7 +38,8 @@ def score_images(
     on_image: Callable[[], None] | None = None,
 ) -> Iterator[ImageResult]:
     with torch.inference_mode():
-        for item, maps in map_views(iter_loaded(paths, detector.policy), detector.view_maps, batch_size):
+        loaded = iter_loaded(paths, detector.policy, keep_image=keep_images)
+        for item, maps in map_views(loaded, detector.view_maps, batch_size):
             work = detector.smooth(item.layout.stitch(maps.float().cpu()))
             if on_image:
                 on_image()
