@@ -1,0 +1,109 @@
+"""The grain composite: the defect's structure from the ARAS decode, the material's grain from real pixels.
+
+An 8x8-token decode of a 64-px window cannot carry the material's high frequencies: pasted as it
+is, a defect is a smooth blob on grainy material (DESIGN 4.4). So each generated crop is split by
+frequency at the token scale: the low frequencies (shading, polarity, shape, soft edges) come from
+the decode, the high ones from real material, the source crop itself or, for a defect that
+removes material (a hole, a break), a donor crop of normal material elsewhere in the image. Inside
+the mask the grain's gain follows the defect (GRAIN): a stain dulls it, a scratch replaces it with
+the decode's own fine detail (the stroke is fine detail), a discoloration leaves it as it was.
+Outside the mask the source's grain is kept whole, so the blend's feathered ring stays grainy.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Low-pass width in window px: a code describes an 8-px cell, so detail finer than a quarter of
+# a cell is what the decode draws from its codebook, not from the defect.
+SPLIT_SIGMA_WINDOW = 2.0
+
+
+@dataclass(frozen=True)
+class Grain:
+    source: float  # gain of the real material's grain inside the mask
+    decoded: float  # gain of the decode's own fine detail inside the mask
+    donor: bool = False  # the defect removes material: the grain comes from normal material elsewhere
+
+
+GRAIN = {
+    "scratch": Grain(0.3, 1.0), "crack": Grain(0.3, 1.0), "fray": Grain(0.4, 1.0), "print_line": Grain(0.3, 1.0),
+    "stain": Grain(0.6, 0.3), "discoloration": Grain(1.0, 0.0), "dent": Grain(1.0, 0.2),
+    "hole": Grain(0.8, 0.5, donor=True), "break": Grain(0.8, 0.5, donor=True),
+}
+UNKNOWN = Grain(0.8, 0.5)  # a prompt that names no family (a real defect type's own name)
+DONOR_TRIES = 12
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(C, H, W) -> same, separable Gaussian with replicated borders; sigma <= 0 returns x."""
+    if sigma <= 0:
+        return x
+    r = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[0]
+    y = F.pad(x[None], (r, r, r, r), mode="replicate")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)[0]
+
+
+def fine_energy(x: torch.Tensor, sigma: float) -> float:
+    """RMS of x's fine detail (x minus its blur): how grainy a crop is."""
+    return float((x - gaussian_blur(x, sigma)).pow(2).mean().sqrt())
+
+
+def donor_crop(image: np.ndarray, box: tuple[int, int, int, int], sigma: float,
+               generator: torch.Generator) -> torch.Tensor:
+    """(3, hh, ww) crop of normal material elsewhere in `image`: of DONOR_TRIES boxes of the defect
+    box's size that do not overlap it, the one whose grain is closest to the box's own (so a part's
+    material, not a plain backdrop); the box's content shifted by half when no such box fits."""
+    y0, x0, y1, x1 = box
+    h, w = image.shape[:2]
+    hh, ww = min(y1 - y0, h), min(x1 - x0, w)
+    here = torch.from_numpy(np.ascontiguousarray(image[y0:y0 + hh, x0:x0 + ww])).permute(2, 0, 1).float()
+    target = fine_energy(here, sigma)
+    best, best_gap = None, math.inf
+    for _ in range(DONOR_TRIES):
+        dy = int(torch.randint(0, h - hh + 1, (1,), generator=generator))
+        dx = int(torch.randint(0, w - ww + 1, (1,), generator=generator))
+        if dy < y1 and dy + hh > y0 and dx < x1 and dx + ww > x0:
+            continue  # overlaps the defect's own box
+        crop = torch.from_numpy(np.ascontiguousarray(image[dy:dy + hh, dx:dx + ww])).permute(2, 0, 1).float()
+        gap = abs(math.log((fine_energy(crop, sigma) + 1e-4) / (target + 1e-4)))
+        if gap < best_gap:
+            best, best_gap = crop, gap
+    if best is None:
+        best = torch.roll(here, shifts=(hh // 2, ww // 2), dims=(1, 2))
+    return best
+
+
+def _fit(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Pad (replicate) or cut (3, h, w) to (3, *shape): crops near the border can be short."""
+    ph, pw = shape[0] - x.shape[1], shape[1] - x.shape[2]
+    if ph > 0 or pw > 0:
+        x = F.pad(x[None], (0, max(pw, 0), 0, max(ph, 0)), mode="replicate")[0]
+    return x[:, :shape[0], :shape[1]]
+
+
+def grain_composite(decoded: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, grain: Grain, sigma: float,
+                    donor: torch.Tensor | None = None) -> torch.Tensor:
+    """low(decoded) + the grain: (3, h, w) crops at source resolution, mask (h, w) bool, sigma in
+    source px -> (3, h, w) in [0, 1]. Inside the mask the grain is grain.source x the source's (or the
+    donor's) fine detail + grain.decoded x the decode's own; outside, the source's fine detail whole."""
+    shape = tuple(source.shape[-2:])
+    decoded, source = decoded.float(), source.float()
+    low = gaussian_blur(decoded, sigma)
+    inside = gaussian_blur(mask.float()[None], max(sigma, 0.5))[0].clamp(0, 1)  # soft: no step in the grain
+    real = source - gaussian_blur(source, sigma)
+    if grain.donor and donor is not None:
+        donor = _fit(donor.float(), shape)
+        real = real + inside * ((donor - gaussian_blur(donor, sigma)) - real)
+    own = decoded - low
+    gain_real = 1.0 + (grain.source - 1.0) * inside
+    return (low + gain_real * real + grain.decoded * inside * own).clamp(0, 1)
