@@ -25,7 +25,7 @@ import torch.nn.functional as F
 CLASSIFIER_SIDE = 224
 TIGHT_MARGIN = 0.25  # share of the changed region's box added on each side of the tight crop
 TIGHT_MIN_PX = 12  # window px a side, at least
-C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)  # inverse L2 strengths tried by cross-validation
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # inverse L2 strengths tried by cross-validation
 ATTRIBUTES = ("polarity", "size", "elongation", "orientation")
 ATTRIBUTE_MASK_SCALE = 2.0  # blob regions this many times the median proposal: room for every size
 

@@ -32,41 +32,43 @@ def test_blur_keeps_a_constant_and_removes_fine_detail():
 
 def test_a_decode_of_the_source_itself_gives_back_the_source():
     src = _grainy(1)
-    out = grain_composite(src, src, _disc(), GRAIN["stain"], SIGMA)
+    out = grain_composite(src, src, src, _disc(), GRAIN["stain"], SIGMA)
     outside = ~torch.nn.functional.max_pool2d(_disc().float()[None, None], 13, 1, 6)[0, 0].bool()
     assert torch.allclose(out[:, outside], src[:, outside], atol=1e-5)
 
 
 def test_a_smooth_decode_gets_the_sources_grain_scaled_by_the_family():
     src, mask = _grainy(2), _disc()
-    decoded = gaussian_blur(src, 3.0).clone()
+    old = gaussian_blur(src, 3.0)  # the decoder's grainless imitation of the material
+    decoded = old.clone()
     decoded[:, mask] -= 0.2  # a grainless dark blob, as an 8x8-token decode draws it
     core = _inner(mask)
     grain_in = lambda out: float((out - gaussian_blur(out, SIGMA))[:, core].std())  # noqa: E731
     real = grain_in(src)
-    whole = grain_in(grain_composite(decoded, src, mask, Grain(1.0, 0.0), SIGMA))
-    dulled = grain_in(grain_composite(decoded, src, mask, GRAIN["stain"], SIGMA))
+    whole = grain_in(grain_composite(decoded, old, src, mask, Grain(1.0), SIGMA))
+    dulled = grain_in(grain_composite(decoded, old, src, mask, GRAIN["stain"], SIGMA))
     assert grain_in(decoded) < 0.3 * real  # what `replace` pastes
     assert whole == pytest.approx(real, rel=0.1)
-    assert dulled == pytest.approx(GRAIN["stain"].source * real, rel=0.15)
+    assert dulled == pytest.approx(GRAIN["stain"].gain * real, rel=0.15)
     # the decode's structure (its low frequencies) is kept: the blob is still darker
-    out = grain_composite(decoded, src, mask, GRAIN["stain"], SIGMA)
+    out = grain_composite(decoded, old, src, mask, GRAIN["stain"], SIGMA)
     assert float(out[:, core].mean()) < float(src[:, core].mean()) - 0.15
 
 
 def test_a_scratch_keeps_the_decodes_fine_stroke():
     src, mask = _grainy(3, std=0.02), torch.zeros(48, 48, dtype=torch.bool)
     mask[22:27, 6:42] = True
-    decoded = gaussian_blur(src, 3.0).clone()
-    decoded[:, 24, 8:40] = 0.1  # a one-pixel dark stroke: fine detail of the decode's own
-    out = grain_composite(decoded, src, mask, GRAIN["scratch"], SIGMA)
+    old = gaussian_blur(src, 3.0)
+    decoded = old.clone()
+    decoded[:, 24, 8:40] = 0.1  # a one-pixel dark stroke: fine detail the new codes drew
+    out = grain_composite(decoded, old, src, mask, GRAIN["scratch"], SIGMA)
     assert float(out[:, 24, 10:38].mean()) < float(src[:, 24, 10:38].mean()) - 0.2
 
 
 def test_removing_families_take_the_grain_from_the_donor():
     src, donor, mask = _grainy(4), _grainy(5), _disc()
     decoded = gaussian_blur(src, 3.0)
-    out = grain_composite(decoded, src, mask, GRAIN["hole"], SIGMA, donor)
+    out = grain_composite(decoded, decoded, src, mask, GRAIN["hole"], SIGMA, donor)
     core = _inner(mask)
     fine = lambda x: (x - gaussian_blur(x, SIGMA))[0, core]  # noqa: E731
     with_donor = np.corrcoef(fine(out).numpy(), fine(donor).numpy())[0, 1]

@@ -3,11 +3,14 @@
 An 8x8-token decode of a 64-px window cannot carry the material's high frequencies: pasted as it
 is, a defect is a smooth blob on grainy material (DESIGN 4.4). So each generated crop is split by
 frequency at the token scale: the low frequencies (shading, polarity, shape, soft edges) come from
-the decode, the high ones from real material, the source crop itself or, for a defect that
-removes material (a hole, a break), a donor crop of normal material elsewhere in the image. Inside
-the mask the grain's gain follows the defect (GRAIN): a stain dulls it, a scratch replaces it with
-the decode's own fine detail (the stroke is fine detail), a discoloration leaves it as it was.
-Outside the mask the source's grain is kept whole, so the blend's feathered ring stays grainy.
+the decode of the new codes; of the high frequencies the decode keeps only what the new codes
+changed (a stroke, a sharp rim: decode(new) - decode(old) above the split), and the material's
+grain, which the decode of the old codes only imitates, comes from real material: the source
+crop itself or, for a defect that removes material (a hole, a break), a donor crop of normal
+material elsewhere in the image. Inside the mask the grain's gain follows the defect (GRAIN): a
+stain dulls it, a scratch replaces it (the decode's stroke stays, little of the grain under it),
+a discoloration leaves it as it was. Outside the mask the source's grain is kept whole, so the
+blend's feathered ring stays grainy.
 """
 from __future__ import annotations
 
@@ -25,17 +28,16 @@ SPLIT_SIGMA_WINDOW = 2.0
 
 @dataclass(frozen=True)
 class Grain:
-    source: float  # gain of the real material's grain inside the mask
-    decoded: float  # gain of the decode's own fine detail inside the mask
+    gain: float  # of the real material's grain inside the mask (1 outside)
     donor: bool = False  # the defect removes material: the grain comes from normal material elsewhere
 
 
 GRAIN = {
-    "scratch": Grain(0.3, 1.0), "crack": Grain(0.3, 1.0), "fray": Grain(0.4, 1.0), "print_line": Grain(0.3, 1.0),
-    "stain": Grain(0.6, 0.3), "discoloration": Grain(1.0, 0.0), "dent": Grain(1.0, 0.2),
-    "hole": Grain(0.8, 0.5, donor=True), "break": Grain(0.8, 0.5, donor=True),
+    "scratch": Grain(0.3), "crack": Grain(0.3), "fray": Grain(0.4), "print_line": Grain(0.3),
+    "stain": Grain(0.6), "discoloration": Grain(1.0), "dent": Grain(1.0),
+    "hole": Grain(0.8, donor=True), "break": Grain(0.8, donor=True),
 }
-UNKNOWN = Grain(0.8, 0.5)  # a prompt that names no family (a real defect type's own name)
+UNKNOWN = Grain(0.8)  # a prompt that names no family (a real defect type's own name)
 DONOR_TRIES = 12
 
 
@@ -91,19 +93,22 @@ def _fit(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return x[:, :shape[0], :shape[1]]
 
 
-def grain_composite(decoded: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, grain: Grain, sigma: float,
-                    donor: torch.Tensor | None = None) -> torch.Tensor:
-    """low(decoded) + the grain: (3, h, w) crops at source resolution, mask (h, w) bool, sigma in
-    source px -> (3, h, w) in [0, 1]. Inside the mask the grain is grain.source x the source's (or the
-    donor's) fine detail + grain.decoded x the decode's own; outside, the source's fine detail whole."""
+def grain_composite(decoded: torch.Tensor, decoded_old: torch.Tensor, source: torch.Tensor, mask: torch.Tensor,
+                    grain: Grain, sigma: float, donor: torch.Tensor | None = None) -> torch.Tensor:
+    """(3, h, w) crops at source resolution: the decode of the new and of the old codes, the source;
+    mask (h, w) bool, sigma in source px -> (3, h, w) in [0, 1]:
+
+        decoded - fine(decoded_old) + gain * fine(real),   fine(x) = x - blur(x, sigma)
+
+    the new decode whole (its low frequencies and the fine detail the new codes drew), less the
+    grain the decoder imitates, plus the real grain: the source's, the donor's inside the mask of a
+    material-removing defect, at the family's gain inside the mask and whole outside it."""
     shape = tuple(source.shape[-2:])
-    decoded, source = decoded.float(), source.float()
-    low = gaussian_blur(decoded, sigma)
+    decoded, decoded_old, source = decoded.float(), decoded_old.float(), source.float()
     inside = gaussian_blur(mask.float()[None], max(sigma, 0.5))[0].clamp(0, 1)  # soft: no step in the grain
-    real = source - gaussian_blur(source, sigma)
+    fine = lambda x: x - gaussian_blur(x, sigma)  # noqa: E731
+    real = fine(source)
     if grain.donor and donor is not None:
-        donor = _fit(donor.float(), shape)
-        real = real + inside * ((donor - gaussian_blur(donor, sigma)) - real)
-    own = decoded - low
-    gain_real = 1.0 + (grain.source - 1.0) * inside
-    return (low + gain_real * real + grain.decoded * inside * own).clamp(0, 1)
+        real = real + inside * (fine(_fit(donor.float(), shape)) - real)
+    gain = 1.0 + (grain.gain - 1.0) * inside
+    return (decoded - fine(decoded_old) + gain * real).clamp(0, 1)

@@ -68,22 +68,25 @@ class ARAS:
                    cover: torch.Tensor, text: torch.Tensor, grain: "_GrainSource | None" = None) -> torch.Tensor:
         """The crop as the new codes describe it, at source resolution (3, hh, ww) in [0, 1]; with the
         grain composite, its low frequencies and the grain of real material (composite.py)."""
-        residual = config.composite == "residual"
-        source = cut.window[None].expand(2 if residual else 1, -1, -1, -1)
-        decoded = self.tokenizer.decode_codes(torch.stack([new, old]) if residual else new[None], source)
+        residual, both = config.composite == "residual", config.composite in ("residual", "grain")
+        source = cut.window[None].expand(2 if both else 1, -1, -1, -1)
+        decoded = self.tokenizer.decode_codes(torch.stack([new, old]) if both else new[None], source)
         if residual:  # only what the prior changed, on top of the real pixels
             delta = F.interpolate(decoded[:1] - decoded[1:], size=cut.crop.shape[-2:], mode="bilinear",
                                   align_corners=False)[0]
             return (cut.crop + delta).clamp(0, 1)
+        old_decoded = decoded[1:] if both else None
+        decoded = decoded[:1]
         if self.refiner is not None and config.refine:
             decoded = self.refiner(decoded, cut.window[None], cover[None], text[None])
-        decoded = F.interpolate(decoded, size=cut.crop.shape[-2:], mode="bilinear", align_corners=False)[0].clamp(0, 1)
+        at_source = lambda x: F.interpolate(x, size=cut.crop.shape[-2:], mode="bilinear",  # noqa: E731
+                                            align_corners=False)[0].clamp(0, 1)
         if config.composite != "grain":
-            return decoded
+            return at_source(decoded)
         sigma = SPLIT_SIGMA_WINDOW * (sum(cut.crop.shape[-2:]) / 2) / self.window  # source px
         kind = GRAIN.get(family_of(grain.prompt) or "", UNKNOWN)
         donor = donor_crop(grain.image, cut.box, sigma, torch.Generator().manual_seed(grain.seed)) if kind.donor else None
-        return grain_composite(decoded, cut.crop, cut.crop_mask, kind, sigma, donor)
+        return grain_composite(at_source(decoded), at_source(old_decoded), cut.crop, cut.crop_mask, kind, sigma, donor)
 
     @torch.inference_mode()
     def synthesize(self, image: np.ndarray, mask: np.ndarray, prompt: str, seed: int,
