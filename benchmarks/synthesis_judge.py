@@ -129,15 +129,18 @@ class FamilyJudge:
 def attribute_control(aras, goods, load, draw_prompt, n: int, seed: int, samplers: dict) -> dict:
     """Accuracy of each stated attribute, per sampler (name -> SamplerConfig) and for the procedural
     renders of the same prompts in the same regions (its ceiling). Size: "small" vs "large", split
-    at the changed share that best separates the renders' own (per family, fitted on the even-indexed
-    renders; the renders' accuracy is measured on the odd ones, the samplers' on all)."""
+    at the changed share that best separates the renders' own (strokes by their length share,
+    one split for stroke families, one for the rest, fitted on the even-indexed renders; the renders' accuracy is measured on the odd
+    ones, the samplers' on all). The regions are round-ish blobs at a random angle, so neither the
+    orientation nor the elongation is given away by the mask; the renderer sizes a blob by the
+    room around its centre, so in a round region it draws elongated blobs only a little elongated."""
     from tqdm import tqdm
 
     from qarad.defects.attributes import measure, size_threshold
     from qarad.defects.masks import propose_mask
     from qarad.defects.prompts import stated_attributes
     from qarad.defects.renderer import render
-    from qarad.defects.vocab import FAMILIES
+    from qarad.defects.vocab import FAMILIES, STROKE_FAMILIES
 
     rng = np.random.default_rng([seed, 11])
     rows = []  # (index, family, {who: (stated, Measured)})
@@ -153,17 +156,20 @@ def attribute_control(aras, goods, load, draw_prompt, n: int, seed: int, sampler
             out = aras.synthesize(image, mask, prompt, sample_seed, sampler)
             got[name] = (stated_attributes(params, prompt), measure(image, out.image, mask))
         rows.append((i, family, got))
+    group = lambda family: "stroke" if family in STROKE_FAMILIES else "blob"  # noqa: E731
+    size_of = lambda m, family: m.length if group(family) == "stroke" else m.size  # noqa: E731
     cuts = {}
-    for family in FAMILIES:
-        pairs = [(r[2]["procedural"][1].size, r[2]["procedural"][0]["size"]) for r in rows
-                 if r[1] == family and r[0] % 2 == 0 and "size" in r[2]["procedural"][0]]
-        cuts[family] = size_threshold([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
+    for kind in ("stroke", "blob"):
+        pairs = [(size_of(r[2]["procedural"][1], r[1]), r[2]["procedural"][0]["size"]) for r in rows
+                 if group(r[1]) == kind and r[0] % 2 == 0 and "size" in r[2]["procedural"][0]]
+        cuts[kind] = size_threshold([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
 
     def right(attr: str, said: str, m, family: str) -> bool:
         if attr == "polarity":
             return m.polarity == said
         if attr == "size":
-            return cuts[family] is not None and m.polarity is not None and (m.size >= cuts[family]) == (said == "large")
+            cut = cuts[group(family)]
+            return cut is not None and m.polarity is not None and (size_of(m, family) >= cut) == (said == "large")
         if attr == "elongation":
             return m.polarity is not None and m.shape == said
         return m.orientation == said

@@ -5,7 +5,8 @@ elongated) and orientation (horizontal / vertical / diagonal). Each is read back
 from the change between the image before and after, inside the region it was asked for:
 polarity is the sign of the mean change, size the changed area relative to the region,
 elongation the ratio of the changed pixels' principal second moments, orientation the angle of
-their principal axis. Used by benchmarks/synthesis.py on ARAS samples and, as their ceiling, on
+their principal axis. A stroke's size is its length, so for strokes the size read is the changed
+pixels' extent along their axis relative to the region's (`length`). Used by benchmarks/synthesis.py on ARAS samples and, as their ceiling, on
 procedural renders of the same prompts in the same regions.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ ORIENTATION_ANGLES = {"horizontal": (0.0,), "vertical": (90.0,), "diagonal": (45
 class Measured:
     polarity: str | None  # "dark" / "bright"; None when nothing visible changed
     size: float  # changed area / region area
+    length: float  # the changed pixels' extent along their principal axis / the region's along it
     elongation: float  # sqrt(major / minor second moment) of the changed pixels, >= 1
     angle: float  # degrees of the principal axis, 0 = horizontal, 90 = vertical (geometry.direction)
 
@@ -63,18 +65,21 @@ def measure(before: np.ndarray, after: np.ndarray, region: np.ndarray) -> Measur
     near = ndimage.binary_dilation(region, iterations=2)  # the blend reaches a little past the mask
     strong = float(np.percentile(np.abs(change[near]), 95)) if near.any() else 0.0
     if strong < MIN_CHANGE:
-        return Measured(None, 0.0, 1.0, 0.0)
+        return Measured(None, 0.0, 0.0, 1.0, 0.0)
     changed = near & (np.abs(change) >= CHANGED_SHARE * strong)
     polarity = "dark" if float(change[changed].mean()) < 0 else "bright"
     ys, xs = np.nonzero(changed)
-    elongation, angle = 1.0, 0.0
+    elongation, angle, length = 1.0, 0.0, 0.0
     if len(ys) >= 3:
         cov = np.cov(np.stack([ys, xs]).astype(np.float64))
         evals, evecs = np.linalg.eigh(cov)
         elongation = float(np.sqrt(max(evals[1], 1e-9) / max(evals[0], 1e-9)))
         dy, dx = evecs[:, 1]
         angle = float(np.rad2deg(np.arctan2(-dy, dx)) % 180.0)
-    return Measured(polarity, float(changed.sum() / max(region.sum(), 1)), elongation, angle)
+        ry, rx = np.nonzero(region)
+        span = lambda y, x: float(np.ptp(y * dy + x * dx)) + 1.0  # noqa: E731
+        length = span(ys, xs) / span(ry, rx) if len(ry) else 0.0
+    return Measured(polarity, float(changed.sum() / max(region.sum(), 1)), length, elongation, angle)
 
 
 def size_threshold(sizes: list[float], labels: list[str]) -> float:
