@@ -94,7 +94,8 @@ def foreground_check(defects, n: int, seed: int) -> dict:
         mask = read_mask(defects[i].mask, image.shape[:2])
         if not mask.any():
             continue
-        for fg, c, s in ((PART["foreground"].mask(image), cover, inside), (foreground_mask(image), old_cover, old_inside)):
+        learned, otsu = PART["foreground"].mask(image), foreground_mask(image)
+        for fg, c, s in ((learned, cover, inside), (otsu, old_cover, old_inside)):
             c.append(float(fg.mean()))
             s.append(float((fg & mask).sum() / mask.sum()))
     mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
@@ -159,8 +160,8 @@ def speed(aras, goods: list[str], n_speed: int, n_naive: int, seed: int, sampler
     jobs = []
     for i in range(n_speed + 1):  # job 0 is the warm-up
         image, fg = load(goods[i % len(goods)])
-        jobs.append((image, propose_mask(rng, image.shape[:2], fg), draw_prompt(rng, image)[1], int(rng.integers(2**31)),
-                     *([sampler] if sampler is not None else [])))
+        mask, prompt = propose_mask(rng, image.shape[:2], fg), draw_prompt(rng, image)[1]
+        jobs.append((image, mask, prompt, int(rng.integers(2**31)), *([sampler] if sampler is not None else [])))
     aras.synthesize(*jobs[0])
     t0, steps = time.perf_counter(), []
     for job in tqdm(jobs[1:], desc="speed: ARAS", unit="sample"):
@@ -643,7 +644,8 @@ def gallery_png(items: list, policy, rule, path: Path, tile: int = 160) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
     font, pad, per_row, text_h = ImageFont.load_default(), 6, 3, 40
-    order = lambda g: (0, g[0]) if g[0].startswith("ARAS") else (1 + ("procedural", "perlin").index(g[0]), "")  # noqa: E731
+    baselines = ("procedural", "perlin")
+    order = lambda g: (0, g[0]) if g[0].startswith("ARAS") else (1 + baselines.index(g[0]), "")  # noqa: E731
     items = sorted(items, key=order)  # stable: ARAS rows first, one composite after the other
     rows = [items[i:i + per_row] for i in range(0, len(items), per_row)]
     cell_w, cell_h = 2 * tile + pad, tile + text_h
@@ -842,7 +844,8 @@ def main() -> None:
     ap.add_argument("--composites", default="replace,grain",
                     help="ARAS composites measured side by side (comma-separated; the default one is always in)")
     ap.add_argument("--n-attr", type=int, default=90, help="prompts (families in turn) for attribute control")
-    ap.add_argument("--n-foreground", type=int, default=60, help="test images with real defects for the foreground check")
+    ap.add_argument("--n-foreground", type=int, default=60,
+                    help="test images with real defects for the foreground check")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-json", type=Path, default=common.RESULTS / "synthesis.json")
@@ -885,8 +888,8 @@ def main() -> None:
     gallery: list = []
     if args.only is None:
         results.update(speed(aras, goods, args.n_speed, args.n_naive, args.seed))
-        results["aras_per_s_by_composite"] = {c: speed(aras, goods, args.n_speed, 0, args.seed, samplers[c])["aras_per_s"]
-                                              for c in composites}
+        results["aras_per_s_by_composite"] = {
+            c: speed(aras, goods, args.n_speed, 0, args.seed, samplers[c])["aras_per_s"] for c in composites}
         results["cli_per_s"] = cli_speed(args.model, goods, args.n_cli)
     judge = family_classifier(embedder, train, aras.policy, aras.rule, args.n_render, args.seed)
     if args.only is None:

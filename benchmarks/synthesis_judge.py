@@ -129,11 +129,12 @@ class FamilyJudge:
 def attribute_control(aras, goods, load, draw_prompt, n: int, seed: int, samplers: dict) -> dict:
     """Accuracy of each stated attribute, per sampler (name -> SamplerConfig) and for the procedural
     renders of the same prompts in the same regions (its ceiling). Size: "small" vs "large", split
-    at the changed share that best separates the renders' own (strokes by their length share,
-    one split for stroke families, one for the rest, fitted on the even-indexed renders; the renders' accuracy is measured on the odd
-    ones, the samplers' on all). The regions are round-ish blobs at a random angle, so neither the
-    orientation nor the elongation is given away by the mask; the renderer sizes a blob by the
-    room around its centre, so in a round region it draws elongated blobs only a little elongated."""
+    at the changed share that best separates the renders' own (strokes by their length share;
+    one split for stroke families, one for the rest, fitted on the even-indexed renders; the
+    renders' accuracy is measured on the odd ones, the samplers' on all). The regions are
+    round-ish blobs at a random angle, so neither the orientation nor the elongation is given away
+    by the mask; the renderer sizes a blob by the room around its centre, so in a round region it
+    draws elongated blobs only a little elongated."""
     from tqdm import tqdm
 
     from qarad.defects.attributes import measure, size_threshold

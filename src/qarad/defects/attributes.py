@@ -6,8 +6,8 @@ from the change between the image before and after, inside the region it was ask
 polarity is the sign of the mean change, size the changed area relative to the region,
 elongation the ratio of the changed pixels' principal second moments, orientation the angle of
 their principal axis. A stroke's size is its length, so for strokes the size read is the changed
-pixels' extent along their axis relative to the region's (`length`). Used by benchmarks/synthesis.py on ARAS samples and, as their ceiling, on
-procedural renders of the same prompts in the same regions.
+pixels' extent along their axis relative to the region's (`length`). Used by benchmarks/synthesis.py
+on ARAS samples and, as their ceiling, on procedural renders of the same prompts in the same regions.
 """
 from __future__ import annotations
 

@@ -85,7 +85,9 @@ class ARAS:
             return at_source(decoded)
         sigma = SPLIT_SIGMA_WINDOW * (sum(cut.crop.shape[-2:]) / 2) / self.window  # source px
         kind = GRAIN.get(family_of(grain.prompt) or "", UNKNOWN)
-        donor = donor_crop(grain.image, cut.box, sigma, torch.Generator().manual_seed(grain.seed)) if kind.donor else None
+        donor = None
+        if kind.donor:
+            donor = donor_crop(grain.image, cut.box, sigma, torch.Generator().manual_seed(grain.seed))
         return grain_composite(at_source(decoded), at_source(old_decoded), cut.crop, cut.crop_mask, kind, sigma, donor)
 
     @torch.inference_mode()
