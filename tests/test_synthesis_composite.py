@@ -78,10 +78,16 @@ def test_removing_families_take_the_grain_from_the_donor():
 
 def test_donor_is_material_like_and_off_the_defect():
     rng = np.random.default_rng(0)
-    image = np.full((120, 160, 3), 0.05, np.float32)  # a plain dark backdrop ...
-    image[20:100, 60:150] = 0.4 + 0.08 * rng.standard_normal((80, 90, 1))  # ... and a grainy part
+    image = np.full((160, 200, 3), 0.05, np.float32)  # a plain dark backdrop ...
+    image[10:150, 40:190] = 0.4 + 0.08 * rng.standard_normal((140, 150, 1))  # ... and a grainy part
+    image[60:100, 100] = 0.95  # a bright edge on the part: structure a donor must not carry
     box = (40, 70, 72, 102)
-    donor = donor_crop(image, box, SIGMA, torch.Generator().manual_seed(0))
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[8:24, 8:24] = True
+    for seed in range(5):
+        donor = donor_crop(image, box, mask, SIGMA, torch.Generator().manual_seed(seed))
+        assert float(donor.max()) < 0.9  # no edge
+    donor = donor_crop(image, box, mask, SIGMA, torch.Generator().manual_seed(0))
     assert donor.shape == (3, 32, 32)
     src = torch.from_numpy(image[40:72, 70:102]).permute(2, 0, 1)
     assert fine_energy(donor, SIGMA) > 0.5 * fine_energy(src, SIGMA)  # grain, not the flat backdrop

@@ -38,7 +38,7 @@ GRAIN = {
     "hole": Grain(0.8, donor=True), "break": Grain(0.8, donor=True),
 }
 UNKNOWN = Grain(0.8)  # a prompt that names no family (a real defect type's own name)
-DONOR_TRIES = 12
+DONOR_TRIES = 24
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -60,16 +60,26 @@ def fine_energy(x: torch.Tensor, sigma: float) -> float:
     return float((x - gaussian_blur(x, sigma)).pow(2).mean().sqrt())
 
 
-def donor_crop(image: np.ndarray, box: tuple[int, int, int, int], sigma: float,
+def _grain_stats(x: torch.Tensor, sigma: float, where: torch.Tensor | None = None) -> tuple[float, float]:
+    """Median and 99th percentile of |fine detail| (over `where`, (h, w) bool, when given): the
+    grain's level, and how strong its strongest structure is (an edge, a print)."""
+    fine = (x - gaussian_blur(x, sigma)).abs().mean(0)
+    values = fine[where] if where is not None and bool(where.any()) else fine.flatten()
+    return float(values.median()) + 1e-4, float(torch.quantile(values.float(), 0.99)) + 1e-4
+
+
+def donor_crop(image: np.ndarray, box: tuple[int, int, int, int], mask: torch.Tensor, sigma: float,
                generator: torch.Generator) -> torch.Tensor:
     """(3, hh, ww) crop of normal material elsewhere in `image`: of DONOR_TRIES boxes of the defect
-    box's size that do not overlap it, the one whose grain is closest to the box's own (so a part's
-    material, not a plain backdrop); the box's content shifted by half when no such box fits."""
+    box's size that do not overlap it, the one whose grain is most like the material under `mask`
+    (the box's crop mask): the same grain level (so a part's material, not a plain backdrop) and no
+    stronger structure (no edge of the part, which would show through the defect); the box's content
+    shifted by half when no such box fits."""
     y0, x0, y1, x1 = box
     h, w = image.shape[:2]
     hh, ww = min(y1 - y0, h), min(x1 - x0, w)
     here = torch.from_numpy(np.ascontiguousarray(image[y0:y0 + hh, x0:x0 + ww])).permute(2, 0, 1).float()
-    target = fine_energy(here, sigma)
+    level, peak = _grain_stats(here, sigma, mask[:here.shape[1], :here.shape[2]])
     best, best_gap = None, math.inf
     for _ in range(DONOR_TRIES):
         dy = int(torch.randint(0, h - hh + 1, (1,), generator=generator))
@@ -77,7 +87,8 @@ def donor_crop(image: np.ndarray, box: tuple[int, int, int, int], sigma: float,
         if dy < y1 and dy + hh > y0 and dx < x1 and dx + ww > x0:
             continue  # overlaps the defect's own box
         crop = torch.from_numpy(np.ascontiguousarray(image[dy:dy + hh, dx:dx + ww])).permute(2, 0, 1).float()
-        gap = abs(math.log((fine_energy(crop, sigma) + 1e-4) / (target + 1e-4)))
+        c_level, c_peak = _grain_stats(crop, sigma)
+        gap = abs(math.log(c_level / level)) + max(0.0, math.log(c_peak / peak))
         if gap < best_gap:
             best, best_gap = crop, gap
     if best is None:

@@ -87,7 +87,7 @@ class ARAS:
         kind = GRAIN.get(family_of(grain.prompt) or "", UNKNOWN)
         donor = None
         if kind.donor:
-            donor = donor_crop(grain.image, cut.box, sigma, torch.Generator().manual_seed(grain.seed))
+            donor = donor_crop(grain.image, cut.box, cut.crop_mask, sigma, torch.Generator().manual_seed(grain.seed))
         return grain_composite(at_source(decoded), at_source(old_decoded), cut.crop, cut.crop_mask, kind, sigma, donor)
 
     @torch.inference_mode()
