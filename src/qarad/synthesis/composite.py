@@ -70,30 +70,41 @@ def _grain_stats(x: torch.Tensor, sigma: float, where: torch.Tensor | None = Non
 
 def donor_crop(image: np.ndarray, box: tuple[int, int, int, int], mask: torch.Tensor, sigma: float,
                generator: torch.Generator) -> torch.Tensor:
-    """(3, hh, ww) crop of normal material elsewhere in `image`: of DONOR_TRIES boxes of the defect
-    box's size that do not overlap it, the one whose grain is most like the material under `mask`
-    (the box's crop mask): the same grain level (so a part's material, not a plain backdrop) and no
-    stronger structure (no edge of the part, which would show through the defect); the box's content
-    shifted by half when no such box fits."""
+    """(3, hh, ww): the crop of `box`, with the patch under `mask` (the box's crop mask, its bounding
+    box grown by the blur's reach) taken from normal material elsewhere in `image`: of DONOR_TRIES
+    patches of that size that do not overlap the defect's own, the one whose grain is most like the
+    material under the mask, the same level (a part's material, not a plain backdrop) and no stronger
+    structure (no edge of the part, which would show through the defect). When none fits, the
+    source's own grain stays."""
     y0, x0, y1, x1 = box
     h, w = image.shape[:2]
-    hh, ww = min(y1 - y0, h), min(x1 - x0, w)
+    hh, ww = min(y1, h) - y0, min(x1, w) - x0
     here = torch.from_numpy(np.ascontiguousarray(image[y0:y0 + hh, x0:x0 + ww])).permute(2, 0, 1).float()
-    level, peak = _grain_stats(here, sigma, mask[:here.shape[1], :here.shape[2]])
+    inside = mask[:hh, :ww]
+    ys, xs = torch.nonzero(inside, as_tuple=True)
+    if len(ys) == 0:
+        return here
+    reach = math.ceil(3 * sigma) + 1
+    py0, px0 = max(int(ys.min()) - reach, 0), max(int(xs.min()) - reach, 0)
+    py1, px1 = min(int(ys.max()) + 1 + reach, hh), min(int(xs.max()) + 1 + reach, ww)
+    ph, pw = py1 - py0, px1 - px0
+    level, peak = _grain_stats(here, sigma, inside)
+    gy0, gx0 = y0 + py0, x0 + px0  # the defect's own patch, image px
     best, best_gap = None, math.inf
-    for _ in range(DONOR_TRIES):
-        dy = int(torch.randint(0, h - hh + 1, (1,), generator=generator))
-        dx = int(torch.randint(0, w - ww + 1, (1,), generator=generator))
-        if dy < y1 and dy + hh > y0 and dx < x1 and dx + ww > x0:
-            continue  # overlaps the defect's own box
-        crop = torch.from_numpy(np.ascontiguousarray(image[dy:dy + hh, dx:dx + ww])).permute(2, 0, 1).float()
-        c_level, c_peak = _grain_stats(crop, sigma)
+    for _ in range(DONOR_TRIES if ph <= h and pw <= w else 0):
+        dy = int(torch.randint(0, h - ph + 1, (1,), generator=generator))
+        dx = int(torch.randint(0, w - pw + 1, (1,), generator=generator))
+        if dy < gy0 + ph and dy + ph > gy0 and dx < gx0 + pw and dx + pw > gx0:
+            continue  # overlaps the defect's own patch
+        patch = torch.from_numpy(np.ascontiguousarray(image[dy:dy + ph, dx:dx + pw])).permute(2, 0, 1).float()
+        c_level, c_peak = _grain_stats(patch, sigma)
         gap = abs(math.log(c_level / level)) + max(0.0, math.log(c_peak / peak))
         if gap < best_gap:
-            best, best_gap = crop, gap
-    if best is None:
-        best = torch.roll(here, shifts=(hh // 2, ww // 2), dims=(1, 2))
-    return best
+            best, best_gap = patch, gap
+    out = here.clone()
+    if best is not None:
+        out[:, py0:py1, px0:px1] = best
+    return out
 
 
 def _fit(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
