@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data.resolution import ResolutionPolicy
+from ..defects.prompts import family_of
 from ..text import TextEncoder
 from . import model
-from ..defects.prompts import family_of
 from .aras import SamplerConfig, blend, mix_prompts, sample_masked, token_mask_from_pixels
 from .composite import GRAIN, SPLIT_SIGMA_WINDOW, UNKNOWN, donor_crop, grain_composite
 from .prior import Prior
