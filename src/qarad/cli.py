@@ -10,6 +10,7 @@ from .backbone_config import BACKBONES, DETECTOR_BACKBONE
 from .fewshot_config import ShotConfig
 from .flags import add_dataset_flags, add_flags, add_policy_flags
 from .synthesis.sampler_config import SamplerConfig
+from .validation_config import ValidationConfig
 
 EXAMPLES = {
     "train": "qarad train --method patchcore --data ../shared/data/mpdd --category metal_plate --out runs/mpdd",
@@ -94,6 +95,14 @@ def _add_detector_flags(p: argparse.ArgumentParser, synth_help: str | None = Non
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace a different run already in --out")
+    g = p.add_argument_group("validation split and --auto (detection/validation.py, auto.py)")
+    add_flags(g, ValidationConfig)
+    g.add_argument("--auto", action="store_true",
+                   help="try a small grid of settings (working size, policy, backbone, coreset ratio, method) "
+                        "within --budget-min and keep the best by the validation split (no test label is read); "
+                        "the candidates' table is written to OUT/candidates.json and the report")
+    g.add_argument("--budget-min", type=float, default=None,
+                   help="--auto: minutes for the whole grid (default: 3x the first candidate's, a plain train)")
 
 
 def main_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ from ..data.io import check_output_folder
 from ..fewshot_config import ShotConfig
 from ..flags import folder_from_args, policy_from_args
 from ..metrics import LABELS, METRICS
+from ..validation_config import ValidationConfig
 from .synth import real_defects
 
 
@@ -36,14 +37,40 @@ def detector_configs(args, real=None) -> tuple:
 
 def train(args) -> int:
     detector, training = detector_configs(args, real_defects(args))
+    validation = flags.from_args(ValidationConfig, args)
+    if args.auto:
+        return _train_auto(args, detector, training, validation)
+    if args.budget_min is not None:
+        raise ValueError("--budget-min is the budget of --auto; pass --auto too")
     done = api.train(args.data, args.category, args.out, detector, training, policy_from_args(args),
                      args.max_train_images, args.device, args.overwrite, args.layout,
-                     folder_from_args(args))
+                     folder_from_args(args), validation)
     if done.already_trained:
         print(f"{args.out}: this run is already trained; nothing to do (pass --overwrite to retrain)")
     else:
-        print(f"trained {done.method} on {done.n_images} normal images, threshold {done.threshold:.4f}\n"
-              f"run folder: {args.out}")
+        print(f"trained {done.method} on {done.n_images} normal images, threshold {done.threshold:.4f}")
+    print(validation_line(done.validation) + f"\nrun folder: {args.out}")
+    return 0
+
+
+def validation_line(checked: dict | None) -> str:
+    """What `train` says about the validation split (metrics_validation.json)."""
+    if checked is None:
+        return "validation: no split (--val-share 0, or too few normal images to hold some out)"
+    m, split = checked["overall"], checked["split"]
+    return (f"validation ({split['normal_held_out']} held-out normals, {split['aras_samples']} ARAS samples, "
+            f"{split['perlin_patches']} Perlin patches): image AUROC {m['image_auroc']:.4f}, pixel AUROC "
+            f"{m['pixel_auroc']:.4f}, AUPRO {m['aupro']:.4f}\n{checked['chosen']['note']}")
+
+
+def _train_auto(args, detector, training, validation) -> int:
+    from ..auto import AutoConfig, train_auto
+
+    done = train_auto(args.data, args.category, args.out, detector, training, policy_from_args(args),
+                      AutoConfig(budget_min=args.budget_min), args.max_train_images, args.device, args.overwrite,
+                      args.layout, folder_from_args(args), validation)
+    print(done.summary)
+    print(validation_line(done.trained.validation) + f"\nrun folder: {args.out} (candidates: {done.table})")
     return 0
 
 
