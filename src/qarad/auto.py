@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from . import api, runs
 from .data.io import check_output_folder, image_size, make_folder, write_json
@@ -49,11 +49,14 @@ TILE_SCALE = 0.5  # ... at this scale: 1024-px images give 4-9 tiles of 256
 
 @dataclass(frozen=True)
 class AutoConfig:
-    budget_min: float | None = None  # None: BUDGET_FACTOR x the first candidate's minutes
+    budget_min: float | None = None  # None: budget_factor x the first candidate's minutes
+    budget_factor: float = BUDGET_FACTOR
 
     def __post_init__(self):
         if self.budget_min is not None and self.budget_min <= 0:
             raise ValueError(f"--budget-min must be positive, got {self.budget_min}")
+        if self.budget_factor < 1:
+            raise ValueError(f"the budget factor must be at least 1 (the first candidate), got {self.budget_factor}")
 
 
 @dataclass(frozen=True)
@@ -141,10 +144,13 @@ def train_auto(data: str | Path, category: str, out: str | Path, detector: "Patc
                training: api.QaradTraining = api.QaradTraining(), policy: ResolutionPolicy = ResolutionPolicy(),
                config: AutoConfig = AutoConfig(), max_train_images: int | None = None, device: str = "cpu",
                overwrite: bool = False, layout: str = "auto", folder: FolderSplit | None = None,
-               validation: "ValidationConfig | None" = None) -> AutoTrained:
+               validation: "ValidationConfig | None" = None,
+               on_candidate: Callable[[str, Path], None] | None = None) -> AutoTrained:
     """Train the grid's candidates within the budget and keep the best by the validation criterion
     in `out` (module docstring). `detector`, `training` and `policy` are the first candidate's;
-    the others vary them. A qarad candidate without a synth folder trains on Perlin patches."""
+    the others vary them. A qarad candidate without a synth folder trains on Perlin patches.
+    `on_candidate(name, run folder)` is called after each candidate trains (benchmarks evaluate it
+    there; its time is not counted against the budget)."""
     from .validation_config import ValidationConfig
 
     validation = validation or ValidationConfig()
@@ -161,17 +167,17 @@ def train_auto(data: str | Path, category: str, out: str | Path, detector: "Patc
     scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.auto-"))
     try:
         rows, done, budget = _run_grid(candidates, scratch, data, category, training, config, max_train_images,
-                                       device, layout, folder, validation, image_hw)
+                                       device, layout, folder, validation, image_hw, on_candidate)
         return _keep_best(out, scratch, rows, done, budget, overwrite)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # the candidates not chosen (we made this folder)
 
 
 def _run_grid(candidates, scratch: Path, data, category, training, config: AutoConfig, max_train_images, device,
-              layout, folder, validation, image_hw) -> tuple[list[dict], dict, float]:
-    start, budget, first_cost, rows, done = time.perf_counter(), None, None, [], {}
+              layout, folder, validation, image_hw, on_candidate=None) -> tuple[list[dict], dict, float]:
+    budget, first_cost, rows, done = None, None, [], {}
     for i, c in enumerate(candidates):
-        elapsed = time.perf_counter() - start
+        elapsed = sum(r["seconds"] for r in rows if r["seconds"] is not None)  # training time spent so far
         row = {"name": c.name, **c.settings(), "status": "", "seconds": None, "estimate_s": None,
                "started_at_s": round(elapsed, 2), "validation": None, "criterion": None}
         if budget is not None:
@@ -190,16 +196,33 @@ def _run_grid(candidates, scratch: Path, data, category, training, config: AutoC
         row["seconds"] = round(time.perf_counter() - t0, 2)
         if budget is None:  # the first candidate: a plain train, the yardstick
             first_s, first_cost = row["seconds"], cost(c, image_hw)
-            budget = config.budget_min * 60 if config.budget_min is not None else BUDGET_FACTOR * first_s
+            budget = config.budget_min * 60 if config.budget_min is not None else config.budget_factor * first_s
         if trained.validation is None:
             raise ValueError("--auto needs a validation split: too few normal images to hold some out")
         row.update(status="trained", validation=trained.validation["overall"],
+                   by_source=trained.validation["by_source"],
                    criterion=trained.validation["chosen"]["criterion"],
                    head_weight=trained.validation["chosen"]["head_weight"],
                    image_rule=trained.validation["chosen"]["image_rule"])
         rows.append(row)
         done[c.name] = trained
+        if on_candidate:
+            on_candidate(c.name, scratch / c.name)
     return rows, done, budget
+
+
+def replay(rows: list[dict], budget_s: float) -> list[str]:
+    """The candidates a run with `budget_s` would have trained, from the rows of a run with a larger
+    budget (same order, estimates and times): what `--auto` with its default budget would have done."""
+    started, elapsed = [], 0.0
+    for i, r in enumerate(rows):
+        if i > 0 and elapsed + r["estimate_s"] > budget_s:
+            continue
+        if r["status"] != "trained":
+            raise ValueError(f"{r['name']}: not trained in the recorded run; its budget was smaller than {budget_s}")
+        started.append(r["name"])
+        elapsed += r["seconds"]
+    return started
 
 
 def _keep_best(out: Path, scratch: Path, rows: list[dict], done: dict, budget: float, overwrite: bool
