@@ -21,7 +21,7 @@ Per dataset of benchmarks/common.py (skipped when it is not under --data):
      candidates' validation criterion and their test criterion (mean of image AUROC and AUPRO
      each; scipy.stats.spearmanr).
 The training subset is common.TRAIN_LIMIT capped further by --train-cap (default TRAIN_CAP); test
-images: all, or a seeded --limit-test subset with both classes. Results: benchmarks/results/selection.json,
+images: a seeded --test-cap subset with both classes (default TEST_CAP; all elsewhere). Results: benchmarks/results/selection.json,
 results[dataset] = {candidates, auto, default, patchcore, oracle, spearman, ...}; the "selection"
 section of BENCHMARKS.md. Each dataset runs in its own process; finished datasets are kept in
 selection.partial.json.
@@ -41,7 +41,10 @@ import common  # noqa: E402
 
 from qarad.metrics import METRICS  # noqa: E402
 
-TRAIN_CAP = {"magnetic_tile/magnetic_tile": 200, "deeppcb/deeppcb": 120}  # CPU time: see BENCHMARKS.md
+# CPU time (the whole benchmark in about 45 min of 2 shared cores): normal train images and test images
+# per dataset, seeded subsets (mpdd: all 53 / 98)
+TRAIN_CAP = {"magnetic_tile/magnetic_tile": 120, "deeppcb/deeppcb": 100}
+TEST_CAP = {"magnetic_tile/magnetic_tile": 300, "deeppcb/deeppcb": 300}
 MODEL_NAMES = {"magnetic_tile/magnetic_tile": "magnetic_tile", "mpdd/metal_plate": "mpdd", "deeppcb/deeppcb": "deeppcb"}
 SOURCES = ("aras", "perlin", "both")
 SIZE = 256
@@ -74,10 +77,11 @@ def splits(args, key: str) -> tuple[list, list]:
     caps = [n for n in (common.TRAIN_LIMIT.get(key), args.train_cap.get(key, TRAIN_CAP.get(key))) if n]
     train = subsample(scan(args.data / root, cat, "train", "mvtec"), min(caps) if caps else None, seed=0)
     test = scan(args.data / root, cat, "test", "mvtec")
-    if args.limit_test and len(test) > args.limit_test:  # seeded, both classes in their proportion
+    limit = args.test_cap.get(key, TEST_CAP.get(key))
+    if limit and len(test) > limit:  # seeded, both classes in their proportion
         good, bad = [s for s in test if s.label == 0], [s for s in test if s.label == 1]
-        k = round(args.limit_test * len(good) / len(test))
-        keep = {s.image for s in subsample(good, k, seed=0) + subsample(bad, args.limit_test - k, seed=0)}
+        k = round(limit * len(good) / len(test))
+        keep = {s.image for s in subsample(good, k, seed=0) + subsample(bad, limit - k, seed=0)}
         test = [s for s in test if s.image in keep]
     return train, test
 
@@ -131,7 +135,8 @@ def measure(args, key: str) -> dict:
         tested[name] = test_metrics(run, test)  # only to report: never read by the choice
 
     t0 = time.perf_counter()
-    done = train_auto(data, cat, work / "auto", SegmenterConfig(negatives=negatives), training, policy,
+    done = train_auto(data, cat, work / "auto", SegmenterConfig(negatives=negatives, steps=args.steps), training,
+                      policy,
                       AutoConfig(budget_factor=args.budget_factor), len(train), overwrite=True,
                       on_candidate=on_candidate)
     auto_s = time.perf_counter() - t0
@@ -153,7 +158,8 @@ def measure(args, key: str) -> dict:
     trained = [c for c in candidates if c["status"] == "trained"]
     oracle = max(trained, key=lambda c: c["test_criterion"])
     plain = {}
-    for name, detector in (("default", SegmenterConfig(negatives=negatives)), ("patchcore", PatchCoreConfig())):
+    for name, detector in (("default", SegmenterConfig(negatives=negatives, steps=args.steps)),
+                           ("patchcore", PatchCoreConfig())):
         t1 = time.perf_counter()
         api.train(data, cat, work / name, detector, training if name == "default" else api.QaradTraining(), policy,
                   len(train), overwrite=True, validation=ValidationConfig(val_share=0.0))
@@ -226,8 +232,8 @@ def markdown(env: dict) -> str:
              f"Settings: `resize` {SIZE} first, the `--auto` grid (auto.py) with a budget of {st['budget_factor']:g}x "
              f"its first candidate (the default is 3x: rows marked over it are what the larger budget added for the "
              f"rank correlation; `auto` below is what 3x trained and chose); {st['n_synth']} ARAS samples per "
-             "dataset with a model; normal train images capped (TRAIN_CAP) and test images "
-             f"{'all' if not st['limit_test'] else 'a seeded subset of ' + str(st['limit_test'])}. Validation "
+             f"dataset with a model; normal train images capped ({TRAIN_CAP}, {st['train_cap'] or 'default caps'}) "
+             f"and test images ({TEST_CAP}, {st['test_cap'] or 'default caps'}) as seeded subsets. Validation "
              "metrics choose; test metrics only report.", ""]
     for key, res in env["results"].items():
         lines += [table(key, res), ""]
@@ -248,10 +254,13 @@ def parse_args(argv: list[str]):
                     help="fitted ARAS model per dataset (default benchmarks/models/NAME when its fit is finished)")
     ap.add_argument("--n-synth", type=int, default=200, help="ARAS samples per dataset")
     ap.add_argument("--workers", type=int, default=2, help="synth worker processes")
-    ap.add_argument("--budget-factor", type=float, default=4.5, help="the grid's budget in first-candidate times")
+    ap.add_argument("--budget-factor", type=float, default=4.0,
+                    help="the grid's budget in first-candidate times (default 4: one candidate more than --auto's 3)")
     ap.add_argument("--train-cap", action="append", default=[], metavar="DATASET=N",
                     help=f"normal train images (default {TRAIN_CAP})")
-    ap.add_argument("--limit-test", type=int, default=None, help="seeded test subset of N images (default all)")
+    ap.add_argument("--test-cap", action="append", default=[], metavar="DATASET=N",
+                    help=f"seeded test subset of N images (default {TEST_CAP}; 0: all)")
+    ap.add_argument("--steps", type=int, default=1000, help="head training steps (default: as qarad train)")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--out-json", type=Path, default=common.RESULTS / "selection.json")
     ap.add_argument("--no-markdown", action="store_true")
@@ -270,6 +279,7 @@ def parse_args(argv: list[str]):
         models[key] = Path(path)
     args.models = {k: v.resolve() for k, v in models.items()}
     args.train_cap = {k: int(v) for k, _, v in (i.partition("=") for i in args.train_cap)}
+    args.test_cap = {k: int(v) for k, _, v in (i.partition("=") for i in args.test_cap)}
     args.work = args.work.resolve()
     return args
 
@@ -282,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     settings = {"data": str(args.data.resolve()), "models": {k: str(v) for k, v in args.models.items()},
                 "n_synth": args.n_synth, "budget_factor": args.budget_factor, "train_cap": args.train_cap,
-                "limit_test": args.limit_test}
+                "test_cap": args.test_cap, "steps": args.steps}
     partial_path = args.out_json.with_name(args.out_json.stem + ".partial.json")
     partial = {} if args.fresh or not partial_path.exists() else json.loads(partial_path.read_text())
     done = partial.get("done", {}) if partial.get("settings") == json.loads(json.dumps(settings)) else {}

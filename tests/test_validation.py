@@ -213,3 +213,18 @@ def test_train_cli_val_share_zero_is_the_run_as_before(setup, tmp_path, capsys):
                  "--size", "64", "--val-share", "0"]) == 0
     assert "validation: no split" in capsys.readouterr().out and not (out / V.VALIDATION).exists()
     assert runs.read_config(out)["detector"]["val_share"] == 0.0
+
+
+def test_benchmark_auto_runs_train_auto_per_category(setup, tmp_path, capsys):
+    from qarad.cli import main
+
+    _, root, _, _ = setup
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--method", "patchcore", "--data", str(root), "--out", str(out), "--size", "64", "--auto",
+            "--budget-min", "0.0001"]
+    assert main(argv) == 0
+    run = out / "runs" / "widget"
+    assert (run / "candidates.json").is_file() and (run / "row.json").is_file() and (run / "metrics.json").is_file()
+    assert json.loads((run / "candidates.json").read_text())["chosen"].startswith("patchcore-")
+    assert main(argv) == 0  # finished: skipped, not retrained
+    assert "finished earlier, skipped" in capsys.readouterr().err

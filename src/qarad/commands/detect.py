@@ -78,10 +78,18 @@ def benchmark(args) -> int:
     from ..benchmarking import benchmark as run_benchmark
 
     detector, training = detector_configs(args)  # each category's shots are drawn by the benchmark
+    auto = None
+    if args.auto:
+        from ..auto import AutoConfig
+
+        auto = AutoConfig(budget_min=args.budget_min)
+    elif args.budget_min is not None:
+        raise ValueError("--budget-min is the budget of --auto; pass --auto too")
     done = run_benchmark(args.data, args.out, detector, training, policy_from_args(args), args.categories,
                          args.layout, folder_from_args(args), args.max_train_images,
                          args.allow_missing_masks, args.batch_size, args.device, args.overwrite,
-                         args.real_defects, flags.from_args(ShotConfig, args))
+                         args.real_defects, flags.from_args(ShotConfig, args), flags.from_args(ValidationConfig, args),
+                         auto)
     print(done.markdown)
     skipped = f" ({len(done.skipped)} finished earlier, skipped)" if done.skipped else ""
     print(f"{len(done.rows)} {'category' if len(done.rows) == 1 else 'categories'}{skipped}\n"
