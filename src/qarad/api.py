@@ -188,11 +188,12 @@ def synth(model: str | Path, images: list, prompts: list[str], out: str | Path, 
     jobs.prepare_output(out, settings)
     work = jobs.plan(paths, normalised, mask_paths, n, seed)
     templates = _RealMasks(real)
+    part = _learned_foreground(paths) if mask_paths is None else None
 
     def make(image, user_mask, job):
         mask = user_mask
         if mask is None:
-            mask = propose_defect_mask(np.random.default_rng(job.seed), image, job.prompt, templates)
+            mask = propose_defect_mask(np.random.default_rng(job.seed), image, job.prompt, templates, part.mask(image))
         res = aras.synthesize(image, mask, job.prompt, job.seed, sampler, **interpolation)
         extra = {"steps": res.steps, "window": list(res.window), **interpolation}
         if real is not None and real.type_of(job.prompt):
@@ -233,19 +234,31 @@ class _RealMasks:
         return self.masks[t]
 
 
+def _learned_foreground(paths: list[Path]):
+    """The part's foreground learned from the images synthesis writes into (they are normal images),
+    evenly spaced over them up to the estimate's max_images (data/foreground.py)."""
+    from .data.foreground import Foreground
+    from .data.io import read_image
+
+    chosen = paths[:: max(1, len(paths) // Foreground().config.max_images)]
+    return Foreground().fit(read_image(p) for p in chosen)
+
+
 def propose_defect_mask(rng: np.random.Generator, image: np.ndarray, prompt: str,
-                        real_masks: _RealMasks | None = None) -> np.ndarray:
-    """A region for `prompt` on `image`'s object: for a real type, the shape of one of its shots'
-    masks (flipped, turned, rescaled); otherwise a proposal of the kind the prompt's family takes."""
+                        real_masks: _RealMasks | None = None, foreground: np.ndarray | None = None) -> np.ndarray:
+    """A region for `prompt` on `image`'s object (`foreground`, bool (H, W); when None, the image's
+    own bright/dark split, defects/masks.foreground_mask): for a real type, the shape of one of its
+    shots' masks (flipped, turned, rescaled); otherwise a proposal of the kind the prompt's family takes."""
     from .defects.masks import FAMILY_MASK_KIND, foreground_mask, propose_mask
     from .defects.prompts import family_of
     from .defects.transplant import mask_like
 
+    foreground = foreground_mask(image) if foreground is None else foreground
     templates = real_masks.of_prompt(prompt) if real_masks is not None else []
     if templates:
-        return mask_like(rng, templates[int(rng.integers(len(templates)))], image.shape[:2], foreground_mask(image))
+        return mask_like(rng, templates[int(rng.integers(len(templates)))], image.shape[:2], foreground)
     kind = FAMILY_MASK_KIND.get(family_of(prompt) or "", None)
-    return propose_mask(rng, image.shape[:2], foreground_mask(image), kind=kind)
+    return propose_mask(rng, image.shape[:2], foreground, kind=kind)
 
 
 def _synth_in_workers(argv: list[str], out: Path, n: int, total: int, fresh: bool) -> Synthesized:
