@@ -126,7 +126,7 @@ def measure(args, key: str) -> dict:
     args.synth_s = None
     synth = aras_set(args, key, train)
     negatives = ("synthetic", "perlin") if synth else ("perlin",)
-    training = api.QaradTraining(synth=synth)
+    training = api.QaradTraining(synth=synth, perlin_samples=args.perlin_samples)
     policy = ResolutionPolicy(size=SIZE)
     work = args.work / key.replace("/", "__") / "runs"
     tested: dict[str, dict] = {}
@@ -261,6 +261,7 @@ def parse_args(argv: list[str]):
     ap.add_argument("--test-cap", action="append", default=[], metavar="DATASET=N",
                     help=f"seeded test subset of N images (default {TEST_CAP}; 0: all)")
     ap.add_argument("--steps", type=int, default=1000, help="head training steps (default: as qarad train)")
+    ap.add_argument("--perlin-samples", type=int, default=200, help="Perlin patches (default: as qarad train)")
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--out-json", type=Path, default=common.RESULTS / "selection.json")
     ap.add_argument("--no-markdown", action="store_true")
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     settings = {"data": str(args.data.resolve()), "models": {k: str(v) for k, v in args.models.items()},
                 "n_synth": args.n_synth, "budget_factor": args.budget_factor, "train_cap": args.train_cap,
-                "test_cap": args.test_cap, "steps": args.steps}
+                "test_cap": args.test_cap, "steps": args.steps, "perlin_samples": args.perlin_samples}
     partial_path = args.out_json.with_name(args.out_json.stem + ".partial.json")
     partial = {} if args.fresh or not partial_path.exists() else json.loads(partial_path.read_text())
     done = partial.get("done", {}) if partial.get("settings") == json.loads(json.dumps(settings)) else {}

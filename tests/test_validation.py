@@ -226,5 +226,58 @@ def test_benchmark_auto_runs_train_auto_per_category(setup, tmp_path, capsys):
     run = out / "runs" / "widget"
     assert (run / "candidates.json").is_file() and (run / "row.json").is_file() and (run / "metrics.json").is_file()
     assert json.loads((run / "candidates.json").read_text())["chosen"].startswith("patchcore-")
+    before = (run / "row.json").stat().st_mtime_ns, (run / "model.safetensors").stat().st_mtime_ns
     assert main(argv) == 0  # finished: skipped, not retrained
-    assert "finished earlier, skipped" in capsys.readouterr().err
+    assert ((run / "row.json").stat().st_mtime_ns, (run / "model.safetensors").stat().st_mtime_ns) == before
+
+
+def test_restrict_lowers_the_backdrop_to_the_part_minimum():
+    from qarad.detection.scoring_region import restrict
+
+    m = torch.arange(16.0).reshape(4, 4)
+    region = torch.zeros(4, 4, dtype=torch.bool)
+    region[1:3, 1:3] = True
+    out = restrict(m, region)
+    assert torch.equal(out[region], m[region]) and (out[~region] == m[region].min()).all()
+    assert torch.equal(restrict(m, torch.ones(4, 4, dtype=torch.bool)), m)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A tree of grainy parts on a plain dark backdrop (the foreground estimate finds them)."""
+    from PIL import Image
+
+    from qarad.testing import part_on_backdrop
+
+    root = tmp_path_factory.mktemp("parts") / "mvtec"
+    rng = np.random.default_rng(0)
+    for split, n in (("train/good", N_TRAIN), ("test/good", 3)):
+        folder = root / "part" / split
+        folder.mkdir(parents=True)
+        for i in range(n):
+            image, _ = part_on_backdrop(rng)
+            Image.fromarray((image * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return root
+
+
+def test_the_part_only_region_is_a_gate_candidate_and_round_trips(parts, tmp_path):
+    done = api.train(parts, "part", tmp_path / "run", SegmenterConfig(steps=4, negatives=("perlin",)),
+                     api.QaradTraining(perlin_samples=3), POLICY)
+    assert {r["foreground"] for r in done.validation["grid"]} == {False, True}  # a plain backdrop: both tried
+    assert "scoring region" in done.validation["chosen"]["note"]
+    model = runs.load_detector(tmp_path / "run")
+    assert (model.foreground_ is not None) == done.validation["chosen"]["foreground"]
+    model.foreground_ = V._foreground(V.split_normals(sorted((parts / "part/train/good").glob("*.png")), 0.15, 0).train)
+    model.save(tmp_path / "run" / "model")
+    again = runs.load_detector(tmp_path / "run")
+    assert again.foreground_.threshold_ == model.foreground_.threshold_
+    assert (again.foreground_.layout_ is None) == (model.foreground_.layout_ is None)
+    from qarad.detection.inference import score_images
+
+    paths = sorted((parts / "part/test/good").glob("*.png"))
+    a = [r.anomaly_map for r in score_images(model, paths)]
+    b = [r.anomaly_map for r in score_images(again, paths)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    model.foreground_ = None
+    c = [r.anomaly_map for r in score_images(model, paths)]
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))  # the region changed the maps

@@ -152,6 +152,11 @@ def sidecar(detector: PatchCore | Segmenter, onnx_bytes: bytes) -> dict:
                               "values": f"resize: the image score ({_rule(detector)} of anomaly_map); "
                                         "other policies: maximum of the view's anomaly_map"}},
         "image_rule": _rule(detector),  # chosen on the validation split (detection/fusion.py)
+        # the scoring region is not in the graph: a run that scores its part only says so here
+        "scoring_region": ("part: lower the blurred map outside Foreground.mask(image) (data/foreground.py, "
+                           "fitted state in the run's model.json 'foreground') to its minimum inside, before the "
+                           "image score; the graph's anomaly_map and score do not" if getattr(
+                               detector, "foreground_", None) is not None else "the whole image"),
         "head_weight": getattr(detector, "head_weight_", None),
         "outside_graph": _outside_graph(policy, _rule(detector)),
     }

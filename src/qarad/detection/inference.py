@@ -47,6 +47,8 @@ def score_images(
     with torch.inference_mode():
         for item, maps in map_views(iter_loaded(paths, detector.policy), detector.view_maps, batch_size):
             work = detector.smooth(item.layout.stitch(maps.float().cpu()))
+            region = getattr(detector, "restrict", None)  # a qarad run that scores its part only
+            work = region(work, item.image, item.layout) if region is not None else work
             if on_image:
                 on_image()
             yield ImageResult(item.path, item.layout, work.numpy().astype(np.float32), image_score(detector, work),

@@ -215,6 +215,7 @@ class Segmenter:
         # validation.gate; a Segmenter fitted without one scores as every run before the gate did
         self.head_weight_ = LEGACY_HEAD_WEIGHT
         self.image_rule_ = LEGACY_IMAGE_RULE
+        self.foreground_ = None  # a data.foreground.Foreground: score the part only (scoring_region.py)
 
     def _embedder(self) -> PatchEmbedder:
         # Built on first use: loading EfficientNet is not needed to fit on cached features.
@@ -321,6 +322,14 @@ class Segmenter:
     def smooth(self, work_map: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(work_map, self.config.blur_sigma)
 
+    def restrict(self, work_map: torch.Tensor, image: np.ndarray, layout) -> torch.Tensor:
+        """The smoothed map of `image` restricted to its part, when the gate chose to (scoring_region.py)."""
+        if self.foreground_ is None:
+            return work_map
+        from .scoring_region import restrict, work_region
+
+        return restrict(work_map, work_region(self.foreground_, image, layout))
+
     def image_score(self, work_map: torch.Tensor) -> float:
         """The image score of a smoothed map over the working image, by the fitted image_rule_."""
         return float(image_score(work_map, self.image_rule_))
@@ -328,21 +337,24 @@ class Segmenter:
     # --- persistence ---------------------------------------------------------------------------
     def save(self, stem: str | Path) -> None:
         self._check_fitted()
+        from . import scoring_region
+
         tensors = {f"head.{k}": v for k, v in self.head_.state_dict().items()}
         if self.config.uses_bank:
             tensors.update(memory=self.memory_.cpu(), memory_source=self.memory_source_.cpu())
+        tensors.update(scoring_region.tensors(self.foreground_))
         checkpoint.save(stem, tensors, {
             "method": self.method, "segmenter": asdict(self.config), "policy": self.policy.to_dict(),
             "reference": asdict(self.reference_), "threshold": self.threshold_,
             "calibration_scores": self.calibration_scores_.tolist(), "head_weight": self.head_weight_,
-            "image_rule": self.image_rule_})
+            "image_rule": self.image_rule_, "foreground": scoring_region.to_config(self.foreground_)})
 
     @classmethod
     def load(cls, stem: str | Path, backbone: Backbone | None = None) -> "Segmenter":
         source = Path(stem).with_suffix(".json")
         cfg = checkpoint.load_config(stem)
         known = {"method", "segmenter", "policy", "threshold", "calibration_scores"}
-        optional = {"reference", "head_weight", "image_rule"}  # saved since the residual head / the gate
+        optional = {"reference", "head_weight", "image_rule", "foreground"}  # since the residual head / the gate
         if not known <= set(cfg) <= known | optional or cfg["method"] != cls.method:
             raise checkpoint.CheckpointError(f"{source}: not a QARAD segmenter config (keys {sorted(cfg)})")
         if not isinstance(cfg["threshold"], (int, float)) or not isinstance(cfg["calibration_scores"], list):
@@ -355,8 +367,12 @@ class Segmenter:
         model.reference_ = checkpoint.build_config(Reference, cfg.get("reference", {}), source)
         head = SegmentationHead(model.config)
         rest = checkpoint.load_module(stem, head, prefix="head.")
+        from . import scoring_region
+
+        region = cfg.get("foreground")
+        extra = {scoring_region.LAYOUT_TENSOR} if isinstance(region, dict) and region.get("has_layout") else set()
         bank = {"memory", "memory_source"} if model.config.uses_bank else set()
-        if set(rest) != bank:
+        if set(rest) != bank | extra:
             raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.safetensors')}: expected tensors "
                                              f"{sorted(bank)} besides the head, found {sorted(rest)[:5]}")
         if bank:
@@ -371,6 +387,7 @@ class Segmenter:
         try:  # saved before the gate: the sum of the z-scores and the maximum, as then
             model.head_weight_ = check_weight(cfg.get("head_weight", LEGACY_HEAD_WEIGHT))
             model.image_rule_ = check_rule(str(cfg.get("image_rule", LEGACY_IMAGE_RULE)))
+            model.foreground_ = scoring_region.from_config(region, rest, source)
         except (TypeError, ValueError) as exc:
             raise checkpoint.CheckpointError(f"{source}: {exc}") from None
         return model

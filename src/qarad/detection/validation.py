@@ -152,44 +152,52 @@ def _members(kind: str, source: str) -> bool:
 
 
 def grid(detector, val: list[Item], seed: int, weights: list, rules: tuple[str, ...], batch_size: int = 8,
-         on_item: Callable[[], None] | None = None) -> tuple[list[dict], dict]:
-    """Validation metrics of every (source, head weight, image rule); -> (rows, image scores by
-    (weight, rule) of the normal items, for the threshold)."""
+         on_item: Callable[[], None] | None = None, foreground=None) -> tuple[list[dict], dict]:
+    """Validation metrics of every (source, head weight, image rule, scoring region: the whole image,
+    and with a fitted `foreground` the part only); -> (rows, image scores by (weight, rule, region)
+    of the normal items, for the threshold)."""
+    from .scoring_region import restrict, work_region
+
     kinds = [v.kind for v in val]
     sources = _sources(kinds)
+    regions = [False, True] if foreground is not None else [False]
     n_pixels = sum(int(np.prod(grade_hw(_size(v)))) for v in val)
-    pixels = {(w, s): M.PixelMetrics(M.streams(n_pixels)) for w in weights for s in sources}
-    scores = {(w, r): [] for w in weights for r in rules}
+    pixels = {(w, s, f): M.PixelMetrics(M.streams(n_pixels)) for w in weights for s in sources for f in regions}
+    scores = {(w, r, f): [] for w in weights for r in rules for f in regions}
+    parts: dict[int, torch.Tensor] = {}  # each item's foreground over its working image
     loaded = (_load(i, v, seed, detector.policy) for i, v in enumerate(val))
     masks: dict[int, np.ndarray] = {}
 
     def views() -> Iterator[Loaded]:
         for item, mask in loaded:
             masks[item.index] = mask
+            if foreground is not None:
+                parts[item.index] = work_region(foreground, item.image, item.layout)
             yield item
 
     with torch.inference_mode():
         for item, maps in _smoothed_maps(detector, views(), weights, batch_size):
             mask = masks.pop(item.index)
             kind = kinds[item.index]
-            for w, work in maps.items():
+            region = parts.pop(item.index, None)
+            for (w, work), f in ((m, f) for m in maps.items() for f in regions):
+                work = restrict(work, region) if f else work
                 graded = M.ImagePixels(*_graded(work, mask))
                 for s in sources:
                     if _members(kind, s):
-                        pixels[w, s].add(graded)
+                        pixels[w, s, f].add(graded)
                 for r in rules:
-                    scores[w, r].append(float(image_score(work, r)))
+                    scores[w, r, f].append(float(image_score(work, r)))
             if on_item:
                 on_item()
     rows = []
     for s in sources:
         pick = [i for i, k in enumerate(kinds) if _members(k, s)]
         labels = [int(kinds[i] != "normal") for i in pick]
-        for w in weights:
-            for r in rules:
-                m = summary_metrics([scores[w, r][i] for i in pick], labels, pixels[w, s])
-                rows.append({"source": s, "head_weight": w, "image_rule": r, "n_images": len(pick),
-                             **{k: float(m[k]) for k in REPORTED}, "criterion": _criterion(m)})
+        for w, r, f in ((w, r, f) for w in weights for r in rules for f in regions):
+            m = summary_metrics([scores[w, r, f][i] for i in pick], labels, pixels[w, s, f])
+            rows.append({"source": s, "head_weight": w, "image_rule": r, "foreground": f, "n_images": len(pick),
+                         **{k: float(m[k]) for k in REPORTED}, "criterion": _criterion(m)})
     normal = [i for i, k in enumerate(kinds) if k == "normal"]
     return rows, {key: np.asarray([v[i] for i in normal]) for key, v in scores.items()}
 
@@ -211,12 +219,14 @@ def selection_source(rows: list[dict]) -> str:
 
 def best(rows: list[dict], source: str) -> dict:
     """The row the gate keeps: highest criterion on `source`; ties to the smaller head weight (the
-    bank), then the earlier rule (the maximum first). NaN (one class only) never wins."""
+    bank), then the whole image over the part only, then the earlier rule (the maximum first). NaN
+    (one class only) never wins."""
     order = {r: i for i, r in enumerate(IMAGE_RULES)}
     mine = [r for r in rows if r["source"] == source and np.isfinite(r["criterion"])]
     if not mine:
         raise ValueError("the validation split has no defect or no normal image: nothing to choose by")
-    return max(mine, key=lambda r: (r["criterion"], -(r["head_weight"] or 0.0), -order.get(r["image_rule"], 0)))
+    return max(mine, key=lambda r: (r["criterion"], -(r["head_weight"] or 0.0), -int(r.get("foreground", False)),
+                                    -order.get(r["image_rule"], 0)))
 
 
 def validate(detector, split: Split, synth_dir: str | Path | None, seed: int, batch_size: int = 8,
@@ -231,13 +241,15 @@ def validate(detector, split: Split, synth_dir: str | Path | None, seed: int, ba
     weights = list(HEAD_WEIGHTS) if gated and detector.config.fusion else ([detector.head_weight_] if gated
                                                                               else [None])
     rules = IMAGE_RULES if gated else ("max",)
-    rows, normal_scores = grid(detector, val, seed, weights, rules, batch_size, on_item)
+    foreground = _foreground(split.train) if gated else None
+    rows, normal_scores = grid(detector, val, seed, weights, rules, batch_size, on_item, foreground)
     source = selection_source(rows)
     chosen = best(rows, source)
-    w, rule = chosen["head_weight"], chosen["image_rule"]
+    w, rule, part = chosen["head_weight"], chosen["image_rule"], chosen["foreground"]
     if gated:
         detector.head_weight_, detector.image_rule_ = w, rule
-        s = normal_scores[w, rule]  # held-out normal images, scored as test images will be
+        detector.foreground_ = foreground if part else None
+        s = normal_scores[w, rule, part]  # held-out normal images, scored as test images will be
         detector.calibration_scores_ = s.astype(np.float64)
         detector.threshold_ = float(s.mean() + THRESHOLD_SIGMAS * s.std()) if len(s) > 1 else float("inf")
     counts = {k: sum(v.kind == k for v in val) for k in ("normal", "aras", "perlin")}
@@ -245,12 +257,29 @@ def validate(detector, split: Split, synth_dir: str | Path | None, seed: int, ba
             "split": {"share_of_normals": len(split.held) / max(1, len(split.held) + len(split.train)),
                       "normal_train": len(split.train), "normal_held_out": len(split.held),
                       "aras_samples": counts["aras"], "perlin_patches": counts["perlin"], "seed": seed},
-            "chosen": {"head_weight": w, "image_rule": rule, "criterion": chosen["criterion"],
-                       "note": _note(gated, detector, w, rows, source, rule)},
+            "chosen": {"head_weight": w, "image_rule": rule, "foreground": part, "criterion": chosen["criterion"],
+                       "note": _note(gated, detector, w, rows, source, rule) + (_region_note(foreground, part) if gated else "")},
             "overall": {k: chosen[k] for k in REPORTED},
             "by_source": {s: {k: r[k] for k in REPORTED} for s in _sources([v.kind for v in val])
-                          for r in rows if r["source"] == s and r["head_weight"] == w and r["image_rule"] == rule},
+                          for r in rows if r["source"] == s and r["head_weight"] == w and r["image_rule"] == rule
+                          and r["foreground"] == part},
             "grid": rows, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _foreground(train: list[Path]):
+    """The scoring-region candidate: the foreground of the training normals, or None when they show
+    no flat backdrop (the part fills the frame: restricting changes nothing)."""
+    from .scoring_region import fit_foreground
+
+    fitted = fit_foreground(train)
+    return fitted if fitted.separable_ else None
+
+
+def _region_note(foreground, part: bool) -> str:
+    if foreground is None:
+        return "; scoring region: the whole image (no plain backdrop found in the normal images)"
+    return ("; scoring region: the part only (the learned foreground helps on validation)" if part else
+            "; scoring region: the whole image (restricting it to the learned foreground did not help)")
 
 
 def _note(gated: bool, detector, w, rows: list[dict], source: str, rule: str) -> str:
@@ -260,7 +289,8 @@ def _note(gated: bool, detector, w, rows: list[dict], source: str, rule: str) ->
         return f"head alone (--no-fusion): nothing to gate; image score {rule}"
     if w == 0.0:
         bank = best([r for r in rows if r["head_weight"] == 0.0], source)["criterion"]
-        head = max(r["criterion"] for r in rows if r["source"] == source and r["head_weight"] != 0.0)
+        head = max((r["criterion"] for r in rows if r["source"] == source and r["head_weight"] != 0.0
+                    and np.isfinite(r["criterion"])), default=float("nan"))
         return (f"the head does not help on validation ({head:.3f} at best vs the bank's {bank:.3f}): "
                 f"scoring with the memory bank alone (head weight 0); image score {rule}")
     return f"head weight {w:g} against the memory bank; image score {rule}"

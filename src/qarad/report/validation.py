@@ -35,10 +35,11 @@ def validation_section(report: Report, run: Path) -> None:
                  [[s, *[float(m[k]) for k, _ in COLUMNS]] for s, m in checked["by_source"].items()])
     rows = [r for r in checked["grid"] if r["source"] == checked["source"]]
     if len(rows) > 1:
-        report.paragraph("Every head weight (0: the memory bank alone) and image-score rule tried:")
-        report.table(["head weight", "image rule", *[label for _, label in COLUMNS], "criterion"],
-                     [[_weight(r["head_weight"]), r["image_rule"], *[float(r[k]) for k, _ in COLUMNS],
-                       float(r["criterion"])] for r in rows], bold_max_from=2)
+        report.paragraph("Every head weight (0: the memory bank alone), image-score rule and scoring region "
+                         "(the whole image, or the part: the foreground learned from the normal images) tried:")
+        report.table(["head weight", "image rule", "scoring region", *[label for _, label in COLUMNS], "criterion"],
+                     [[_weight(r["head_weight"]), r["image_rule"], "part" if r.get("foreground") else "image",
+                       *[float(r[k]) for k, _ in COLUMNS], float(r["criterion"])] for r in rows], bold_max_from=3)
     candidates = _read(Path(run) / CANDIDATES)
     if candidates is None:
         return
