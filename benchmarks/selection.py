@@ -143,7 +143,8 @@ def measure(args, key: str) -> dict:
     rows = done.candidates
     first_s = rows[0]["seconds"]
     by_name = {r["name"]: r for r in rows}
-    started = replay(rows, BUDGET_FACTOR * first_s)  # what the default budget would have trained ...
+    default_budget = min(BUDGET_FACTOR, args.budget_factor) * first_s  # (smaller only in smoke runs)
+    started = replay(rows, default_budget)  # what the default budget would have trained ...
     auto_name = max(started, key=lambda n: (by_name[n]["criterion"], -started.index(n)))  # ... and chosen
     settings = ("name", "method", "policy", "backbone", "coreset_ratio", "status", "estimate_s")
     candidates = []
@@ -167,7 +168,7 @@ def measure(args, key: str) -> dict:
                        "negatives": list(negatives) if name == "default" else None}
     return {"candidates": candidates,
             "auto": {**next(c for c in trained if c["name"] == auto_name)["test"], "name": auto_name,
-                     "trained": started, "budget_s": round(BUDGET_FACTOR * first_s, 2),
+                     "trained": started, "budget_s": round(default_budget, 2),
                      "seconds": round(sum(by_name[n]["seconds"] for n in started), 2)},
             "default": plain["default"], "patchcore": plain["patchcore"],
             "oracle": {**oracle["test"], "name": oracle["name"]},
@@ -242,8 +243,10 @@ def markdown(env: dict) -> str:
 
 # ---- driver --------------------------------------------------------------------------------
 def _finished_model(folder: Path) -> bool:
-    return ((folder / "aras.json").is_file() and (folder / "prior.safetensors").is_file()
-            and (folder / "dual_encoder.safetensors").is_file() and not any((folder / "state").glob("*")))
+    """An ARAS model whose last stage (the QAW scorer) is written: the fit is done."""
+    timings = folder / "timings.json"
+    return ((folder / "aras.json").is_file() and (folder / "dual_encoder.safetensors").is_file()
+            and timings.is_file() and "dual_encoder" in json.loads(timings.read_text()))
 
 
 def parse_args(argv: list[str]):
@@ -275,8 +278,8 @@ def parse_args(argv: list[str]):
             models[key] = default
     for item in args.models:
         key, _, path = item.partition("=")
-        if key not in common.DATASETS or not _finished_model(Path(path)):
-            ap.error(f"--models {item!r}: expected DATASET=MODEL_DIR with a finished ARAS model")
+        if key not in common.DATASETS or not (Path(path) / "dual_encoder.safetensors").is_file():
+            ap.error(f"--models {item!r}: expected DATASET=MODEL_DIR with a fitted ARAS model (and its QAW scorer)")
         models[key] = Path(path)
     args.models = {k: v.resolve() for k, v in models.items()}
     args.train_cap = {k: int(v) for k, _, v in (i.partition("=") for i in args.train_cap)}
