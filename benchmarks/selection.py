@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     partial_path = args.out_json.with_name(args.out_json.stem + ".partial.json")
     partial = {} if args.fresh or not partial_path.exists() else json.loads(partial_path.read_text())
     done = partial.get("done", {}) if partial.get("settings") == json.loads(json.dumps(settings)) else {}
-    results, t0 = {}, time.perf_counter()
+    results = {}
     for key in args.datasets:
         if not common.available(args.data, key):
             print(f"skip {key}: not under {args.data}", file=sys.stderr)
@@ -311,10 +311,13 @@ def main(argv: list[str] | None = None) -> None:
             done[key] = {**common.run_child([*argv, "--child", key]), "wall_s": time.perf_counter() - t1}
             common.write_json(partial_path, {"settings": settings, "done": done})
         results[key] = done[key]
+        _publish(args, settings, results)  # after every dataset: a long run's finished datasets are readable
     if not results:
         print("nothing to do: no dataset found", file=sys.stderr)
-        return
-    env = common.envelope(results)
+
+
+def _publish(args, settings: dict, results: dict) -> None:
+    env = common.envelope(dict(results))
     env["settings"], env["wall_s"] = settings, sum(r["wall_s"] for r in results.values())
     common.publish(args.out_json, env, "selection", markdown, not args.no_markdown)
 
