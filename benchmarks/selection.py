@@ -21,8 +21,9 @@ Per dataset of benchmarks/common.py (skipped when it is not under --data):
      candidates' validation criterion and their test criterion (mean of image AUROC and AUPRO
      each; scipy.stats.spearmanr).
 The training subset is common.TRAIN_LIMIT capped further by --train-cap (default TRAIN_CAP); test
-images: a seeded --test-cap subset with both classes (default TEST_CAP; all elsewhere). Results: benchmarks/results/selection.json,
-results[dataset] = {candidates, auto, default, patchcore, oracle, spearman, ...}; the "selection"
+images: a seeded --test-cap subset with both classes (default TEST_CAP; all elsewhere). Results:
+benchmarks/results/selection.json, results[dataset] = {candidates, auto, default, patchcore, oracle,
+spearman, ...}; the "selection"
 section of BENCHMARKS.md. Each dataset runs in its own process; finished datasets are kept in
 selection.partial.json.
 """

@@ -281,3 +281,25 @@ def test_the_part_only_region_is_a_gate_candidate_and_round_trips(parts, tmp_pat
     model.foreground_ = None
     c = [r.anomaly_map for r in score_images(model, paths)]
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))  # the region changed the maps
+
+
+def test_export_carries_the_gate_and_the_image_rule(qarad_run, setup, tmp_path):
+    import onnxruntime as ort
+
+    from qarad.data.stream import load
+    from qarad.detection.export import export_onnx, sidecar
+    from qarad.detection.inference import score_images
+
+    model = runs.load_detector(qarad_run.run)
+    model.head_weight_, model.image_rule_ = 0.25, "top-5%"
+    export_onnx(model, tmp_path / "m.onnx")
+    paths = sorted((setup[1] / "widget" / "test").rglob("*.png"))
+    views = torch.cat([load(i, p, POLICY).views for i, p in enumerate(paths)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    _, anomaly_map, score = ort.InferenceSession(str(tmp_path / "m.onnx"), options).run(None, {"views": views.numpy()})
+    expected = np.asarray([r.score for r in score_images(model, paths)])
+    assert np.abs(score - expected).max() <= 1e-3 * max(1.0, np.abs(expected).max())
+    assert not np.allclose(score, anomaly_map.reshape(len(score), -1).max(1))  # the rule, not the maximum
+    meta = sidecar(model, b"")
+    assert meta["image_rule"] == "top-5%" and meta["head_weight"] == 0.25 and meta["scoring_region"] == "the whole image"

@@ -17,10 +17,15 @@ Why 15% (VAL_SHARE): the smallest shared set has 53 normal images, so 15% holds 
 0.9 from 1.0; the bank loses 15% of its images, and its coreset keeps 10% of the patches anyway.
 Chosen from set sizes, not from any test metric.
 
-On it, `gate` chooses the head's weight against the bank (fusion.HEAD_WEIGHTS; 0 = the bank alone)
-and the image-score rule (fusion.IMAGE_RULES) by one criterion, the mean of image AUROC and AUPRO
-on the validation source SELECTION_SOURCE ("both": ARAS and Perlin; Perlin alone without a synth
-folder); ties go to the smaller weight, so a head that does not help falls back to the bank.
+On it, `validate` chooses for a qarad run the head's weight against the bank (fusion.HEAD_WEIGHTS;
+0 = the bank alone), the image-score rule (fusion.IMAGE_RULES) and the scoring region (the whole
+image, or the part: scoring_region.py, tried when the normal images show a plain backdrop) by one
+criterion, the mean of image AUROC and AUPRO on the validation source SELECTION_SOURCE ("both":
+ARAS and Perlin; Perlin alone without a synth folder); ties go to the smaller weight, then to the
+whole image, so a head that does not help falls back to the bank. The threshold is then mean +
+3 std of the held-out normal images' scores under the chosen setting. SELECTION_SOURCE is fixed a
+priori (two kinds of defect rather than one), not from test metrics; benchmarks/selection.py
+measures how each source ranks candidates against their test metrics.
 """
 from __future__ import annotations
 
@@ -253,12 +258,13 @@ def validate(detector, split: Split, synth_dir: str | Path | None, seed: int, ba
         detector.calibration_scores_ = s.astype(np.float64)
         detector.threshold_ = float(s.mean() + THRESHOLD_SIGMAS * s.std()) if len(s) > 1 else float("inf")
     counts = {k: sum(v.kind == k for v in val) for k in ("normal", "aras", "perlin")}
+    note = _note(gated, detector, w, rows, source, rule) + (_region_note(foreground, part) if gated else "")
     return {"criterion": "mean of image AUROC and AUPRO", "source": source,
             "split": {"share_of_normals": len(split.held) / max(1, len(split.held) + len(split.train)),
                       "normal_train": len(split.train), "normal_held_out": len(split.held),
                       "aras_samples": counts["aras"], "perlin_patches": counts["perlin"], "seed": seed},
             "chosen": {"head_weight": w, "image_rule": rule, "foreground": part, "criterion": chosen["criterion"],
-                       "note": _note(gated, detector, w, rows, source, rule) + (_region_note(foreground, part) if gated else "")},
+                       "note": note},
             "overall": {k: chosen[k] for k in REPORTED},
             "by_source": {s: {k: r[k] for k in REPORTED} for s in _sources([v.kind for v in val])
                           for r in rows if r["source"] == s and r["head_weight"] == w and r["image_rule"] == rule
