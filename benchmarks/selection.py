@@ -210,7 +210,7 @@ def table(key: str, res: dict) -> str:
         mark = "" if c["in_default_budget"] else " (over the default budget)"
         gate = "bank" if c["head_weight"] is None else f"{c['head_weight']:g}, {c['image_rule']}"
         lines.append(f"| {c['name']}{mark} | {_m(c['validation'])} | {gate} | {_m(c['test'])} | {c['seconds']:.0f} |")
-    lines += ["", "| run | image AUROC | pixel AUROC | AUPRO | what |", "|---|---:|---:|---:|---|"]
+    lines += ["", "| run | image AUROC | pixel AUROC | AUPRO | test img/s | what |", "|---|---:|---:|---:|---:|---|"]
     what = {"auto": f"--auto (default budget {res['auto']['budget_s'] / 60:.1f} min, {len(res['auto']['trained'])} "
                     f"candidates in {res['auto']['seconds'] / 60:.1f} min): {res['auto']['name']}",
             "default": f"today's `qarad train --method qarad` ({' + '.join(res['default']['negatives'])}, no split)",
@@ -218,7 +218,8 @@ def table(key: str, res: dict) -> str:
             "oracle": f"best candidate on test, in hindsight: {res['oracle']['name']}"}
     for name in ("auto", "default", "patchcore", "oracle"):
         r = res[name]
-        lines.append(f"| {name} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | {r['aupro']:.3f} | {what[name]} |")
+        lines.append(f"| {name} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | {r['aupro']:.3f} | "
+                     f"{r['test_images_per_s']:.1f} | {what[name]} |")
     sp = res["spearman"]
     lines += ["", "Spearman rank correlation between validation and test criterion (mean of image AUROC and AUPRO) "
               f"over the trained candidates: ARAS {_rho(sp['aras'])}, Perlin {_rho(sp['perlin'])}, both "
