@@ -303,3 +303,16 @@ def test_export_carries_the_gate_and_the_image_rule(qarad_run, setup, tmp_path):
     assert not np.allclose(score, anomaly_map.reshape(len(score), -1).max(1))  # the rule, not the maximum
     meta = sidecar(model, b"")
     assert meta["image_rule"] == "top-5%" and meta["head_weight"] == 0.25 and meta["scoring_region"] == "the whole image"
+
+
+def test_train_cli_auto_prints_the_choice_and_refuses_a_budget_without_auto(setup, tmp_path, capsys):
+    from qarad.cli import main
+
+    _, root, _, _ = setup
+    base = ["train", "--method", "patchcore", "--data", str(root), "--category", "widget", "--size", "64"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--auto", "--budget-min", "0.0001"]) == 0
+    out = capsys.readouterr().out
+    assert "--auto: 1 of" in out and "chosen patchcore-resize64" in out and "candidates.json" in out
+    assert main([*base, "--out", str(tmp_path / "b"), "--budget-min", "5"]) != 0
+    assert "--budget-min is the budget of --auto" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
