@@ -34,7 +34,7 @@ def _square_synth(folder: Path, images: list[Path]) -> Path:
         out[mask] = 1.0
         return jobs.Made(out, mask, "a bright square", {})
 
-    jobs.prepare_output(folder, {"method": "square"})
+    jobs.prepare_output(folder, {"method": "square", "n": len(images)})
     jobs.run(jobs.plan(images, ["a bright square"], None, len(images), 0), make, folder, "square", {})
     lines = [json.loads(x) | {"score": 0.5} for x in (folder / jobs.MANIFEST).read_text().splitlines()]
     (folder / jobs.MANIFEST).write_text("".join(json.dumps(e) + "\n" for e in lines))
