@@ -45,7 +45,9 @@ def score_images(
     on_image: Callable[[], None] | None = None,
 ) -> Iterator[ImageResult]:
     with torch.inference_mode():
-        loaded = iter_loaded(paths, detector.policy, keep_image=keep_images)
+        # a run that scores its part only finds the part on the full image (not a reduced decode)
+        keep = keep_images or getattr(detector, "foreground_", None) is not None
+        loaded = iter_loaded(paths, detector.policy, keep_image=keep)
         for item, maps in map_views(loaded, detector.view_maps, batch_size):
             work = detector.smooth(item.layout.stitch(maps.float().cpu()))
             region = getattr(detector, "restrict", None)  # a qarad run that scores its part only
