@@ -1,10 +1,10 @@
 """Test throughput of PatchCore and the QARAD detector side by side, with the backbone-only ceiling.
 
     python benchmarks/speed.py [--datasets magnetic_tile/magnetic_tile] [--backbones efficientnet-lite0]
-        [--images 50] [--repeats 7] [--batch 8]
+        [--sizes 256 384] [--images 50] [--repeats 7] [--batch 8]
 
-Per dataset and backbone it fits (once, into benchmarks/models/speed/, git-ignored; a finished run
-is reused) a PatchCore run and a QARAD detector run with `qarad train`'s defaults, `resize` 256,
+Per dataset, backbone and working size it fits (once, into benchmarks/models/speed/, git-ignored; a
+finished run is reused) a PatchCore run and a QARAD detector run with `qarad train`'s defaults, `resize`,
 except that the detector's head learns from Perlin negatives only: the scoring path (decode,
 views, backbone, search of every patch, head on features + residuals + distances, fusion,
 stitching, smoothing) does not depend on where the head's negatives came from, and this way the
@@ -14,9 +14,14 @@ from elsewhere falls on every entry alike, the same evenly spaced test images th
   backbone            PatchEmbedder alone (onnxruntime) on the decoded views: the ceiling
   patchcore           PatchCore's scoring path (`score_images`: decode included), IVF search
   patchcore_exact     the same bank searched exactly
-  patchcore_eval      `evaluate` on those images: scoring plus the metric accumulation at source
-                      resolution (what `qarad eval` runs; the ablation's PatchCore img/s)
+  patchcore_eval      `evaluate` on those images, whole: scoring, the metric accumulation at source
+                      resolution and the final metrics (what `qarad eval` runs)
   qarad               the detector's scoring path (`score_images`: decode included)
+  qarad_eval          as patchcore_eval, for the detector
+
+and inside patchcore and qarad, `eval_loop`: the rate of `evaluate`'s image loop (scoring with the
+pixel accumulation overlapped; the `test_images_per_s` that `qarad eval` reports), from the same
+calls as the *_eval entries, whose rate also pays the final metrics over all graded pixels.
 
 Each entry is the median images/s over the rounds (each round's rate is kept too). Fit times are
 those of the fits this run made (null where a finished run was reused). Writes
@@ -39,11 +44,11 @@ import torch  # noqa: E402
 
 SIZE = 256
 MODELS = common.ROOT / "benchmarks" / "models" / "speed"
-ENTRIES = ("backbone", "patchcore", "patchcore_exact", "patchcore_eval", "qarad")
+ENTRIES = ("backbone", "patchcore", "patchcore_exact", "patchcore_eval", "qarad", "qarad_eval")
 
 
-def fitted_runs(data: Path, key: str, backbone: str) -> tuple[dict, dict]:
-    """Run folders of PatchCore and the detector for (key, backbone) -> ({method: path}, {method: fit s})."""
+def fitted_runs(data: Path, key: str, backbone: str, size: int = SIZE) -> tuple[dict, dict]:
+    """Run folders of PatchCore and the detector for (key, backbone, size) -> ({method: path}, {method: fit s})."""
     from qarad import api
     from qarad.data.resolution import ResolutionPolicy
     from qarad.detection.patchcore import PatchCoreConfig
@@ -54,13 +59,13 @@ def fitted_runs(data: Path, key: str, backbone: str) -> tuple[dict, dict]:
                "qarad": SegmenterConfig(negatives=("perlin",), backbone=backbone)}
     runs, fit_s = {}, {}
     for method, config in configs.items():
-        out = MODELS / key.replace("/", "__") / f"{method}-{backbone}"
+        out = MODELS / key.replace("/", "__") / f"{method}-{backbone}-{size}"
         t0 = time.perf_counter()
-        trained = api.train(data / root, cat, out, config, policy=ResolutionPolicy("resize", SIZE),
+        trained = api.train(data / root, cat, out, config, policy=ResolutionPolicy("resize", size),
                             max_train_images=common.TRAIN_LIMIT.get(key))
         runs[method] = out
         fit_s[method] = None if trained.already_trained else time.perf_counter() - t0
-        print(f"{key} {backbone}: {method} run {out} ({'reused' if trained.already_trained else 'fitted'})",
+        print(f"{key} {backbone} {size}: {method} run {out} ({'reused' if trained.already_trained else 'fitted'})",
               flush=True)
     return runs, fit_s
 
@@ -72,7 +77,7 @@ def spaced(items: list, n: int) -> list:
     return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
 
 
-def measure(args, key: str, backbone: str) -> dict:
+def measure(args, key: str, backbone: str, size: int) -> dict:
     from qarad.data.layouts import scan
     from qarad.data.stream import load
     from qarad.detection.evaluate import evaluate
@@ -80,7 +85,7 @@ def measure(args, key: str, backbone: str) -> dict:
     from qarad.detection.knn import NearestNeighbours, SearchConfig
     from qarad.runs import load_detector
 
-    runs, fit_s = fitted_runs(args.data, key, backbone)
+    runs, fit_s = fitted_runs(args.data, key, backbone, size)
     root, cat = common.DATASETS[key]
     samples = spaced(scan(args.data / root, cat, "test", "mvtec"), args.images)
     paths = [s.image for s in samples]
@@ -90,6 +95,7 @@ def measure(args, key: str, backbone: str) -> dict:
     embedder = qarad._embedder()
     with torch.inference_mode():
         views = [load(i, p, qarad.policy).views for i, p in enumerate(paths)]
+    loops = {"patchcore": [], "qarad": []}  # evaluate's own image-loop rates, round by round
 
     def backbone_pass():
         with torch.inference_mode():
@@ -100,21 +106,28 @@ def measure(args, key: str, backbone: str) -> dict:
     def scoring(detector):
         return lambda: sum(1 for _ in score_images(detector, paths, args.batch))
 
+    def evaluation(name, detector):
+        return lambda: loops[name].append(evaluate(detector, samples, args.batch).images_per_s)
+
     passes = {"backbone": backbone_pass, "patchcore": scoring(patchcore), "patchcore_exact": scoring(exact),
-              "patchcore_eval": lambda: evaluate(patchcore, samples, args.batch), "qarad": scoring(qarad)}
+              "patchcore_eval": evaluation("patchcore", patchcore), "qarad": scoring(qarad),
+              "qarad_eval": evaluation("qarad", qarad)}
     for run in passes.values():  # warm-up: graphs traced, first-call allocations
         run()
+    loops = {name: [] for name in loops}
     rounds = {name: [] for name in passes}
     for r in range(args.repeats):
         for name, run in passes.items():
             t0 = time.perf_counter()
             run()
             rounds[name].append(len(paths) / (time.perf_counter() - t0))
-        print(f"{key} {backbone} round {r + 1}/{args.repeats}: "
-              + ", ".join(f"{n} {v[-1]:.1f}" for n, v in rounds.items()) + " img/s", flush=True)
+        print(f"{key} {backbone} {size} round {r + 1}/{args.repeats}: "
+              + ", ".join(f"{n} {v[-1]:.1f}" for n, v in rounds.items())
+              + "".join(f", {n} eval loop {v[-1]:.1f}" for n, v in loops.items()) + " img/s", flush=True)
     out = {name: {"images_per_s": statistics.median(v), "rounds": v} for name, v in rounds.items()}
     for name in ("patchcore", "qarad"):
         out[name]["fit_s"] = fit_s[name]
+        out[name]["eval_loop"] = {"images_per_s": statistics.median(loops[name]), "rounds": loops[name]}
     out["patchcore"]["bank_rows"] = int(len(patchcore.memory_))
     out["qarad"]["bank_rows"] = int(len(qarad.memory_))
     out["n_images"], out["n_views"] = len(paths), sum(len(v) for v in views)
@@ -125,18 +138,26 @@ def markdown(env: dict) -> str:
     st = env["settings"]
     lines = ["## Test throughput: PatchCore and the QARAD detector beside the backbone", "",
              f"Command: `{env['command']}` ({env['date']}, {env['machine']}; results: "
-             f"`benchmarks/results/speed.json`). `resize` {SIZE}, batch {st['batch']}, {st['images']} evenly "
+             f"`benchmarks/results/speed.json`). `resize` at each size, batch {st['batch']}, {st['images']} evenly "
              f"spaced test images per round, median of {st['repeats']} interleaved rounds (img/s, decode "
-             "included except for the backbone row). Entries: see the docstring of benchmarks/speed.py.", "",
-             "| dataset | backbone | backbone only | PatchCore (IVF) | PatchCore (exact) | PatchCore eval loop "
-             "| QARAD detector | detector / backbone | PatchCore fit s | detector fit s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "included except for the backbone row). Scoring: `score_images`; eval loop: `evaluate`'s image loop "
+             "(the `test_images_per_s` of `qarad eval`); eval whole: the `evaluate` call, final metrics over all "
+             "graded pixels included. Entries: see the docstring of benchmarks/speed.py.", "",
+             "| dataset | backbone | size | backbone only | PatchCore scoring | PatchCore (exact search) "
+             "| PatchCore eval loop | eval whole | PatchCore / backbone | loop / scoring | QARAD scoring "
+             "| QARAD eval loop | eval whole | QARAD / backbone | loop / scoring |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, per_backbone in env["results"].items():
-        for backbone, r in per_backbone.items():
-            rate = {n: r[n]["images_per_s"] for n in ENTRIES}
-            fits = [f"{r[n]['fit_s']:.0f}" if r[n]["fit_s"] is not None else "reused" for n in ("patchcore", "qarad")]
-            lines.append(f"| {key} | {backbone} | " + " | ".join(f"{rate[n]:.1f}" for n in ENTRIES)
-                         + f" | {rate['qarad'] / rate['backbone']:.2f} | {fits[0]} | {fits[1]} |")
+        for backbone, per_size in per_backbone.items():
+            for size, r in per_size.items():
+                rate = {n: r[n]["images_per_s"] for n in ENTRIES}
+                loop = {n: r[n]["eval_loop"]["images_per_s"] for n in ("patchcore", "qarad")}
+                lines.append(
+                    f"| {key} | {backbone} | {size} | {rate['backbone']:.1f} | {rate['patchcore']:.1f} | "
+                    f"{rate['patchcore_exact']:.1f} | {loop['patchcore']:.1f} | {rate['patchcore_eval']:.1f} | "
+                    f"{rate['patchcore'] / rate['backbone']:.2f} | {loop['patchcore'] / rate['patchcore']:.2f} | "
+                    f"{rate['qarad']:.1f} | {loop['qarad']:.1f} | {rate['qarad_eval']:.1f} | "
+                    f"{rate['qarad'] / rate['backbone']:.2f} | {loop['qarad'] / rate['qarad']:.2f} |")
     return "\n".join(lines)
 
 
@@ -146,19 +167,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--datasets", nargs="+", default=["magnetic_tile/magnetic_tile"], choices=list(common.DATASETS))
     ap.add_argument("--backbones", nargs="+", default=["efficientnet-lite0"],
                     choices=["efficientnet-lite0", "efficientnet-lite2"])
+    ap.add_argument("--sizes", nargs="+", type=int, default=[256, 384], help="`resize` working sizes")
     ap.add_argument("--images", type=int, default=50, help="test images per round")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds (the median is reported)")
     ap.add_argument("--batch", type=int, default=8, help="views per backbone batch (as qarad eval)")
     ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args(argv)
     results = common.measure_available(args.data, args.datasets,
-                                       lambda key: {b: measure(args, key, b) for b in args.backbones})
+                                       lambda key: {b: {str(size): measure(args, key, b, size) for size in args.sizes}
+                                                                for b in args.backbones})
     if not results:
         print("nothing to do: no dataset found")
         return
     env = {**common.envelope(results), "settings": {
         "datasets": args.datasets, "backbones": args.backbones, "images": args.images, "repeats": args.repeats,
-        "batch": args.batch, "size": SIZE, "threads": torch.get_num_threads()}}
+        "batch": args.batch, "sizes": args.sizes, "threads": torch.get_num_threads()}}
     common.publish(common.RESULTS / "speed.json", env, "speed", markdown, not args.no_markdown)
 
 

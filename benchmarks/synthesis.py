@@ -32,7 +32,7 @@ import json
 import sys
 import textwrap
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from unittest import mock
@@ -47,24 +47,60 @@ import torch.nn.functional as F  # noqa: E402
 from scipy import ndimage  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from synthesis_judge import CLASSIFIER_SIDE, FamilyJudge, View, attribute_control, judge_features  # noqa: E402
+
 KID_SUBSETS, KID_SUBSET_MAX = 10, 100
 SEAM_EPS = 1e-3  # added to both ring means: flat (binary) material has zero gradient
-L2 = 1e-2  # classifier weight decay on standardised features
 HOLDOUT = 0.25  # share of the procedural renders held out to check the classifier itself
-# The family classifier looks at windows upsampled to the backbone's ImageNet input side: at the
-# model's 64 px its stride-8 grid is 8x8 and thin defects sit far below the scale it was trained
-# at (held-out top-1 on procedural renders, magnetic tile: 0.43 at 64 px, 0.65 at 160, 0.76 at 224).
-CLASSIFIER_SIDE = 224
+# The family classifier looks at windows upsampled to the backbone's ImageNet input side
+# (synthesis_judge.CLASSIFIER_SIDE): at the model's 64 px its stride-8 grid is 8x8 and thin defects
+# sit far below the scale it was trained at (held-out top-1 on procedural renders, magnetic tile:
+# 0.43 at 64 px, 0.65 at 160, 0.76 at 224).
+PART = {}  # "foreground": the part's foreground learned from the dataset's normal train images
 
 
 # ---- data --------------------------------------------------------------------------------
 @lru_cache(maxsize=128)
 def load(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The image and its part (the foreground learned from the train images, `learn_part`)."""
     from qarad.data.io import read_image
-    from qarad.defects.masks import foreground_mask
 
     image = read_image(path)
-    return image, foreground_mask(image)
+    return image, PART["foreground"].mask(image)
+
+
+def learn_part(train: list[str]) -> dict:
+    """Fit the foreground (data/foreground.py) on the normal train images, as `qarad synth --auto-masks`
+    does on the images it is given; -> whether a plain backdrop was found."""
+    from qarad.data.foreground import Foreground
+    from qarad.data.io import read_image
+
+    chosen = train[:: max(1, len(train) // Foreground().config.max_images)]
+    PART["foreground"] = Foreground().fit(read_image(p) for p in chosen)
+    return {"backdrop_found": PART["foreground"].separable_}
+
+
+def foreground_check(defects, n: int, seed: int) -> dict:
+    """On test images with real defects: the share of each image the learned foreground keeps, and
+    the share of real defect pixels inside it (a defect is on the part, so this is the part's
+    recall where it matters), beside the per-image split it replaces (masks.foreground_mask)."""
+    from qarad.data.io import read_image, read_mask
+    from qarad.defects.masks import foreground_mask
+
+    order = np.random.default_rng([seed, 10]).permutation(len(defects))[:n]
+    cover, inside, old_cover, old_inside = [], [], [], []
+    for i in order:
+        image = read_image(defects[i].image)
+        mask = read_mask(defects[i].mask, image.shape[:2])
+        if not mask.any():
+            continue
+        learned, otsu = PART["foreground"].mask(image), foreground_mask(image)
+        for fg, c, s in ((learned, cover, inside), (otsu, old_cover, old_inside)):
+            c.append(float(fg.mean()))
+            s.append(float((fg & mask).sum() / mask.sum()))
+    mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
+    return {"foreground_cover": mean(cover), "defect_pixels_inside": mean(inside),
+            "otsu_cover": mean(old_cover), "otsu_defect_pixels_inside": mean(old_inside), "n_images": len(cover)}
 
 
 def cut(image: np.ndarray, mask: np.ndarray, policy, rule) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +152,7 @@ def naive_sampler(prior, codes, token_mask, text, config, generator, text_b=None
     return naive_resample(prior, codes, text, config, generator)
 
 
-def speed(aras, goods: list[str], n_speed: int, n_naive: int, seed: int) -> dict:
+def speed(aras, goods: list[str], n_speed: int, n_naive: int, seed: int, sampler=None) -> dict:
     from qarad.defects.masks import propose_mask
     from qarad.synthesis import pipeline
 
@@ -124,7 +160,8 @@ def speed(aras, goods: list[str], n_speed: int, n_naive: int, seed: int) -> dict
     jobs = []
     for i in range(n_speed + 1):  # job 0 is the warm-up
         image, fg = load(goods[i % len(goods)])
-        jobs.append((image, propose_mask(rng, image.shape[:2], fg), draw_prompt(rng, image)[1], int(rng.integers(2**31))))
+        mask, prompt = propose_mask(rng, image.shape[:2], fg), draw_prompt(rng, image)[1]
+        jobs.append((image, mask, prompt, int(rng.integers(2**31)), *([sampler] if sampler is not None else [])))
     aras.synthesize(*jobs[0])
     t0, steps = time.perf_counter(), []
     for job in tqdm(jobs[1:], desc="speed: ARAS", unit="sample"):
@@ -209,42 +246,10 @@ def procedural_renders(train: list[str], policy, rule, n_per_family: int, seed: 
     return renders, torch.tensor(labels)
 
 
-@dataclass
-class LogReg:
-    """A fitted multinomial logistic regression: called on features it predicts the class index."""
-    mean: torch.Tensor
-    std: torch.Tensor
-    w: torch.Tensor
-    b: torch.Tensor
-
-    def logits(self, q: torch.Tensor) -> torch.Tensor:
-        return ((q - self.mean) / self.std) @ self.w + self.b  # (n, d) -> (n, k)
-
-    def proba(self, q: torch.Tensor) -> torch.Tensor:
-        """(n, d) features -> (n, k) class probabilities."""
-        return self.logits(q).softmax(1)
-
-    def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        return self.logits(q).argmax(1)
-
-
-def fit_logreg(x: torch.Tensor, y: torch.Tensor, k: int, seed: int) -> LogReg:
-    """Multinomial logistic regression on standardised features (L2, full-batch LBFGS)."""
-    torch.manual_seed(seed)
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    z = (x - mean) / std
-    w = torch.zeros(x.shape[1], k, dtype=x.dtype, requires_grad=True)
-    b = torch.zeros(k, dtype=x.dtype, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(z @ w + b, y) + L2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return LogReg(mean, std, w.detach(), b.detach())
+def view_of(aras, source: np.ndarray, out) -> View:
+    """The judge's view of a synthesis: the window around what it changed, before and after."""
+    before, cover = cut(source, out.mask, aras.policy, aras.rule)
+    return View(before, cut(out.image, out.mask, aras.policy, aras.rule)[0], cover)
 
 
 def aras_predictions(aras, embedder, predict, goods, args, sampler, gallery: list):
@@ -268,11 +273,10 @@ def aras_predictions(aras, embedder, predict, goods, args, sampler, gallery: lis
                 unchanged += 1
                 pred.append(-1)  # nothing changed: counts as a miss
                 continue
-            win, cover = cut(out.image, out.mask, aras.policy, aras.rule)
-            pred.append(int(predict(features(embedder, [win], [cover], side=CLASSIFIER_SIDE))[0]))
+            pred.append(int(predict(judge_features(embedder, [view_of(aras, src[0], out)]))[0]))
             if family not in seen:
                 seen.add(family)
-                gallery.append(("ARAS", src[0], out.image, mask, prompt))
+                gallery.append((f"ARAS {sampler.composite}", src[0], out.image, mask, prompt))
     bar.close()
     return np.array(truth), np.array(pred), unchanged
 
@@ -281,9 +285,9 @@ def aras_predictions(aras, embedder, predict, goods, args, sampler, gallery: lis
 class FamilyClassifier:
     renders: list[Render]
     labels: torch.Tensor  # (n,) family index of each render
-    x: torch.Tensor  # (n, 304) their features at CLASSIFIER_SIDE
-    held: torch.Tensor  # (n,) bool: held out from training
-    predict: LogReg  # features -> family index; .proba: -> family probabilities
+    x: np.ndarray  # (n, d) their judge features (synthesis_judge.judge_features)
+    held: np.ndarray  # (n,) bool: held out from training
+    predict: FamilyJudge  # features -> family index; .proba: -> family probabilities
 
     @property
     def holdout_top1(self) -> float:
@@ -291,39 +295,41 @@ class FamilyClassifier:
 
 
 def family_classifier(embedder, train: list[str], policy, rule, n_render: int, seed: int) -> FamilyClassifier:
-    """The language-control judge: logistic regression on procedural renders cut by `rule`,
-    HOLDOUT of them held out."""
-    from qarad.defects.vocab import FAMILIES
-
+    """The language-control judge: scikit-learn logistic regression (synthesis_judge.FamilyJudge) on
+    procedural renders cut by `rule`, HOLDOUT of them held out."""
     renders, labels = procedural_renders(train, policy, rule, n_render, seed)
-    x = features(embedder, [r.window for r in renders], [r.cover for r in renders], side=CLASSIFIER_SIDE)
-    held = torch.from_numpy(np.random.default_rng([seed, 3]).random(len(labels)) < HOLDOUT)
-    return FamilyClassifier(renders, labels, x, held, fit_logreg(x[~held], labels[~held], len(FAMILIES), seed))
+    x = judge_features(embedder, [View(r.clean, r.window, r.cover) for r in renders])
+    held = np.random.default_rng([seed, 3]).random(len(labels)) < HOLDOUT
+    return FamilyClassifier(renders, labels, x, held, FamilyJudge(seed).fit(x[~held], labels.numpy()[~held]))
 
 
-def language_control(aras, embedder, goods, judge: FamilyClassifier, args, gallery: list) -> dict:
+def language_control(aras, embedder, goods, judge: FamilyClassifier, args, gallery: list, sampler=None,
+                     ceilings: bool = True) -> dict:
     from qarad.defects.vocab import FAMILIES
     from qarad.synthesis.aras import SamplerConfig
 
+    sampler = sampler or SamplerConfig()
     renders, labels, held, predict = judge.renders, judge.labels, judge.held, judge.predict
-    idx = torch.nonzero(held)[:, 0].tolist()
+    idx = np.nonzero(held)[0].tolist()
 
     def ceiling(refine: bool) -> float:
-        recon = features(embedder, [through_tokenizer(aras, renders[i], refine) for i in idx],
-                         [renders[i].cover for i in idx], side=CLASSIFIER_SIDE)
+        recon = judge_features(embedder, [View(renders[i].clean, through_tokenizer(aras, renders[i], refine),
+                                               renders[i].cover) for i in idx])
         return float((predict(recon) == labels[held]).double().mean())
 
-    tokenizer_top1 = ceiling(refine=False)
-    refined_top1 = ceiling(refine=True) if aras.refiner is not None else None
-    truth, pred, unchanged = aras_predictions(aras, embedder, predict, goods, args, SamplerConfig(), gallery)
+    tokenizer_top1 = ceiling(refine=False) if ceilings else None
+    refined_top1 = ceiling(refine=True) if aras.refiner is not None and ceilings else None
+    truth, pred, unchanged = aras_predictions(aras, embedder, predict, goods, args, sampler, gallery)
     # the same prompts, masks and seeds (hence codes) without the refiner: what it adds, side by side
     unrefined = None
     if aras.refiner is not None:
-        unrefined = float((aras_predictions(aras, embedder, predict, goods, args, SamplerConfig(refine=False),
-                                            [])[1] == truth).mean())
+        unrefined = float((aras_predictions(aras, embedder, predict, goods, args,
+                                            replace(sampler, refine=False), [])[1] == truth).mean())
     per_family = {fam: float((pred[truth == i] == i).mean()) for i, fam in enumerate(FAMILIES)}
     confusion = [[int(((truth == i) & (pred == j)).sum()) for j in range(len(FAMILIES))] for i in range(len(FAMILIES))]
-    return {"language_control_top1": float((pred == truth).mean()), "language_control_top1_unrefined": unrefined,
+    top1 = float((pred == truth).mean())
+    return {"language_control_top1": top1, "language_control_top1_unrefined": unrefined,
+            "judge_ceiling_top1": judge.holdout_top1, "family_control_of_ceiling": top1 / judge.holdout_top1,
             "language_control_types": list(FAMILIES),
             "language_control_chance": 1 / len(FAMILIES), "language_control_per_family": per_family,
             "language_control_confusion": confusion, "language_control_unchanged": unchanged,
@@ -381,15 +387,19 @@ def real_features(embedder, defects, n: int, seed: int, policy, rule) -> torch.T
     return features(embedder, wins, covers)
 
 
-def synthetic_sets(goods, n: int, seed: int, gallery: list, policy, rule, aras=None):
-    """n samples per method on the same source images, ARAS only when `aras` is given. ARAS and
+def synthetic_sets(goods, n: int, seed: int, gallery: list, policy, rule, aras=None, samplers=None):
+    """n samples per method on the same source images, ARAS only when `aras` is given (one method
+    per entry of `samplers`, name -> SamplerConfig, same codes: the composites differ after them). ARAS and
     procedural share the family, the proposed mask and the defect parameters: `procedural` draws
     params then mask from its rng, and an identically seeded rng replays those draws for ARAS.
     Perlin draws its own noise mask. -> ({method: [(window, cover, seam) per sample whose change
     is not empty]}, empty counts, {method: seconds spent synthesizing})."""
     from qarad.defects.baselines import perlin_texture, procedural
 
-    names = ("aras", "procedural", "perlin") if aras is not None else ("procedural", "perlin")
+    from qarad.synthesis.aras import SamplerConfig
+
+    samplers = ({"aras": SamplerConfig()} if samplers is None else samplers) if aras is not None else {}
+    names = (*samplers, "procedural", "perlin")
     made, empty, seconds = ({k: [] for k in names}, {k: 0 for k in names}, {k: 0.0 for k in names})
     for i in tqdm(range(n), desc="realism: synthesize", unit="sample"):
         image, fg = src = load(goods[i % len(goods)])
@@ -406,10 +416,11 @@ def synthetic_sets(goods, n: int, seed: int, gallery: list, policy, rule, aras=N
             mask = family_mask(replay, src, params)
             if (results["procedural"].mask & ~mask).any():
                 raise RuntimeError("procedural no longer draws params then mask first: masks are not shared")
-            t0 = time.perf_counter()
             sample_seed = int(np.random.default_rng(key + [1]).integers(2**31))
-            results["aras"] = aras.synthesize(image, mask, prompt, sample_seed)
-            seconds["aras"] += time.perf_counter() - t0
+            for name, sampler in samplers.items():
+                t0 = time.perf_counter()
+                results[name] = aras.synthesize(image, mask, prompt, sample_seed, sampler)
+                seconds[name] += time.perf_counter() - t0
         for name in names:
             res = results[name]
             if res.mask.any():  # keep only the window: whole images of 3 x n samples add up
@@ -424,13 +435,14 @@ def synthetic_sets(goods, n: int, seed: int, gallery: list, policy, rule, aras=N
     return made, empty, seconds
 
 
-def realism(embedder, goods, defects, args, gallery: list, policy, rule, aras=None) -> dict:
-    """KID and seams of each method (ARAS only when `aras` is given) against `args.n_kid` real
-    defect regions, all cut by `policy` and `rule`."""
+def realism(embedder, goods, defects, args, gallery: list, policy, rule, aras=None, samplers=None) -> dict:
+    """KID and seams of each method (ARAS only when `aras` is given, once per entry of `samplers`)
+    against `args.n_kid` real defect regions, all cut by `policy` and `rule`."""
     real = real_features(embedder, defects, args.n_kid, args.seed, policy, rule)
-    made, empty, seconds = synthetic_sets(goods, args.n_kid, args.seed, gallery, policy, rule, aras)
+    made, empty, seconds = synthetic_sets(goods, args.n_kid, args.seed, gallery, policy, rule, aras, samplers)
     rng = np.random.default_rng([args.seed, 7])
-    methods = ("aras", "procedural", "perlin")  # each draws its own KID subsets: the same numbers without ARAS
+    # each draws its own KID subsets: the same numbers without ARAS (the default sampler is "aras")
+    methods = ("aras", "procedural", "perlin", *sorted(set(made) - {"aras", "procedural", "perlin"}))
     # One constant for every set: raw features have x.x/d ~ 13, where the cubic kernel mostly
     # compares norms; in units of the real features' RMS entry, x.x/d ~ 1 as with Inception features.
     unit = float((real * real).mean().sqrt()) if len(real) else 1.0
@@ -461,14 +473,13 @@ STRENGTH_VALUES = (0.0, 0.25, 0.5, 0.75, 1.0)
 STRIP_ROWS = 3  # rows of the strength strip
 
 
-def region_probabilities(aras, embedder, judge: FamilyClassifier, outs: list) -> np.ndarray:
-    """(len(outs), families) classifier probabilities of the region each synthesis changed; rows of
-    NaN where it changed nothing."""
-    probs = np.full((len(outs), len(judge.predict.b)), np.nan)
+def region_probabilities(aras, embedder, judge: FamilyClassifier, source: np.ndarray, outs: list) -> np.ndarray:
+    """(len(outs), families) classifier probabilities of the region each synthesis of `source`
+    changed; rows of NaN where it changed nothing."""
+    probs = np.full((len(outs), judge.predict.n_classes), np.nan)
     changed = [i for i, out in enumerate(outs) if out.mask.any()]
-    cuts = [cut(outs[i].image, outs[i].mask, aras.policy, aras.rule) for i in changed]
-    if cuts:
-        x = features(embedder, [c[0] for c in cuts], [c[1] for c in cuts], side=CLASSIFIER_SIDE)
+    if changed:
+        x = judge_features(embedder, [view_of(aras, source, outs[i]) for i in changed])
         probs[changed] = judge.predict.proba(x).numpy()
     return probs
 
@@ -485,7 +496,7 @@ def pair_confusions(judge: FamilyClassifier, a: int, b: int) -> dict:
 def pair_separation(judge: FamilyClassifier, a: int, b: int) -> float:
     """Share of the held-out procedural renders of families a and b that the classifier gives a
     higher probability for their own family of the two than for the other."""
-    held = judge.held & ((judge.labels == a) | (judge.labels == b))
+    held = judge.held & ((judge.labels.numpy() == a) | (judge.labels.numpy() == b))
     p, y = judge.predict.proba(judge.x[held]), judge.labels[held]
     own = torch.where(y == a, p[:, a] > p[:, b], p[:, b] > p[:, a])
     return float(own.double().mean())
@@ -534,7 +545,7 @@ def mix_curves(aras, embedder, judge: FamilyClassifier, goods, args, strips: lis
             outs = [aras.synthesize(src[0], mask, prompt_a, seed, SamplerConfig(), prompt_b=prompt_b, mix=m)
                     for m in MIX_VALUES]
             bar.update(len(MIX_VALUES))
-            probs = region_probabilities(aras, embedder, judge, outs)
+            probs = region_probabilities(aras, embedder, judge, src[0], outs)
             p_a[i], p_b[i] = probs[:, a], probs[:, b]
             if i < 2:  # one row with a's mask kind, one with b's
                 captions = [f"mix {m:.2f}\nP({fb}) {q:.2f}" for m, q in zip(MIX_VALUES, p_b[i])]
@@ -584,7 +595,7 @@ def strength_curve(aras, embedder, judge: FamilyClassifier, goods, args, strips:
         seed = int(rng.integers(2**31))
         outs = [aras.synthesize(src[0], mask, prompt, seed, SamplerConfig(strength=s)) for s in STRENGTH_VALUES]
         change[i] = [np.abs(o.image - src[0])[mask].mean() for o in outs]
-        p_family[i] = region_probabilities(aras, embedder, judge, outs)[:, FAMILIES.index(family)]
+        p_family[i] = region_probabilities(aras, embedder, judge, src[0], outs)[:, FAMILIES.index(family)]
         captions = [f"strength {s:.2f}\nchange {c:.3f}" for s, c in zip(STRENGTH_VALUES, change[i])]
         shown.append((f"{family}: \u201c{prompt}\u201d", src[0], mask, list(zip([o.image for o in outs], captions))))
     for rank, i in enumerate(np.argsort(-change[:, -1], kind="stable")[:STRIP_ROWS]):  # the most visible, for the eye
@@ -633,7 +644,9 @@ def gallery_png(items: list, policy, rule, path: Path, tile: int = 160) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
     font, pad, per_row, text_h = ImageFont.load_default(), 6, 3, 40
-    items = sorted(items, key=lambda g: ("ARAS", "procedural", "perlin").index(g[0]))  # stable: ARAS rows first
+    baselines = ("procedural", "perlin")
+    order = lambda g: (0, g[0]) if g[0].startswith("ARAS") else (1 + baselines.index(g[0]), "")  # noqa: E731
+    items = sorted(items, key=order)  # stable: ARAS rows first, one composite after the other
     rows = [items[i:i + per_row] for i in range(0, len(items), per_row)]
     cell_w, cell_h = 2 * tile + pad, tile + text_h
     sheet = Image.new("RGB", (per_row * (cell_w + 2 * pad), len(rows) * (cell_h + pad) + pad), "white")
@@ -781,7 +794,7 @@ def ready(ap: argparse.ArgumentParser, args) -> bool:
         return False
     from qarad.synthesis.model import CONFIG
 
-    if not (args.model / CONFIG).is_file():
+    if getattr(args, "only", None) != "foreground" and not (args.model / CONFIG).is_file():
         ap.error(f"{args.model}: not an ARAS model folder (no aras.json); fit one with `qarad fit`")
     return True
 
@@ -825,9 +838,14 @@ def main() -> None:
                     help=f"control: sources and masks per family pair, each drawn at every mix {MIX_VALUES}")
     ap.add_argument("--n-strength", type=int, default=18,
                     help=f"control: prompts (families in turn), each drawn at every strength {STRENGTH_VALUES}")
-    ap.add_argument("--only", choices=["control"],
-                    help="control: only the mix and strength curves (and their strips), merged into --out-json's "
-                         "other keys when it exists")
+    ap.add_argument("--only", choices=["control", "foreground"],
+                    help="control: only the mix and strength curves (and their strips); foreground: only the learned "
+                         "foreground's check (no model needed); merged into --out-json's other keys when it exists")
+    ap.add_argument("--composites", default="replace,grain",
+                    help="ARAS composites measured side by side (comma-separated; the default one is always in)")
+    ap.add_argument("--n-attr", type=int, default=90, help="prompts (families in turn) for attribute control")
+    ap.add_argument("--n-foreground", type=int, default=60,
+                    help="test images with real defects for the foreground check")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-json", type=Path, default=common.RESULTS / "synthesis.json")
@@ -854,18 +872,42 @@ def main() -> None:
     goods = [str(s.image) for s in scan(args.data / root, cat, "test", "mvtec") if s.label == 0]
     defects = [s for s in scan(args.data / root, cat, "test", "mvtec") if s.label == 1 and s.mask is not None]
     train = [str(s.image) for s in scan(args.data / root, cat, "train", "mvtec")]
+    results = {"foreground": {**learn_part(train), **foreground_check(defects, args.n_foreground, args.seed)}}
+    if args.only == "foreground":
+        document = json.loads(args.out_json.read_text()) if args.out_json.is_file() else common.envelope({})
+        document["results"].update(results)
+        common.write_json(args.out_json, document)
+        print(json.dumps(results, indent=1))
+        return
+    default = SamplerConfig().composite
+    composites = list(dict.fromkeys([default, *args.composites.split(",")]))
+    samplers = {c: replace(SamplerConfig(), composite=c) for c in composites}
     aras = ARAS.load(args.model)
     embedder = PatchEmbedder(Backbone(BackboneConfig(strides=(8, 16)))).eval()
     paths = output_paths(args)
     gallery: list = []
-    results = {}
     if args.only is None:
         results.update(speed(aras, goods, args.n_speed, args.n_naive, args.seed))
+        results["aras_per_s_by_composite"] = {
+            c: speed(aras, goods, args.n_speed, 0, args.seed, samplers[c])["aras_per_s"] for c in composites}
         results["cli_per_s"] = cli_speed(args.model, goods, args.n_cli)
     judge = family_classifier(embedder, train, aras.policy, aras.rule, args.n_render, args.seed)
     if args.only is None:
         results.update(language_control(aras, embedder, goods, judge, args, gallery))
-        results.update(realism(embedder, goods, defects, args, gallery, aras.policy, aras.rule, aras))
+        results["language_control_by_composite"] = {default: results["language_control_top1"]}
+        for c in composites[1:]:
+            results["language_control_by_composite"][c] = language_control(
+                aras, embedder, goods, judge, args, gallery, samplers[c], ceilings=False)["language_control_top1"]
+        real = realism(embedder, goods, defects, args, gallery, aras.policy, aras.rule, aras,
+                       {f"aras_{c}": s for c, s in samplers.items()})
+        for key in ("kid", "kid_std", "seam", "n_kid", "n_empty_change", "synthesis_s_per_sample"):
+            real[key]["aras"] = real[key][f"aras_{default}"]  # the default composite, as before
+        results.update(real)
+        attrs = attribute_control(aras, goods, load, draw_prompt, args.n_attr, args.seed, samplers)
+        results["attribute_control"] = attrs[default]
+        results["attribute_control_ceiling"] = attrs["procedural"]
+        results["attribute_control_detail"] = attrs
+        results["default_composite"] = default
     control, mix_rows, strength_rows = continuous_control(aras, embedder, judge, goods, args)
     control["classifier_holdout_top1"] = judge.holdout_top1
     strip_png(mix_rows, aras.policy, aras.rule, paths["mix_strip"])

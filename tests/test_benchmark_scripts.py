@@ -45,3 +45,19 @@ def test_measure_available_skips_datasets_not_on_disk(tmp_path, capsys):
     out = common.measure_available(tmp_path, ["mpdd/metal_plate", "deeppcb/deeppcb"], lambda key: key.upper())
     assert out == {"mpdd/metal_plate": "MPDD/METAL_PLATE"}
     assert "skip deeppcb/deeppcb" in capsys.readouterr().out
+
+
+def test_selection_spearman_ranks_each_validation_source_against_test():
+    import selection
+
+    def cand(v_aras, v_perlin, test):
+        by = {"aras": {"image_auroc": v_aras, "aupro": v_aras}, "perlin": {"image_auroc": v_perlin, "aupro": v_perlin},
+              "both": {"image_auroc": (v_aras + v_perlin) / 2, "aupro": (v_aras + v_perlin) / 2}}
+        return {"validation_by_source": by, "test_criterion": test}
+
+    trained = [cand(0.1, 0.4, 0.1), cand(0.2, 0.3, 0.2), cand(0.3, 0.2, 0.3), cand(0.4, 0.1, 0.4)]
+    rho = selection.spearman(trained)
+    assert rho["aras"] == pytest.approx(1.0) and rho["perlin"] == pytest.approx(-1.0)
+    assert selection.spearman(trained[:2]) == {"aras": None, "perlin": None, "both": None}  # too few to rank
+    perlin_only = [{**c, "validation_by_source": {"perlin": c["validation_by_source"]["perlin"]}} for c in trained]
+    assert selection.spearman(perlin_only)["aras"] is None

@@ -51,11 +51,29 @@ def test_ivf_is_close_to_exact_and_never_below_it(monkeypatch):
     assert float(np.median((approx - exact).numpy())) < 1e-4  # and finds it for most queries
 
 
+@pytest.mark.parametrize("excluding", [False, True])
+def test_hnsw_is_close_to_exact_and_never_below_it(monkeypatch, excluding):
+    monkeypatch.setattr(knn, "MIN_IVF_ROWS", 100)
+    memory, q = _data(rows=3000, dim=16, queries=200)
+    source = torch.arange(len(memory)) % 7
+    own = torch.arange(len(q)) % 7 if excluding else None
+    exact = NearestNeighbours(memory, source, SearchConfig("exact")).search(q, own)[0]
+    index = NearestNeighbours(memory, source, SearchConfig("hnsw", ef_search=32))
+    assert index.approximate
+    approx, rows = index.search(q, own)
+    assert (approx >= exact - 1e-4).all()
+    assert float(np.median((approx - exact).numpy())) < 1e-4
+    if excluding:
+        assert (source[rows] != own).all()
+
+
 def test_search_config_is_checked():
     with pytest.raises(ValueError, match="unknown search mode"):
         SearchConfig("annoy")
     with pytest.raises(ValueError, match="nprobe"):
         SearchConfig("ivf", nprobe=0)
+    with pytest.raises(ValueError, match="hnsw"):
+        SearchConfig("hnsw", ef_search=0)
 
 
 @pytest.mark.parametrize("excluding", [False, True])

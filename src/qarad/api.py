@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .detection.patchcore import PatchCoreConfig
     from .detection.segmenter import SegmenterConfig
     from .synthesis.model import FitConfig
+    from .validation_config import ValidationConfig
 
 
 # ---- synthesis: fit, synth, score ------------------------------------------------------------
@@ -256,28 +257,36 @@ class Trained:
     n_images: int  # normal training images
     threshold: float
     already_trained: bool  # the same run was complete in `run`: nothing was done
+    validation: dict | None = None  # RUN/metrics_validation.json (detection/validation.py); None: no split
     notes: tuple[str, ...] = ()  # what a qarad detector learned from, in words (QAW weights, real shots, bank)
 
 
 def run_config(data: str | Path, category: str, detector: "PatchCoreConfig | SegmenterConfig",
                training: QaradTraining = QaradTraining(), policy: ResolutionPolicy = ResolutionPolicy(),
                max_train_images: int | None = None, layout: str = "auto",
-               folder: FolderSplit | None = None) -> tuple[str, dict]:
+               folder: FolderSplit | None = None, validation: "ValidationConfig | None" = None) -> tuple[str, dict]:
     """(method, config.json content) of the run `train` makes with these arguments: what a run
     folder is compared with to tell whether it already holds this run."""
     from .detection.patchcore import PatchCoreConfig
     from .detection.segmenter import SegmenterConfig
+    from .validation_config import ValidationConfig
 
+    validation = validation or ValidationConfig()
+    if training.synth is not None and not (Path(training.synth) / "synth.json").is_file():
+        raise ValueError(f"--synth {training.synth}: not a qarad synth output (no synth.json); make one with "
+                         "`qarad synth` and `qarad score`")
     if isinstance(detector, PatchCoreConfig):
         if training.real_defects is not None:
             raise ValueError("PatchCore learns from normal images only: real defects are for --method qarad")
-        method, configs = "patchcore", (detector,)
+        # a synth folder only validates a PatchCore run (its samples on the held-out normals)
+        synth = replace(training, synth=str(Path(training.synth).resolve()) if training.synth else None)
+        method, configs = "patchcore", (detector, validation, synth)
     elif isinstance(detector, SegmenterConfig):
         if ("real" in detector.negatives) != (training.real_defects is not None):
             raise ValueError("real defect shots (--real-defects) and 'real' in --negatives go together")
         stored = replace(training, synth=str(Path(training.synth).resolve()) if training.synth else None,
                          perlin_samples=training.perlin_samples if "perlin" in detector.negatives else 0)
-        method, configs = "qarad", (stored, detector)  # batch_size: the feature batch, not the head's
+        method, configs = "qarad", (stored, detector, validation)  # batch_size: the feature batch, not the head's
     else:
         raise TypeError(f"detector must be a PatchCoreConfig or a SegmenterConfig, got {type(detector).__name__}")
     if method == "qarad" and "synthetic" in detector.negatives and not training.synth:
@@ -293,13 +302,21 @@ def run_config(data: str | Path, category: str, detector: "PatchCoreConfig | Seg
 def train(data: str | Path, category: str, out: str | Path, detector: "PatchCoreConfig | SegmenterConfig",
           training: QaradTraining = QaradTraining(), policy: ResolutionPolicy = ResolutionPolicy(),
           max_train_images: int | None = None, device: str = "cpu", overwrite: bool = False,
-          layout: str = "auto", folder: FolderSplit | None = None) -> Trained:
+          layout: str = "auto", folder: FolderSplit | None = None,
+          validation: "ValidationConfig | None" = None) -> Trained:
     """Train a detector into the run folder `out`: PatchCore for a PatchCoreConfig, the qarad detector
     (with `training`) for a SegmenterConfig, on the normal images of `category` of the dataset at
     `data` in `layout` (data/layouts.py; "auto" detects it, `folder` describes a plain-folder one).
-    The subset of `max_train_images` is drawn with the detector's seed. A run already complete in
-    `out` is kept as it is."""
-    method, config = run_config(data, category, detector, training, policy, max_train_images, layout, folder)
+    The subset of `max_train_images` is drawn with the detector's seed. `validation` (default
+    ValidationConfig()) holds out a share of those images and of the synth folder's samples on them
+    (detection/validation.py): the run is checked on them (RUN/metrics_validation.json) and a qarad
+    run's head weight and image-score rule are chosen there. A run already complete in `out` is kept
+    as it is."""
+    from .detection import validation as V
+
+    validation = validation or V.ValidationConfig()
+    method, config = run_config(data, category, detector, training, policy, max_train_images, layout, folder,
+                                validation)
     train_set = subsample(scan(data, category, "train", config["data"]["layout"], folder), max_train_images,
                           detector.seed)
     out = Path(out)
@@ -307,18 +324,28 @@ def train(data: str | Path, category: str, out: str | Path, detector: "PatchCore
     with owned.writing(out, "qarad train"), discarded_on_failure(out, created=fresh):  # bad input found mid-fit
         if runs.prepare(out, config, overwrite):
             threshold = float(checkpoint.load_config(out / runs.MODEL)["threshold"])
-            return Trained(out, method, len(train_set), threshold, already_trained=True)
-        paths = [s.image for s in train_set]
+            checked = checkpoint.load_config(out / V.VALIDATION) if (out / V.VALIDATION).is_file() else None
+            return Trained(out, method, len(train_set), threshold, already_trained=True, validation=checked)
+        split = V.split_normals([s.image for s in train_set], validation.val_share, detector.seed)
         notes = ()
         if method == "patchcore":
-            model = _train_patchcore(detector, policy, paths, device)
+            model = _train_patchcore(detector, policy, split.train, device)
         else:
             from .detection.train import train_qarad
 
-            done = train_qarad(detector, training, policy, paths, device)
+            done = train_qarad(detector, training, policy, split.train, device, split.held)
             model, notes = done.model, tuple(done.notes)
+        checked = None
+        if split.held:
+            with bar(len(V.items(split.held, training.synth, detector.seed)), "validation split",
+                     unit="image") as tick:
+                checked = V.validate(model, split, training.synth, detector.seed, training.batch_size
+                                     if method == "qarad" else detector.batch_size, on_item=tick)
         model.save(out / runs.MODEL)
-    return Trained(out, method, len(train_set), model.threshold_, already_trained=False, notes=notes)
+        if checked is not None:
+            write_json(out / V.VALIDATION, checked)
+    return Trained(out, method, len(train_set), model.threshold_, already_trained=False, validation=checked,
+                   notes=notes)
 
 
 def _train_patchcore(config: "PatchCoreConfig", policy: ResolutionPolicy, paths: list[Path], device: str):

@@ -38,10 +38,13 @@ from .metrics import LABELS, METRICS
 from .progress import note
 
 if TYPE_CHECKING:
+    from .auto import AutoConfig
     from .detection.patchcore import PatchCoreConfig
     from .detection.segmenter import SegmenterConfig
+    from .validation_config import ValidationConfig
 
 RUNS = "runs"
+CANDIDATES = "candidates.json"  # auto.CANDIDATES: a category run with --auto is finished with it
 FIT = "fit.json"
 ROW = "row.json"
 TABLE = "benchmark"  # OUT/benchmark.md, .csv, .json
@@ -68,13 +71,16 @@ def benchmark(data: str | Path, out: str | Path, detector: "PatchCoreConfig | Se
               categories: list[str] | None = None, layout: str = "auto", folder: FolderSplit | None = None,
               max_train_images: int | None = None, allow_missing_masks: bool = False, batch_size: int = 8,
               device: str = "cpu", overwrite: bool = False, real_defects: str | Path | None = None,
-              shots: ShotConfig = ShotConfig()) -> Benchmarked:
+              shots: ShotConfig = ShotConfig(), validation: "ValidationConfig | None" = None,
+              auto: "AutoConfig | None" = None) -> Benchmarked:
     """Train (`api.train`) and evaluate (`api.evaluate`) `detector` on each of `categories` (default:
     every category of the root) into OUT/runs/CATEGORY, skipping the finished ones, then write the
     table. The qarad method's `training.synth`, when given, is a folder of synth folders, one per
     category (SYNTH/CATEGORY), and `real_defects` a root of real-defect folders, one per category
     (ROOT/CATEGORY), whose `shots` each category's run learns from (its detector's negatives must
-    have "real"). `overwrite` retrains a category whose folder holds a different run."""
+    have "real"). `overwrite` retrains a category whose folder holds a different run. `validation`
+    is every run's split (api.train); with `auto` each category is `qarad train --auto` (auto.py)
+    from these settings, and a category is finished when its row and candidates.json exist."""
     if training.real_defects is not None:
         raise ValueError("benchmark draws each category's shots from real_defects=ROOT (ROOT/CATEGORY); "
                          "leave training.real_defects None")
@@ -101,7 +107,7 @@ def benchmark(data: str | Path, out: str | Path, detector: "PatchCoreConfig | Se
         if real_defects is not None:
             own = replace(own, real_defects=category_shots(real_defects, category, shots))
         plans[category] = (own, *api.run_config(data, category, detector, own, policy, max_train_images, layout,
-                                                folder))
+                                                folder, validation))
     method = plans[categories[0]][1]
     settings = config_settings(plans[categories[0]][2])
     # what every category shares: the root, K and the seed (each category's shots are in its config.json)
@@ -114,13 +120,15 @@ def benchmark(data: str | Path, out: str | Path, detector: "PatchCoreConfig | Se
         own, _, config = plans[category]
         run = out / RUNS / category
         step = f"benchmark [{i}/{len(categories)}] {category}"
-        if (run / ROW).is_file() and runs.holds(run, config):
+        finished = (run / CANDIDATES).is_file() if auto is not None else runs.holds(run, config)
+        if (run / ROW).is_file() and finished:
             rows[category] = json.loads((run / ROW).read_text())
             skipped.append(category)
             note(f"{step}: finished earlier, skipped")
             continue
         rows[category] = _run_category(step, data, category, run, config, detector, own, policy, max_train_images,
-                                       layout, folder, allow_missing_masks, batch_size, device, overwrite)
+                                       layout, folder, allow_missing_masks, batch_size, device, overwrite,
+                                       validation, auto)
     return _write_tables(out, data, layout, method, settings, rows, skipped)
 
 
@@ -135,8 +143,11 @@ def category_shots(root: str | Path, category: str, shots: ShotConfig) -> RealDe
 
 def _run_category(step: str, data, category: str, run: Path, config: dict, detector, training, policy,
                   max_train_images, layout, folder, allow_missing_masks: bool, batch_size: int, device: str,
-                  overwrite: bool) -> dict:
+                  overwrite: bool, validation=None, auto=None) -> dict:
     fit = run / FIT
+    if auto is not None:
+        return _auto_category(step, data, category, run, detector, training, policy, max_train_images, layout,
+                              folder, allow_missing_masks, batch_size, device, validation, auto)
     replace_run = overwrite and (run / runs.CONFIG).is_file() and not runs.holds(run, config)
     if replace_run:  # another run's time and row must never vouch for this one
         (run / ROW).unlink(missing_ok=True)
@@ -145,19 +156,37 @@ def _run_category(step: str, data, category: str, run: Path, config: dict, detec
     start = time.perf_counter()
     # a different run in `run` is refused here (unless overwrite), before anything in it is touched
     done = api.train(data, category, run, detector, training, policy, max_train_images, device, replace_run, layout,
-                     folder)
+                     folder, validation)
     if done.already_trained and not fit.is_file():  # trained, but killed before its time was written
         note(f"{step}: its training time was not recorded; training again")
         start = time.perf_counter()
         done = api.train(data, category, run, detector, training, policy, max_train_images, device, True, layout,
-                         folder)
+                         folder, validation)
     if not done.already_trained:
         write_json(fit, {"fit_s": round(time.perf_counter() - start, 2)})
     fit_s = json.loads(fit.read_text())["fit_s"]
+    return _evaluated(step, run, done.n_images, fit_s, allow_missing_masks, batch_size, device)
+
+
+def _auto_category(step: str, data, category: str, run: Path, detector, training, policy, max_train_images, layout,
+                   folder, allow_missing_masks: bool, batch_size: int, device: str, validation, auto) -> dict:
+    """`qarad train --auto` into the category's folder (a run this benchmark made there is replaced)."""
+    from .auto import train_auto
+
+    note(f"{step}: train --auto")
+    done = train_auto(data, category, run, detector, training, policy, auto, max_train_images, device,
+                      (run / runs.CONFIG).is_file(), layout, folder, validation)
+    write_json(run / FIT, {"fit_s": round(done.seconds, 2)})
+    return _evaluated(step, run, done.trained.n_images, round(done.seconds, 2), allow_missing_masks, batch_size,
+                      device)
+
+
+def _evaluated(step: str, run: Path, n_train: int, fit_s: float, allow_missing_masks: bool, batch_size: int,
+               device: str) -> dict:
     note(f"{step}: eval")
     result = api.evaluate(run, allow_missing_masks=allow_missing_masks, batch_size=batch_size, device=device)
     row = {m: result["overall"][m] for m in METRICS}
-    row.update(fit_s=fit_s, test_images_per_s=round(result["test_images_per_s"], 3), n_train=done.n_images,
+    row.update(fit_s=fit_s, test_images_per_s=round(result["test_images_per_s"], 3), n_train=n_train,
                n_test=result["overall"]["n_images"])
     if "excluded_real_defects" in result:  # a run with real defect shots: its test split is smaller by these
         row[EXCLUDED] = result["excluded_real_defects"]["count"]

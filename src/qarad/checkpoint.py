@@ -76,19 +76,29 @@ def load_config(stem: str | Path) -> dict[str, Any]:
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise CheckpointError(f"{path}: config is larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant,
-                            parse_float=_finite_float)
-    except _NotFinite as exc:
-        raise CheckpointError(f"{path}: holds {exc}; NaN or infinity is no valid value in a config") from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: nested deeper than {MAX_CONFIG_DEPTH} levels") from None
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or a number too long to read
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    config = parse_json(text, path)
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: config must be a JSON object")
-    if _depth(config) > MAX_CONFIG_DEPTH:
-        raise CheckpointError(f"{path}: nested deeper than {MAX_CONFIG_DEPTH} levels")
     return config
+
+
+def parse_json(text: str, source: str | Path) -> Any:
+    """Strict JSON from `source` (a file, or a file and line): NaN, infinity (1e999 too) and nesting
+    deeper than MAX_CONFIG_DEPTH are refused with a CheckpointError naming it, never a traceback."""
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _NotFinite as exc:
+        raise CheckpointError(f"{source}: holds {exc}; NaN or infinity is no valid value here") from None
+    except RecursionError:
+        raise CheckpointError(f"{source}: nested deeper than {MAX_CONFIG_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError, or a number too long to read
+        raise CheckpointError(f"{source}: not valid JSON ({exc})") from None
+    if _depth(value) > MAX_CONFIG_DEPTH:
+        raise CheckpointError(f"{source}: nested deeper than {MAX_CONFIG_DEPTH} levels")
+    return value
 
 
 def read_tensors(stem: str | Path) -> dict[str, torch.Tensor]:

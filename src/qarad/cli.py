@@ -9,8 +9,9 @@ from . import __version__
 from .backbone_config import BACKBONES, DETECTOR_BACKBONE
 from .fewshot_config import ShotConfig
 from .flags import (add_dataset_flags, add_flags, add_policy_flags, device, finite_float, non_negative_int,
-                    positive_int)
+                    positive_float, positive_int)
 from .synthesis.sampler_config import SamplerConfig
+from .validation_config import ValidationConfig
 
 EXAMPLES = {
     "train": "qarad train --method patchcore --data ../shared/data/mpdd --category metal_plate --out runs/mpdd",
@@ -106,6 +107,14 @@ def _add_detector_flags(p: argparse.ArgumentParser, synth_help: str | None = Non
     p.add_argument("--overwrite", action="store_true", help="retrain a run folder that holds a different run: its model and evaluation outputs "
                         "(metrics.json, scores.csv, report.html, model.onnx) are replaced; other files stay, and a "
                         "folder that is not a qarad run is always refused")
+    g = p.add_argument_group("validation split and --auto (detection/validation.py, auto.py)")
+    add_flags(g, ValidationConfig)
+    g.add_argument("--auto", action="store_true",
+                   help="try a small grid of settings (working size, policy, backbone, coreset ratio, method) "
+                        "within --budget-min and keep the best by the validation split (no test label is read); "
+                        "the candidates' table is written to OUT/candidates.json and the report")
+    g.add_argument("--budget-min", type=positive_float, default=None,
+                   help="--auto: minutes for the whole grid (default: 3x the first candidate's, a plain train)")
 
 
 def main_parser() -> argparse.ArgumentParser:

@@ -84,6 +84,7 @@ def int_at_least(low: int):
 positive_int = int_at_least(1)  # --batch-size, --max-train-images, --corpus-size, ...
 non_negative_int = int_at_least(0)  # step counts (0 = that stage does nothing)
 finite_float = _parser(float, lambda v: check_float("the value", v))  # nan and inf refused
+positive_float = _parser(float, lambda v: check_float("the value", v, 0.0, low_open=True))  # --budget-min
 
 
 def working_size(text: str) -> int:

@@ -66,21 +66,31 @@ def _operating_points(tp_count, tp_weight, fp_above, fp_atleast, n_pos: float, n
 
 
 def curve(scores, labels, pos_weight=None) -> Curve:
+    return curves_of(scores, labels, [pos_weight])[0]
+
+
+def curves_of(scores, labels, pos_weights: list) -> list[Curve]:
+    """`curve(scores, labels, w)` for every w of `pos_weights` (None: unweighted), sorting the
+    scores once for all of them (the sort is what pixel curves cost)."""
     scores = np.asarray(scores).ravel()
     labels = np.asarray(labels).ravel().astype(bool)
     pos = scores[labels]
     neg = np.sort(scores[~labels])
     if pos.size == 0 or neg.size == 0:
         raise ValueError("metrics need at least one positive and one negative sample")
-    w = np.ones(pos.size) if pos_weight is None else np.asarray(pos_weight, dtype=np.float64).ravel()
     order = np.argsort(-pos, kind="stable")
-    pos, w = pos[order], w[order]
+    pos = pos[order]
     last = np.r_[pos[1:] != pos[:-1], True]  # last index of each run of equal scores
     thresholds = pos[last]
     tp_count = (np.flatnonzero(last) + 1).astype(np.float64)  # positives >= t
     fp_above = (neg.size - np.searchsorted(neg, thresholds, side="right")).astype(np.float64)  # > t
     fp_atleast = (neg.size - np.searchsorted(neg, thresholds, side="left")).astype(np.float64)  # >= t
-    return _operating_points(tp_count, np.cumsum(w)[last], fp_above, fp_atleast, pos.size, neg.size, w.sum())
+    out = []
+    for pos_weight in pos_weights:
+        w = np.ones(pos.size) if pos_weight is None else np.asarray(pos_weight, dtype=np.float64).ravel()[order]
+        out.append(_operating_points(tp_count, np.cumsum(w)[last], fp_above, fp_atleast, pos.size, neg.size,
+                                     w.sum()))
+    return out
 
 
 def _trapezoid(x: np.ndarray, y: np.ndarray) -> float:
@@ -293,7 +303,8 @@ class PixelMetrics:
                 scores = np.concatenate([s for s, _, _ in self._kept]) if self._kept else np.zeros(0, np.float32)
                 labels = np.concatenate([g for _, g, _ in self._kept]) if self._kept else np.zeros(0, bool)
                 weights = np.concatenate([w for _, _, w in self._kept]) if self._kept else np.zeros(0)
-                self._curves = (curve(scores, labels), curve(scores, labels, weights))
+                roc, pro = curves_of(scores, labels, [None, weights])
+                self._curves = (roc, pro)
         return self._curves
 
     def aupro(self, fpr_limit: float = PRO_FPR_LIMIT) -> float:

@@ -4,6 +4,9 @@ RUN/config.json   what was trained on and how (data, method, resolution policy);
                   shots (data/real_defects.py) their list, which `qarad eval` leaves out of the test split
 RUN/model.*       the detector (safetensors + JSON)
 RUN/metrics.json  written by `qarad eval`, with RUN/scores.csv and RUN/report.html (report/pages.py)
+RUN/metrics_validation.json  written by `qarad train`: the held-out validation split's metrics and the
+                  gate's choice (detection/validation.py); absent in runs without a split
+RUN/candidates.json  written by `qarad train --auto`: every candidate's settings and validation metrics
 """
 from __future__ import annotations
 
@@ -54,6 +57,8 @@ class PatchCoreSettings:
     seed: int
     search: str = "exact"  # runs written before the search setting existed searched exactly
     backbone: str = LEGACY_BACKBONE  # ... and before the backbone setting, used EfficientNet-Lite0
+    val_share: float = 0.0  # ... and before the validation split (detection/validation.py), held out nothing
+    synth: str | None = None  # the synth folder whose samples on held-out normals validate the run
 
 
 @dataclass(frozen=True)
@@ -75,10 +80,12 @@ class QaradSettings:
     # the memory bank's; runs written before they were recorded (`train` never passed them on) had these
     coreset_ratio: float = 0.1
     memory_limit: int | None = None
+    val_share: float = 0.0  # runs written before the validation split held out nothing
 
 
 # detector settings added since runs were first written whose default is what older runs did
-ADDED = {"qarad": {"real_weight": 1.0, "coreset_ratio": 0.1, "memory_limit": None}}
+ADDED = {"qarad": {"real_weight": 1.0, "coreset_ratio": 0.1, "memory_limit": None, "val_share": 0.0},
+         "patchcore": {"val_share": 0.0, "synth": None}}
 DETECTORS = {"patchcore": PatchCoreSettings, "qarad": QaradSettings}
 TOP_KEYS = {"qarad_version", "method", "data", "policy", "detector"}
 

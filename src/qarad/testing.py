@@ -217,3 +217,22 @@ def make_tiny_aras(folder: Path, window: int = 64, seed: int = 0, refiner: bool 
 
         corpus.save_corpus(folder / model.CORPUS, corpus.build_corpus(list(corpus_from), ResolutionPolicy(size=64), cfg))
     return folder
+
+
+def part_on_backdrop(rng: np.random.Generator, size: tuple[int, int] = (96, 128), backdrop: str = "dark"
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A textured part (an ellipse of grainy material, placed at random) on a plain backdrop ->
+    (image (H, W, 3) float32 quantised to 8 bits, part mask (H, W) bool). `backdrop` "dark": a dark
+    rubber-like part on a darker backdrop; "light": a grey part on a light one; "same": a grey part on
+    a backdrop of its own mean tone (only its grain tells them apart)."""
+    h, w = size
+    part_mean, back = {"dark": (0.16, 0.06), "light": (0.55, 0.9), "same": (0.45, 0.45)}[backdrop]
+    yy, xx = np.mgrid[0:h, 0:w]
+    cy, cx = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w
+    ry, rx = rng.uniform(0.22, 0.3) * h, rng.uniform(0.22, 0.3) * w
+    part = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1.0
+    grain = rng.normal(0.0, 0.05, (h, w))
+    grain = grain + 0.5 * np.roll(grain, 1, axis=1)  # a little correlated, as real grain is
+    image = np.where(part, part_mean + grain, back + rng.normal(0.0, 0.003, (h, w)))
+    image = np.round(np.clip(image, 0, 1) * 255) / 255
+    return np.repeat(image[..., None], 3, axis=2).astype(np.float32), part

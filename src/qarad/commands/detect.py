@@ -9,13 +9,16 @@ from ..data.io import check_output_folder
 from ..fewshot_config import ShotConfig
 from ..flags import folder_from_args, policy_from_args
 from ..metrics import LABELS, METRICS
+from ..validation_config import ValidationConfig
 from .synth import real_defects
 
 
 # flags of the qarad detector alone (cli._add_detector_flags, default None): --method qarad fills in
 # SegmenterConfig's and QaradTraining's defaults, --method patchcore refuses them rather than ignore them
 QARAD_HEAD = ("steps", "negatives", "residual", "fusion")  # SegmenterConfig fields
-QARAD_TRAINING = ("synth", "weighting", "max_normal_views", "perlin_samples", "real_weight")  # QaradTraining's
+QARAD_TRAINING = ("weighting", "max_normal_views", "perlin_samples", "real_weight")  # QaradTraining's
+# --synth is both methods': the qarad head learns from its samples, and any run validates on those drawn on
+# its held-out normals (detection/validation.py)
 QARAD_ONLY = (*QARAD_HEAD, *QARAD_TRAINING, "real_defects")
 
 
@@ -39,13 +42,14 @@ def detector_configs(args) -> tuple:
             raise ValueError(f"{', '.join(_option(k) for k in given)}: {'not a setting' if one else 'no settings'} "
                              f"of PatchCore (PatchCore learns from normal images only); drop {'it' if one else 'them'}"
                              f" or pass --method qarad")
-        return PatchCoreConfig(**bank, batch_size=args.batch_size), api.QaradTraining(batch_size=args.batch_size)
+        return (PatchCoreConfig(**bank, batch_size=args.batch_size),
+                api.QaradTraining(synth=args.synth, batch_size=args.batch_size))
     head = {k: v for k, v in given.items() if k in QARAD_HEAD}
     negatives = tuple(head.get("negatives", SegmenterConfig.negatives))
     if args.real_defects is not None and "real" not in negatives:
         negatives += ("real",)  # --real-defects: the head learns from them
     detector = SegmenterConfig(**bank, **{**head, "negatives": negatives})
-    training = api.QaradTraining(**{k: v for k, v in given.items() if k in QARAD_TRAINING},
+    training = api.QaradTraining(**{k: v for k, v in given.items() if k in QARAD_TRAINING}, synth=args.synth,
                                  batch_size=args.batch_size)
     return detector, training
 
@@ -53,16 +57,42 @@ def detector_configs(args) -> tuple:
 def train(args) -> int:
     detector, training = detector_configs(args)
     training = replace(training, real_defects=real_defects(args))
+    validation = flags.from_args(ValidationConfig, args)
+    if args.auto:
+        return _train_auto(args, detector, training, validation)
+    if args.budget_min is not None:
+        raise ValueError("--budget-min is the budget of --auto; pass --auto too")
     done = api.train(args.data, args.category, args.out, detector, training, policy_from_args(args),
                      args.max_train_images, args.device, args.overwrite, args.layout,
-                     folder_from_args(args))
+                     folder_from_args(args), validation)
     if done.already_trained:
         print(f"{args.out}: this run is already trained; nothing to do (pass --overwrite to retrain)")
     else:
         for line in done.notes:
             print(line)
-        print(f"trained {done.method} on {done.n_images} normal images, threshold {done.threshold:.4f}\n"
-              f"run folder: {args.out}")
+        print(f"trained {done.method} on {done.n_images} normal images, threshold {done.threshold:.4f}")
+    print(validation_line(done.validation) + f"\nrun folder: {args.out}")
+    return 0
+
+
+def validation_line(checked: dict | None) -> str:
+    """What `train` says about the validation split (metrics_validation.json)."""
+    if checked is None:
+        return "validation: no split (--val-share 0, or too few normal images to hold some out)"
+    m, split = checked["overall"], checked["split"]
+    return (f"validation ({split['normal_held_out']} held-out normals, {split['aras_samples']} ARAS samples, "
+            f"{split['perlin_patches']} Perlin patches): image AUROC {m['image_auroc']:.4f}, pixel AUROC "
+            f"{m['pixel_auroc']:.4f}, AUPRO {m['aupro']:.4f}\n{checked['chosen']['note']}")
+
+
+def _train_auto(args, detector, training, validation) -> int:
+    from ..auto import AutoConfig, train_auto
+
+    done = train_auto(args.data, args.category, args.out, detector, training, policy_from_args(args),
+                      AutoConfig(budget_min=args.budget_min), args.max_train_images, args.device, args.overwrite,
+                      args.layout, folder_from_args(args), validation)
+    print(done.summary)
+    print(validation_line(done.trained.validation) + f"\nrun folder: {args.out} (candidates: {done.table})")
     return 0
 
 
@@ -70,10 +100,18 @@ def benchmark(args) -> int:
     from ..benchmarking import benchmark as run_benchmark
 
     detector, training = detector_configs(args)  # each category's shots are drawn by the benchmark
+    auto = None
+    if args.auto:
+        from ..auto import AutoConfig
+
+        auto = AutoConfig(budget_min=args.budget_min)
+    elif args.budget_min is not None:
+        raise ValueError("--budget-min is the budget of --auto; pass --auto too")
     done = run_benchmark(args.data, args.out, detector, training, policy_from_args(args), args.categories,
                          args.layout, folder_from_args(args), args.max_train_images,
                          args.allow_missing_masks, args.batch_size, args.device, args.overwrite,
-                         args.real_defects, flags.from_args(ShotConfig, args))
+                         args.real_defects, flags.from_args(ShotConfig, args), flags.from_args(ValidationConfig, args),
+                         auto)
     print(done.markdown)
     skipped = f" ({len(done.skipped)} finished earlier, skipped)" if done.skipped else ""
     print(f"{len(done.rows)} {'category' if len(done.rows) == 1 else 'categories'}{skipped}\n"

@@ -126,10 +126,25 @@ def _to_float(img: Image.Image, path: Path) -> np.ndarray:
     return arr.astype(np.float32) / 255.0
 
 
-def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
-    """Read any supported image as float32 RGB (H, W, 3) in [0, 1]."""
+def _reduced(img: Image.Image, factor: int) -> Image.Image:
+    """`img` averaged over factor x factor pixel blocks (PIL reduce; modes it refuses converted first)."""
+    if factor <= 1:
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
+    elif img.mode.startswith("I;16"):
+        img = img.convert("I")  # same values: _to_float scales "I" up to 65535 as it does I;16
+    return img.reduce(factor)
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = None, reduce: int = 1) -> np.ndarray:
+    """Read any supported image as float32 RGB (H, W, 3) in [0, 1]. `reduce` > 1 averages reduce x reduce
+    pixel blocks right after decoding (ceil(H / reduce) x ceil(W / reduce) out): a huge image whose
+    working view is small then never exists as full-size floats (data/resolution.py, decode_reduction)."""
     with _opened(path, MAX_PIXELS if max_pixels is None else max_pixels) as img:
-        arr = _to_float(img, Path(path))
+        arr = _to_float(_reduced(img, reduce), Path(path))
     if arr.ndim == 2:
         arr = arr[..., None]
     channels = arr.shape[2]
@@ -140,6 +155,21 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
     if arr.shape[2] != 3:
         raise ImageError(path, f"unsupported channel count {channels}")
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def read_image_uint8(path: str | os.PathLike) -> np.ndarray:
+    """`to_uint8(read_image(path))` without the full-size float image for 8-bit files (overlays of huge
+    images): uint8 RGB (H, W, 3); transparency composited onto black as read_image does."""
+    with _opened(path, MAX_PIXELS) as img:
+        if img.mode == "P":
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        if img.mode in ("RGBA", "LA"):  # premultiplied alpha = composite onto black
+            return np.ascontiguousarray(np.asarray(img.convert("RGBA").convert("RGBa"))[..., :3])
+        if img.mode == "RGB":
+            return np.array(img)  # one copy, not convert's second one
+        if img.mode in ("1", "L", "CMYK", "YCbCr"):
+            return np.asarray(img.convert("RGB"))
+    return to_uint8(read_image(path))  # 16- and 32-bit modes: through floats
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

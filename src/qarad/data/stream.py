@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from .io import read_image
+from .io import image_size, read_image
 from .resolution import Layout, ResolutionPolicy
 
 
@@ -26,23 +26,37 @@ from .resolution import Layout, ResolutionPolicy
 class Loaded:
     index: int
     path: Path
-    image: np.ndarray  # (H, W, 3) float32 original
+    image: np.ndarray | None  # (H, W, 3) float32 original; None when not kept
     layout: Layout
     views: torch.Tensor  # (n, 3, vh, vw)
 
 
-def load(index: int, path: Path, policy: ResolutionPolicy) -> Loaded:
-    image = read_image(path)
-    layout = policy.layout(*image.shape[:2])
-    return Loaded(index, Path(path), image, layout, layout.views(image))
+def load(index: int, path: Path, policy: ResolutionPolicy, keep_image: bool = True) -> Loaded:
+    """Decode one image and cut its views. Without `keep_image` the original is dropped and, where
+    the policy shrinks the image 8x or more, decoded reduced (Layout.decode_reduction): memory then
+    follows the working size, not the file's."""
+    if keep_image:
+        image = read_image(path)
+        layout = policy.layout(*image.shape[:2])
+        return Loaded(index, Path(path), image, layout, layout.views(image))
+    h, w = image_size(path)
+    k = policy.layout(h, w).decode_reduction  # the same for (w, h): policies scale both sides alike
+    reduced = read_image(path, reduce=k)
+    if k == 1:
+        layout = policy.layout(*reduced.shape[:2])
+    else:  # a decoder that turns the image (EXIF orientation) swaps the header's sides
+        turned = reduced.shape[:2] != (-(-h // k), -(-w // k))
+        layout = policy.layout(*((w, h) if turned else (h, w)))
+    return Loaded(index, Path(path), None, layout, layout.views(reduced, k))
 
 
-def iter_loaded(paths: Iterable[Path], policy: ResolutionPolicy, read_ahead: int = 2) -> Iterator[Loaded]:
+def iter_loaded(paths: Iterable[Path], policy: ResolutionPolicy, read_ahead: int = 2,
+                keep_image: bool = True) -> Iterator[Loaded]:
     """Decode images in order, overlapping decoding with the caller's compute."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending: deque = deque()
         for i, path in enumerate(paths):
-            pending.append(pool.submit(load, i, path, policy))
+            pending.append(pool.submit(load, i, path, policy, keep_image))
             if len(pending) > read_ahead:
                 yield pending.popleft().result()
         while pending:

@@ -163,3 +163,27 @@ def normalise_prompt(text: str) -> str:
     if len(text) > MAX_PROMPT_CHARS:
         raise ValueError(f"prompt is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}")
     return text
+
+
+def _says(prompt: str, options) -> bool:
+    text = f" {' '.join(re.findall(r'[a-z-]+', prompt.lower()))} "
+    return any(f" {word} " in text for word in options)
+
+
+def stated_attributes(params: "DefectParams", prompt: str) -> dict[str, str]:
+    """The attributes `prompt` (made from `params` by `prompt_for`) puts in words, with their value:
+    "polarity" (dark / bright), "size" (small / large; medium is not a direction), "elongation"
+    (round / elongated: blob-like families only, a stroke's thin/wide is its width) and "orientation"
+    (horizontal / vertical / diagonal). An attribute the phrase left out is absent."""
+    out = {}
+    words = {**_POLARITY, **{k: v + _TONE_WITH_COLOUR[k] for k, v in _POLARITY.items()}}
+    if params.family not in _NO_POLARITY_WORD and _says(prompt, words[params.polarity]):
+        out["polarity"] = params.polarity
+    sizes = _LENGTH if params.family in STROKE_FAMILIES else _SIZE
+    if params.size in ("small", "large") and _says(prompt, sizes[params.size]):
+        out["size"] = params.size
+    if params.shape in ("round", "elongated") and _says(prompt, _SHAPE[params.shape]):
+        out["elongation"] = params.shape
+    if params.orientation in _ORIENTATION and _says(prompt, _ORIENTATION[params.orientation]):
+        out["orientation"] = params.orientation
+    return out

@@ -71,4 +71,4 @@ def score_cached(model: Segmenter, cached: list[CachedImage], batch_size: int = 
                                                    torch.cat([c.rows for c in batch]), hw)
             for c, m in zip(batch, maps.split([len(c.features) for c in batch])):
                 work = model.smooth(c.layout.stitch(m.float().cpu()))
-                yield work.numpy().astype(np.float32), float(work.max())
+                yield work.numpy().astype(np.float32), model.image_score(work)

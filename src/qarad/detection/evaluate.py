@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,6 +24,7 @@ from ..data.mvtec import NORMAL, Sample
 from .inference import Detector, score_images
 
 WORST_CASES = 4  # highest-scored normal and lowest-scored defect images kept for the report, each
+GRADE_AHEAD = 4  # scored images whose grading may still be pending (each holds one map at source size)
 
 
 @dataclass
@@ -124,22 +127,35 @@ def evaluate(detector: Detector, samples: list[Sample], batch_size: int = 8,
     has_pixels = {t: False for t in pixels}
     false_alarms, misses = _Highest(worst_cases), _Highest(worst_cases)
     ev = Evaluation()
-    start = time.perf_counter()
-    for sample, res in zip(samples, score_images(detector, [s.image for s in samples], batch_size, on_image=on_image)):
+
+    def grade(sample: Sample, res) -> None:
+        """Pixel accumulators and worst cases of one image, on the grading thread (in image order)."""
         graded, mask = graded_pair(res.layout, res.anomaly_map, sample, at_source)
         if mask is not None:
             image_pixels = M.ImagePixels(graded, mask)
             for t in [None, *(types if sample.defect_type == NORMAL else [sample.defect_type])]:
                 pixels[t].add(image_pixels)
                 has_pixels[t] = True
-        anomalous = bool(res.score > detector.threshold_)
-        ev.records.append({"path": str(sample.image), "defect_type": sample.defect_type, "score": res.score,
-                           "anomalous": anomalous})
         keeper, key = (false_alarms, res.score) if sample.label == 0 else (misses, -res.score)
         if keeper.wants(key):
             shown = graded if at_source else res.layout.to_source(torch.from_numpy(res.anomaly_map)).numpy()
-            keeper.push(key, WorstCase(Path(sample.image), sample.defect_type, res.score, anomalous, shown,
-                                       sample.mask))
+            keeper.push(key, WorstCase(Path(sample.image), sample.defect_type, res.score,
+                                       bool(res.score > detector.threshold_), shown, sample.mask))
+
+    start = time.perf_counter()
+    # Grading (mask decoding, upsampling to the source, pixel accumulation) runs on its own thread,
+    # overlapped with the scoring of the next images; at most GRADE_AHEAD images wait for it.
+    with ThreadPoolExecutor(max_workers=1) as grader:
+        waiting: deque = deque()
+        for sample, res in zip(samples, score_images(detector, [s.image for s in samples], batch_size,
+                                                     on_image=on_image)):
+            ev.records.append({"path": str(sample.image), "defect_type": sample.defect_type, "score": res.score,
+                               "anomalous": bool(res.score > detector.threshold_)})
+            waiting.append(grader.submit(grade, sample, res))
+            while len(waiting) > GRADE_AHEAD:
+                waiting.popleft().result()
+        while waiting:
+            waiting.popleft().result()
     ev.images_per_s = len(samples) / max(time.perf_counter() - start, 1e-9)
     ev.false_alarms, ev.misses = false_alarms.items(), misses.items()
 

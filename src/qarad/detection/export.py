@@ -23,6 +23,7 @@ from ..data.resolution import ResolutionPolicy
 from .anomaly_map import gaussian_blur, upsample
 from ..backbone import PATCH_STRIDE, PatchEmbedder
 from .patchcore import PatchCore
+from .fusion import LEGACY_IMAGE_RULE, image_score
 from .segmenter import Segmenter, cell_scores, head_inputs
 
 OPSET = 17  # within what the TorchScript exporter and the pinned onnxruntime support
@@ -61,6 +62,7 @@ class SegmenterScores(nn.Module):
         super().__init__()
         self.head = detector.head_
         self.config, self.reference = detector.config, detector.reference_
+        self.head_weight = detector.head_weight_  # the gate chosen on validation (detection/fusion.py)
         if self.config.uses_bank:
             memory = detector.memory_.detach().float()
             self.register_buffer("memory", memory)
@@ -75,24 +77,26 @@ class SegmenterScores(nn.Module):
             nearest = self.memory[rows].view(b, h, w, c).permute(0, 3, 1, 2)
             dist = dist.view(b, h, w)
         inputs = head_inputs(features, nearest, dist, self.config.residual, self.reference.dist_scale)
-        return cell_scores(self.head(inputs), dist, self.config.fusion, self.reference)
+        return cell_scores(self.head(inputs), dist, self.config.fusion, self.reference, self.head_weight)
 
 
 class ViewScorer(nn.Module):
     """(N, 3, H, W) RGB in [0, 1] -> view_map (N, H, W), anomaly_map (N, H, W) blurred, score (N,)."""
 
-    def __init__(self, embedder: PatchEmbedder, patch_scores: nn.Module, blur_sigma: float):
+    def __init__(self, embedder: PatchEmbedder, patch_scores: nn.Module, blur_sigma: float,
+                 image_rule: str = LEGACY_IMAGE_RULE):
         super().__init__()
         self.embedder = embedder
         self.patch_scores = patch_scores
         self.blur_sigma = blur_sigma
+        self.image_rule = image_rule  # top-P%: k is fixed by the traced view size (see the sidecar)
 
     def forward(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cells = self.patch_scores(self.embedder(views))  # (N, h, w) at stride 8
         h, w = cells.shape[-2:]
         view_map = upsample(cells, (h * PATCH_STRIDE, w * PATCH_STRIDE))
         anomaly_map = gaussian_blur(view_map, self.blur_sigma)
-        return view_map, anomaly_map, anomaly_map.flatten(1).amax(1)
+        return view_map, anomaly_map, image_score(anomaly_map, self.image_rule)
 
 
 def view_scorer(detector: PatchCore | Segmenter) -> ViewScorer:
@@ -104,10 +108,17 @@ def view_scorer(detector: PatchCore | Segmenter) -> ViewScorer:
         embedder, scores = detector._embedder(), SegmenterScores(detector)
     else:
         raise TypeError(f"cannot export a {type(detector).__name__}; expected PatchCore or Segmenter")
-    return ViewScorer(embedder, scores, detector.config.blur_sigma).eval()
+    # the graph's score is the image score only under resize (one view is the image); elsewhere the
+    # caller applies the rule to the stitched map (the sidecar says so) and per-view scores stay maxima
+    rule = _rule(detector) if detector.policy.mode == "resize" else LEGACY_IMAGE_RULE
+    return ViewScorer(embedder, scores, detector.config.blur_sigma, rule).eval()
 
 
-def _outside_graph(policy: ResolutionPolicy) -> list[str]:
+def _rule(detector: PatchCore | Segmenter) -> str:
+    return getattr(detector, "image_rule_", LEGACY_IMAGE_RULE)
+
+
+def _outside_graph(policy: ResolutionPolicy, rule: str = LEGACY_IMAGE_RULE) -> list[str]:
     before = ("make views with qarad.data.resolution.Layout: scale with bilinear antialiased resizing to the "
               "working size, pad bottom/right by replicating the border, cut views at layout.origins")
     if policy.mode == "resize":
@@ -116,7 +127,8 @@ def _outside_graph(policy: ResolutionPolicy) -> list[str]:
     return [before, "stitch view_map with layout.stitch (crops padding; tile: ramp-weighted mean of overlaps)",
             ("blur the stitched map with gaussian_blur(map, blur_sigma): separable, radius ceil(4 sigma), reflect "
              "padding (replicate on maps no larger than the radius)"),
-            "image score = maximum of the blurred map; anomaly_map/score outputs are per view only"]
+            f"image score = {rule} of the blurred map ('top-P%': the mean of its P% highest pixels); "
+            "anomaly_map/score outputs are per view only"]
 
 
 def sidecar(detector: PatchCore | Segmenter, onnx_bytes: bytes) -> dict:
@@ -136,8 +148,17 @@ def sidecar(detector: PatchCore | Segmenter, onnx_bytes: bytes) -> dict:
                                  "values": "per-view anomaly map before stitching and blur"},
                     "anomaly_map": {"dtype": "float32", "shape": ["batch", *spatial],
                                     "values": "view_map blurred on its own"},
-                    "score": {"dtype": "float32", "shape": ["batch"], "values": "maximum of anomaly_map"}},
-        "outside_graph": _outside_graph(policy),
+                    "score": {"dtype": "float32", "shape": ["batch"],
+                              "values": f"resize: the image score ({_rule(detector)} of anomaly_map); "
+                                        "other policies: maximum of the view's anomaly_map"}},
+        "image_rule": _rule(detector),  # chosen on the validation split (detection/fusion.py)
+        # the scoring region is not in the graph: a run that scores its part only says so here
+        "scoring_region": ("part: lower the blurred map outside Foreground.mask(image) (data/foreground.py, "
+                           "fitted state in the run's model.json 'foreground') to its minimum inside, before the "
+                           "image score; the graph's anomaly_map and score do not" if getattr(
+                               detector, "foreground_", None) is not None else "the whole image"),
+        "head_weight": getattr(detector, "head_weight_", None),
+        "outside_graph": _outside_graph(policy, _rule(detector)),
     }
 
 

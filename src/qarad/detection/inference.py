@@ -21,12 +21,19 @@ class Detector(Protocol):
     def smooth(self, work_map: torch.Tensor) -> torch.Tensor: ...  # (h, w) -> (h, w)
 
 
+def image_score(detector: Detector, work_map: torch.Tensor) -> float:
+    """The detector's image score of its smoothed map: its fitted rule (Segmenter.image_score,
+    detection/fusion.py) or, for a detector without one, the maximum."""
+    rule = getattr(detector, "image_score", None)
+    return rule(work_map) if rule is not None else float(work_map.max())
+
+
 @dataclass
 class ImageResult:
     path: Path
     layout: Layout
     anomaly_map: np.ndarray  # (h, w) float32 over the working image
-    score: float  # image score: maximum of the smoothed map
+    score: float  # image score: maximum of the smoothed map (a qarad run: its fitted image rule)
     image: np.ndarray | None = None  # original image, kept only when asked (overlays)
 
 
@@ -38,10 +45,15 @@ def score_images(
     on_image: Callable[[], None] | None = None,
 ) -> Iterator[ImageResult]:
     with torch.inference_mode():
-        for item, maps in map_views(iter_loaded(paths, detector.policy), detector.view_maps, batch_size):
+        # a run that scores its part only finds the part on the full image (not a reduced decode)
+        keep = keep_images or getattr(detector, "foreground_", None) is not None
+        loaded = iter_loaded(paths, detector.policy, keep_image=keep)
+        for item, maps in map_views(loaded, detector.view_maps, batch_size):
             work = detector.smooth(item.layout.stitch(maps.float().cpu()))
+            region = getattr(detector, "restrict", None)  # a qarad run that scores its part only
+            work = region(work, item.image, item.layout) if region is not None else work
             if on_image:
                 on_image()
-            yield ImageResult(item.path, item.layout, work.numpy().astype(np.float32), float(work.max()),
+            yield ImageResult(item.path, item.layout, work.numpy().astype(np.float32), image_score(detector, work),
                               item.image if keep_images else None)
 

@@ -4,7 +4,9 @@ The bank is small enough to search exactly on a GPU, but on 2 CPU cores an exact
 78k-row bank costs ~0.4 s per 256-px image. `ivf` (faiss IndexIVFFlat: the bank is split into
 Voronoi cells around k-means centroids and a query scans only the `nprobe` nearest cells) is the
 default; `exact` (faiss IndexFlatL2, same numbers as the brute-force torch search) stays for
-small banks and for checking. Both return Euclidean distances and row indices.
+small banks and for checking. `hnsw` (faiss IndexHNSWFlat: a graph walk keeping `ef_search`
+candidates) is measured beside them by benchmarks/search.py. All return Euclidean distances and row
+indices; an IVF or HNSW distance is never below the exact one.
 
 Refinement (`refine` > 0): the given share of a call's queries with the largest IVF distances are
 searched again exactly, per view. An IVF distance is never below the exact one, so the patches an
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SEARCH_MODES = ("exact", "ivf")
+SEARCH_MODES = ("exact", "ivf", "hnsw")
 ROWS_PER_LIST = 64  # IVF lists hold ~64 rows on average: nlist = rows / 64
 MIN_IVF_ROWS = 4096  # below this an exact search is as fast and needs no training
 EXCLUDE_CANDIDATES = 16  # candidates fetched when rows of the query's own image must be skipped
@@ -34,12 +36,16 @@ class SearchConfig:
     nprobe: int = 8  # IVF cells scanned per query (of ~rows/64)
     seed: int = 0  # k-means initialisation of the IVF centroids
     refine: float = 0.0  # share of each call's queries (largest IVF distances) searched again exactly
+    hnsw_links: int = 32  # hnsw: graph neighbours per row (M)
+    ef_search: int = 64  # hnsw: candidates kept while walking the graph
 
     def __post_init__(self):
         if self.mode not in SEARCH_MODES:
             raise ValueError(f"unknown search mode {self.mode!r}; choose from {SEARCH_MODES}")
         if self.nprobe < 1:
             raise ValueError(f"nprobe must be >= 1, got {self.nprobe}")
+        if self.hnsw_links < 2 or self.ef_search < 1:
+            raise ValueError(f"hnsw needs hnsw_links >= 2 and ef_search >= 1, got {self.hnsw_links}, {self.ef_search}")
         if not 0.0 <= self.refine <= 1.0:
             raise ValueError(f"refine must be a share in [0, 1], got {self.refine}")
 
@@ -65,6 +71,9 @@ class NearestNeighbours:
         self._rows_and_norms = None  # (bank, squared row norms) for refinement, made on first use
         if not self.approximate:
             self.index = faiss.IndexFlatL2(dim)
+        elif config.mode == "hnsw":
+            self.index = faiss.IndexHNSWFlat(dim, config.hnsw_links)
+            self.index.hnsw.efSearch = config.ef_search
         else:
             nlist = max(1, rows // ROWS_PER_LIST)
             quantizer = faiss.IndexFlatL2(dim)

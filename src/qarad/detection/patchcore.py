@@ -118,7 +118,7 @@ class PatchCore:
         sampler = CoresetSampler(cfg.coreset_ratio, cfg.projection_dim, cfg.coreset_partition, cfg.seed,
                                  cfg.memory_limit)
         with torch.inference_mode():
-            for item, emb in map_views(iter_loaded(paths, self.policy), self._embed, cfg.batch_size):
+            for item, emb in map_views(iter_loaded(paths, self.policy, keep_image=False), self._embed, cfg.batch_size):
                 keep = patch_valid(item.layout.valid())  # (n, h, w)
                 feats = emb.permute(0, 2, 3, 1)[keep]  # (patches, C), on CPU
                 sampler.add(feats, torch.full((len(feats),), item.index, dtype=torch.int32))
@@ -137,7 +137,7 @@ class PatchCore:
             return np.zeros(0)
         picks = np.unique(np.linspace(0, len(paths) - 1, n).round().astype(int))
         scores = []
-        for item, emb in map_views(iter_loaded([paths[i] for i in picks], self.policy), self._embed,
+        for item, emb in map_views(iter_loaded([paths[i] for i in picks], self.policy, keep_image=False), self._embed,
                                    self.config.batch_size):
             source = int(picks[item.index])
             maps = self._maps_from_embedding(emb, exclude_source=source)

@@ -7,14 +7,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .. import owned
-from ..data.io import check_output_folder, make_folder, write_csv, write_image
+from ..data.io import check_output_folder, make_folder, write_csv
 from ..progress import bar
-from ..report.figures import overlay
 from ..runs import RunError
 from .inference import score_images
+from .overlay import write_overlay
 
 
 @dataclass(frozen=True)
@@ -68,10 +66,8 @@ def write_predictions(detector, paths: list[Path], given: Path, batch_size: int 
     records = []
     try:
         with bar(len(paths), "predict") as tick:
-            for name, res in zip(_overlay_names(paths), score_images(detector, paths, batch_size, keep_images=True,
-                                                                      on_image=tick)):
-                full = res.layout.to_source(torch.from_numpy(res.anomaly_map)).numpy()
-                write_image(stage / name, overlay(res.image, full, detector.threshold_))
+            for name, res in zip(_overlay_names(paths), score_images(detector, paths, batch_size, on_image=tick)):
+                write_overlay(stage / name, res.path, res.layout, res.anomaly_map, detector.threshold_)
                 records.append({"image": str(res.path), "score": round(res.score, 6),
                                 "threshold": round(detector.threshold_, 6),
                                 "anomalous": int(res.score > detector.threshold_), "overlay": name})

@@ -35,6 +35,7 @@ from ..backbone_config import DETECTOR_BACKBONE, LEGACY_BACKBONE
 from ..data.resolution import ResolutionPolicy
 from ..flags import check_float, check_int
 from .anomaly_map import gaussian_blur, upsample
+from .fusion import LEGACY_HEAD_WEIGHT, LEGACY_IMAGE_RULE, check_rule, check_weight, fuse, image_score
 from .knn import NearestNeighbours, SearchConfig
 
 CONV_LAYERS = 2  # 3x3 layers after the adaptor: receptive field of 5x5 cells = 40 px on top of the taps
@@ -171,14 +172,17 @@ def head_inputs(features: torch.Tensor, nearest: torch.Tensor | None, dist: torc
     return torch.cat([features, features - nearest, (dist / dist_scale)[:, None]], 1)
 
 
-def cell_scores(logit: torch.Tensor, dist: torch.Tensor | None, fusion: bool, ref: Reference) -> torch.Tensor:
+def cell_scores(logit: torch.Tensor | None, dist: torch.Tensor | None, fusion: bool, ref: Reference,
+                head_weight: float = LEGACY_HEAD_WEIGHT) -> torch.Tensor:
     """(B, 1, h, w) logits (+ (B, h, w) distances) -> (B, h, w) anomaly score per cell.
 
-    Fusion adds the two z-scores (a max of them measured lower on magnetic tile: image AUROC 0.906
-    vs 0.925, AUPRO 0.736 vs 0.769)."""
+    Fusion weighs the two z-scores by `head_weight` (detection/fusion.py; 0.5: their sum, as every
+    run before the gate; a max of them measured lower on magnetic tile: image AUROC 0.906 vs 0.925,
+    AUPRO 0.736 vs 0.769). `logit` may be None under fusion with head_weight 0 (the bank alone)."""
     if not fusion:
         return torch.sigmoid(logit)[:, 0]
-    return (logit[:, 0] - ref.logit_mean) / ref.logit_std + (dist - ref.dist_mean) / ref.dist_std
+    z_logit = None if logit is None else (logit[:, 0] - ref.logit_mean) / ref.logit_std
+    return fuse(z_logit, (dist - ref.dist_mean) / ref.dist_std, head_weight)
 
 
 def cells_to_map(cells: torch.Tensor) -> torch.Tensor:
@@ -216,6 +220,11 @@ class Segmenter:
         self.backbone = backbone
         self.device = torch.device("cpu")
         self.reference_ = Reference()
+        # the gate and the image rule (detection/fusion.py): fitted on the validation split by
+        # validation.gate; a Segmenter fitted without one scores as every run before the gate did
+        self.head_weight_ = LEGACY_HEAD_WEIGHT
+        self.image_rule_ = LEGACY_IMAGE_RULE
+        self.foreground_ = None  # a data.foreground.Foreground: score the part only (scoring_region.py)
 
     def _embedder(self) -> PatchEmbedder:
         # Built on first use: loading EfficientNet is not needed to fit on cached features.
@@ -290,12 +299,16 @@ class Segmenter:
         dist, rows = self.nearest(features, exclude_source) if self.config.uses_bank else (None, None)
         return self.cells_from_search(features, dist, rows)
 
-    def cells_from_search(self, features: torch.Tensor, dist: torch.Tensor | None, rows: torch.Tensor | None
-                          ) -> torch.Tensor:
+    def cells_from_search(self, features: torch.Tensor, dist: torch.Tensor | None, rows: torch.Tensor | None,
+                          head_weight: float | None = None) -> torch.Tensor:
         """As cells_from_features, with the bank already searched (`nearest`): heads sharing one bank
-        score cached test features without searching them again."""
+        score cached test features without searching them again. `head_weight` (default the fitted
+        head_weight_) lets the validation split try the gate's grid on one search."""
         self._check_fitted()
-        return cell_scores(self.logits(features.float(), dist, rows), dist, self.config.fusion, self.reference_)
+        weight = self.head_weight_ if head_weight is None else check_weight(head_weight)
+        skip_head = self.config.fusion and weight == 0.0  # the bank alone: the head is not needed
+        logits = None if skip_head else self.logits(features.float(), dist, rows)
+        return cell_scores(logits, dist, self.config.fusion, self.reference_, weight)
 
     def maps_from_features(self, features: torch.Tensor, exclude_source: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, h, w) -> (B, 8h, 8w) anomaly map, bilinear from the stride-8 grid."""
@@ -311,30 +324,47 @@ class Segmenter:
         return fit_view(self.maps_from_features(features.float()), view_hw)
 
     def view_maps_from_search(self, features: torch.Tensor, dist: torch.Tensor | None, rows: torch.Tensor | None,
-                              view_hw: tuple[int, int]) -> torch.Tensor:
+                              view_hw: tuple[int, int], head_weight: float | None = None) -> torch.Tensor:
         """view_maps_from_features with the bank already searched (see cells_from_search)."""
-        return fit_view(cells_to_map(self.cells_from_search(features, dist, rows)), view_hw)
+        return fit_view(cells_to_map(self.cells_from_search(features, dist, rows, head_weight)), view_hw)
 
     def smooth(self, work_map: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(work_map, self.config.blur_sigma)
 
+    def restrict(self, work_map: torch.Tensor, image: np.ndarray, layout) -> torch.Tensor:
+        """The smoothed map of `image` restricted to its part, when the gate chose to (scoring_region.py)."""
+        if self.foreground_ is None:
+            return work_map
+        from .scoring_region import restrict, work_region
+
+        return restrict(work_map, work_region(self.foreground_, image, layout))
+
+    def image_score(self, work_map: torch.Tensor) -> float:
+        """The image score of a smoothed map over the working image, by the fitted image_rule_."""
+        return float(image_score(work_map, self.image_rule_))
+
     # --- persistence ---------------------------------------------------------------------------
     def save(self, stem: str | Path) -> None:
         self._check_fitted()
+        from . import scoring_region
+
         tensors = {f"head.{k}": v for k, v in self.head_.state_dict().items()}
         if self.config.uses_bank:
             tensors.update(memory=self.memory_.cpu(), memory_source=self.memory_source_.cpu())
+        tensors.update(scoring_region.tensors(self.foreground_))
         checkpoint.save(stem, tensors, {
             "method": self.method, "segmenter": asdict(self.config), "policy": self.policy.to_dict(),
             "reference": asdict(self.reference_), "threshold": checkpoint.threshold_json(self.threshold_),
-            "calibration_scores": self.calibration_scores_.tolist()})
+            "calibration_scores": self.calibration_scores_.tolist(), "head_weight": self.head_weight_,
+            "image_rule": self.image_rule_, "foreground": scoring_region.to_config(self.foreground_)})
 
     @classmethod
     def load(cls, stem: str | Path, backbone: Backbone | None = None) -> "Segmenter":
         source = Path(stem).with_suffix(".json")
         cfg = checkpoint.load_config(stem)
         known = {"method", "segmenter", "policy", "threshold", "calibration_scores"}
-        if not known <= set(cfg) <= known | {"reference"} or cfg["method"] != cls.method:
+        optional = {"reference", "head_weight", "image_rule", "foreground"}  # since the residual head / the gate
+        if not known <= set(cfg) <= known | optional or cfg["method"] != cls.method:
             raise checkpoint.CheckpointError(f"{source}: not a QARAD segmenter config (keys {sorted(cfg)})")
         threshold = checkpoint.read_threshold(cfg["threshold"], source)
         scores = checkpoint.finite_numbers(cfg["calibration_scores"], "calibration_scores", source)
@@ -350,8 +380,12 @@ class Segmenter:
                                                  f"got {getattr(model.reference_, key)}")
         head = SegmentationHead(model.config)
         rest = checkpoint.load_module(stem, head, prefix="head.")
+        from . import scoring_region
+
+        region = cfg.get("foreground")
+        extra = {scoring_region.LAYOUT_TENSOR} if isinstance(region, dict) and region.get("has_layout") else set()
         bank = {"memory", "memory_source"} if model.config.uses_bank else set()
-        if set(rest) != bank:
+        if set(rest) != bank | extra:
             raise checkpoint.CheckpointError(f"{Path(stem).with_suffix('.safetensors')}: expected tensors "
                                              f"{sorted(bank)} besides the head, found {sorted(rest)[:5]}")
         if bank:
@@ -365,5 +399,11 @@ class Segmenter:
         model.head_ = head.eval()
         model.threshold_ = threshold
         model.calibration_scores_ = np.asarray(scores, dtype=np.float64)
+        try:  # saved before the gate: the sum of the z-scores and the maximum, as then
+            model.head_weight_ = check_weight(cfg.get("head_weight", LEGACY_HEAD_WEIGHT))
+            model.image_rule_ = check_rule(str(cfg.get("image_rule", LEGACY_IMAGE_RULE)))
+            model.foreground_ = scoring_region.from_config(region, rest, source)
+        except (TypeError, ValueError) as exc:
+            raise checkpoint.CheckpointError(f"{source}: {exc}") from None
         return model
 

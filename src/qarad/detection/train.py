@@ -51,9 +51,10 @@ class TrainingViews:
 
 
 def training_views(model: Segmenter, training: QaradTraining, paths: list[Path],
-                   negatives: tuple[str, ...] | None = None) -> TrainingViews:
+                   negatives: tuple[str, ...] | None = None, held_out: list[Path] = ()) -> TrainingViews:
     """Cached views of the normal images `paths` and of every pool `negatives` (default: the
-    model's) names, with progress bars; the synthetic pool carries its QAW weights."""
+    model's) names, with progress bars; the synthetic pool carries its QAW weights and leaves out
+    the samples drawn on `held_out` (the validation split's normals)."""
     from ..synthesis.jobs import MANIFEST, read_manifest
 
     config, batch = model.config, training.batch_size
@@ -64,7 +65,8 @@ def training_views(model: Segmenter, training: QaradTraining, paths: list[Path],
     pools = {}
     if "synthetic" in negatives:
         with bar(len(read_manifest(Path(training.synth) / MANIFEST)), "features: synthetic samples") as tick:
-            pools["synthetic"] = synthetic_features(model, Path(training.synth), paths, batch, on_image=tick)
+            pools["synthetic"] = synthetic_features(model, Path(training.synth), paths, batch, on_image=tick,
+                                                    held_out=held_out)
         pools["synthetic"].weights = sample_weights(pools["synthetic"].scores,
                                                     WeightingConfig(calibration=training.weighting))
         notes.append(f"QAW weights ({training.weighting}): {describe(pools['synthetic'])}")
@@ -100,10 +102,11 @@ class TrainedQarad:
 
 
 def train_qarad(config: SegmenterConfig, training: QaradTraining, policy: ResolutionPolicy, paths: list[Path],
-                device: str = "cpu") -> TrainedQarad:
-    """The qarad detector trained on the normal images `paths` and the pools `training` names."""
+                device: str = "cpu", held_out: list[Path] = ()) -> TrainedQarad:
+    """The qarad detector trained on the normal images `paths` and the pools `training` names (no
+    synthetic sample drawn on `held_out`, the validation split's normals)."""
     model = Segmenter(config, policy).to(device)
-    views = training_views(model, training, paths)
+    views = training_views(model, training, paths, held_out=held_out)
     notes = list(views.notes)
     if config.uses_bank:
         notes.append("memory bank from the normal views, then every cached cell's nearest row (own image skipped)")

@@ -104,13 +104,21 @@ def _source_index(paths: list[Path]) -> dict[str, int]:
 
 
 def synthetic_features(model: Segmenter, synth_dir: Path, normal_paths: list[Path] | None = None,
-                       batch_size: int = 8, on_image: Callable[[], None] | None = None) -> ViewSet:
+                       batch_size: int = 8, on_image: Callable[[], None] | None = None,
+                       held_out: list[Path] = ()) -> ViewSet:
     """Views of a `qarad synth` folder that show a defect; a sample drawn on one of `normal_paths`
-    gets that image as its source (its bank rows are skipped when it is searched)."""
+    gets that image as its source (its bank rows are skipped when it is searched). Samples drawn
+    on one of `held_out` (the validation split's normals) are left out: they validate the run."""
     synth_dir = Path(synth_dir)
     entries = check_finished(synth_dir)
     if not entries:
         raise ValueError(f"{synth_dir / MANIFEST}: no synthetic samples (run `qarad synth` first)")
+    if held_out:
+        held = set(_source_index(held_out))
+        entries = [e for e in entries if str(Path(e["source"]).resolve()) not in held]
+        if not entries:
+            raise ValueError(f"{synth_dir}: every synthetic sample is drawn on a held-out validation image; "
+                             "synthesize on the other training images too, or lower --val-share")
     index = _source_index(normal_paths or [])
     paths = [sample_path(synth_dir, e, "image") for e in entries]
     out, origin = _defect_views(

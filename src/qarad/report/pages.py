@@ -10,6 +10,7 @@ import numpy as np
 from .html import Report
 from .sections import (METRIC_HEADER, curve_plots, heat_card, per_type_rows, prompt_label, qaw_text, synth_card,
                        verdict)
+from .validation import validation_section
 
 if TYPE_CHECKING:
     from ..detection.evaluate import Evaluation, WorstCase
@@ -62,6 +63,7 @@ def run_report(result: dict, ev: "Evaluation", run: Path) -> Report:
                      f"Pixel metrics at source resolution over {px['pixels']} pixels ({mode}). The same numbers "
                      "are in metrics.json.")
     report.table(["defect type", "images", *METRIC_HEADER], per_type_rows(result["overall"], result["per_type"]))
+    validation_section(report, run)
     report.heading("ROC and PRO curves")
     if ev.curves:
         report.raw("<div class=gallery>" + "".join(curve_plots({result["method"]: ev.curves})) + "</div>")

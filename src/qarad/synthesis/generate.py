@@ -18,7 +18,7 @@ import numpy as np
 from ..data.io import discarded_on_failure
 from ..data.mvtec import expand_images
 from ..defects.prompts import normalise_prompt
-from ..defects.proposal import RealMasks, propose_defect_mask
+from ..defects.proposal import RealMasks, learned_foreground, propose_defect_mask
 from ..progress import bar
 from . import jobs
 from .model import read_config
@@ -73,6 +73,7 @@ def generate(model: str | Path, images: list, prompts: list[str], out: str | Pat
         raise ValueError(f"--workers must be at least 1, got {workers}")
     aras = ARAS.load(model)
     fresh = not Path(out).exists()
+    part = learned_foreground(paths) if mask_paths is None else None  # where proposals may go
     request = {"model": str(model), "images": [str(p) for p in images], "prompts": list(prompts), "out": str(out),
                "n": n, "seed": seed, "masks": [str(p) for p in masks] if masks else None, "auto_masks": auto_masks,
                "sampler": json.loads(json.dumps(sampler.__dict__)), "prompt_b": prompt_b, "mix": mix}
@@ -84,7 +85,7 @@ def generate(model: str | Path, images: list, prompts: list[str], out: str | Pat
             made = run_shards(request, Path(out), workers, total, fresh)
             write_gallery(out)
             return Synthesized(Path(out), total, made, workers)
-        make = sample_maker(aras, real, sampler, interpolation)
+        make = sample_maker(aras, real, sampler, interpolation, part)
         made_any = lambda: bool(jobs.read_manifest(Path(out) / jobs.manifest_name(shard)))  # noqa: E731
         with discarded_on_failure(out, created=fresh, worth_keeping=made_any), bar(total, "synth") as tick:
             made = jobs.run(work, make, out, "aras", settings, shard, on_done=tick)
@@ -93,10 +94,12 @@ def generate(model: str | Path, images: list, prompts: list[str], out: str | Pat
         return Synthesized(Path(out), total, made, 1)
 
 
-def sample_maker(aras: "ARAS", real: "RealDefects | None", sampler: SamplerConfig,
-                 interpolation: dict) -> Callable[[np.ndarray, np.ndarray | None, jobs.Job], jobs.Made]:
+def sample_maker(aras: "ARAS", real: "RealDefects | None", sampler: SamplerConfig, interpolation: dict,
+                 part=None) -> Callable[[np.ndarray, np.ndarray | None, jobs.Job], jobs.Made]:
     """The per-sample path of every ARAS synth job (jobs.run's `make`): the job's mask, or one
-    proposed from its seed, the ARAS draw with its prompt and seed, and the manifest's extra fields.
+    proposed from its seed on the part's foreground (`part`, a fitted data/foreground.Foreground;
+    None: each image's own bright/dark split), the ARAS draw with its prompt and seed, and the
+    manifest's extra fields.
     A worker whose parent was killed stops here, before its next sample."""
     templates = RealMasks(real)
     parent = os.environ.get(PARENT_PID)
@@ -106,7 +109,8 @@ def sample_maker(aras: "ARAS", real: "RealDefects | None", sampler: SamplerConfi
             raise SystemExit(f"synth worker: parent process {parent} is gone; stopping")
         mask = user_mask
         if mask is None:
-            mask = propose_defect_mask(np.random.default_rng(job.seed), image, job.prompt, templates)
+            mask = propose_defect_mask(np.random.default_rng(job.seed), image, job.prompt, templates,
+                                       None if part is None else part.mask(image))
         res = aras.synthesize(image, mask, job.prompt, job.seed, sampler, **interpolation)
         extra = {"steps": res.steps, "window": list(res.window), **interpolation}
         if real is not None and real.type_of(job.prompt):

@@ -17,13 +17,22 @@ import torch
 import torch.nn.functional as F
 
 from ..data.resolution import ResolutionPolicy
+from ..defects.prompts import family_of
 from ..text import TextEncoder
 from . import model
 from .aras import SamplerConfig, blend, mix_prompts, sample_masked, token_mask_from_pixels
+from .composite import GRAIN, SPLIT_SIGMA_WINDOW, UNKNOWN, donor_crop, grain_composite
 from .prior import Prior
 from .refiner import Refiner
 from .tokenizer import VQTokenizer
 from .window import WindowCut, WindowRule, coverage, window_cut
+
+
+@dataclass
+class _GrainSource:
+    image: np.ndarray  # the whole source image: donor material comes from elsewhere in it
+    prompt: str  # whose family sets the grain's gain (the nearer prompt of a mix)
+    seed: int  # draws the donor
 
 
 @dataclass
@@ -56,18 +65,30 @@ class ARAS:
         return cls(networks.tokenizer, networks.prior, config.policy, config.fit.window_rule, refiner=networks.refiner)
 
     def _generated(self, cut: WindowCut, old: torch.Tensor, new: torch.Tensor, config: SamplerConfig,
-                   cover: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """The crop as the new codes describe it, at source resolution (3, hh, ww) in [0, 1]."""
-        residual = config.composite == "residual"
-        source = cut.window[None].expand(2 if residual else 1, -1, -1, -1)
-        decoded = self.tokenizer.decode_codes(torch.stack([new, old]) if residual else new[None], source)
+                   cover: torch.Tensor, text: torch.Tensor, grain: "_GrainSource | None" = None) -> torch.Tensor:
+        """The crop as the new codes describe it, at source resolution (3, hh, ww) in [0, 1]; with the
+        grain composite, its low frequencies and the grain of real material (composite.py)."""
+        residual, both = config.composite == "residual", config.composite in ("residual", "grain")
+        source = cut.window[None].expand(2 if both else 1, -1, -1, -1)
+        decoded = self.tokenizer.decode_codes(torch.stack([new, old]) if both else new[None], source)
         if residual:  # only what the prior changed, on top of the real pixels
             delta = F.interpolate(decoded[:1] - decoded[1:], size=cut.crop.shape[-2:], mode="bilinear",
                                   align_corners=False)[0]
             return (cut.crop + delta).clamp(0, 1)
+        old_decoded = decoded[1:] if both else None
+        decoded = decoded[:1]
         if self.refiner is not None and config.refine:
             decoded = self.refiner(decoded, cut.window[None], cover[None], text[None])
-        return F.interpolate(decoded, size=cut.crop.shape[-2:], mode="bilinear", align_corners=False)[0].clamp(0, 1)
+        at_source = lambda x: F.interpolate(x, size=cut.crop.shape[-2:], mode="bilinear",  # noqa: E731
+                                            align_corners=False)[0].clamp(0, 1)
+        if config.composite != "grain":
+            return at_source(decoded)
+        sigma = SPLIT_SIGMA_WINDOW * (sum(cut.crop.shape[-2:]) / 2) / self.window  # source px
+        kind = GRAIN.get(family_of(grain.prompt) or "", UNKNOWN)
+        donor = None
+        if kind.donor:
+            donor = donor_crop(grain.image, cut.box, cut.crop_mask, sigma, torch.Generator().manual_seed(grain.seed))
+        return grain_composite(at_source(decoded), at_source(old_decoded), cut.crop, cut.crop_mask, kind, sigma, donor)
 
     @torch.inference_mode()
     def synthesize(self, image: np.ndarray, mask: np.ndarray, prompt: str, seed: int,
@@ -93,7 +114,8 @@ class ARAS:
         g = torch.Generator().manual_seed(seed)
         res = sample_masked(self.prior, codes, tokens, text, config, g, text_b=text_b, mix=mix)
         gen = self._generated(cut, codes, res.codes, config, cover,
-                              text if text_b is None else mix_prompts(text, text_b, mix))
+                              text if text_b is None else mix_prompts(text, text_b, mix),
+                              _GrainSource(image, prompt if prompt_b is None or mix < 0.5 else prompt_b, seed))
         out = blend(cut.crop, gen, cut.crop_mask, config)
         result = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).clone()
         changed = torch.zeros(h, w, dtype=torch.bool)
