@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import checkpoint, flags, owned, runs
-from .data.io import (atomic_path, check_output_folder, discarded_on_failure, make_folder, write_image, write_json,
+from .data.io import (atomic_path, check_output_folder, discarded_on_failure, finite_or_null, make_folder, staging_folder,
+                      write_image, write_json,
                       write_text)
 from .data.layouts import FolderSplit, resolve_layout, scan
 from .data.mvtec import expand_images, subsample
@@ -520,7 +521,7 @@ def train(data: str | Path, category: str, out: str | Path, detector: "PatchCore
                                      if method == "qarad" else detector.batch_size, on_item=tick)
         model.save(out / runs.MODEL)
         if checked is not None:
-            write_json(out / V.VALIDATION, checked)
+            write_json(out / V.VALIDATION, finite_or_null(checked))
     return Trained(out, method, len(train_set), model.threshold_, already_trained=False, validation=checked)
 
 
@@ -608,7 +609,7 @@ def _write_evaluation(run: Path, cfg: dict, detector, ev, real, excluded: list, 
         result["excluded_real_defects"] = {"count": len(excluded), "images": [str(s.image) for s in excluded]}
     if curves:
         result["curves"] = ev.curves
-    write_json(run / "metrics.json", result)
+    write_json(run / "metrics.json", finite_or_null(result))  # a metric undefined on one class: null
     write_text(run / "scores.csv", _csv(ev.records))
     run_report(result, ev, run).write(run / REPORT)
     return result
@@ -678,7 +679,7 @@ def predict(run: str | Path, images: list, out: str | Path | None = None, batch_
     out = check_output_folder(given).resolve()  # `--out .` has a name and a parent once resolved
     replace_earlier = _earlier_predictions(out)  # refuse before scoring anything
     make_folder(out.parent)
-    stage = owned.staging_folder(out)
+    stage = staging_folder(out.parent, out.name)
     records = []
     try:
         with bar(len(paths), "predict") as tick:
@@ -710,7 +711,7 @@ def _replace_folder(stage: Path, out: Path, earlier: bool) -> None:
             os.replace(path, out / path.name)
         stage.rmdir()
         return
-    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.replaced-"))
+    aside = staging_folder(out.parent, f"{out.name}.replaced")
     os.replace(out, aside / "old")
     os.replace(stage, out)
     old = aside / "old"
