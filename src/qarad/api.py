@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import checkpoint, owned, runs
-from .data.io import atomic_path, check_output_folder, discarded_on_failure, write_csv, write_json, write_text
+from .data.io import (atomic_path, check_output_folder, discarded_on_failure, finite_or_null, write_csv, write_json,
+                      write_text)
 from .data.layouts import FolderSplit, resolve_layout, scan
 from .data.mvtec import expand_images, subsample
 from .data.resolution import ResolutionPolicy
@@ -343,7 +344,7 @@ def train(data: str | Path, category: str, out: str | Path, detector: "PatchCore
                                      if method == "qarad" else detector.batch_size, on_item=tick)
         model.save(out / runs.MODEL)
         if checked is not None:
-            write_json(out / V.VALIDATION, checked)
+            write_json(out / V.VALIDATION, finite_or_null(checked))
     return Trained(out, method, len(train_set), model.threshold_, already_trained=False, validation=checked,
                    notes=notes)
 
@@ -396,7 +397,7 @@ def _write_evaluation(run: Path, cfg: dict, detector, ev, real, excluded: list, 
         result["excluded_real_defects"] = {"count": len(excluded), "images": [str(s.image) for s in excluded]}
     if curves:
         result["curves"] = ev.curves
-    write_json(run / "metrics.json", result)
+    write_json(run / "metrics.json", finite_or_null(result))  # a metric undefined on one class: null
     write_csv(run / "scores.csv", ev.records)
     run_report(result, ev, run).write(run / REPORT)
     return result

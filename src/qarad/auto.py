@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from . import api, runs
-from .data.io import check_output_folder, image_size, make_folder, write_json
+from .data.io import check_output_folder, finite_or_null, image_size, make_folder, write_json
 from .data.layouts import FolderSplit, resolve_layout, scan
 from .data.resolution import ResolutionPolicy
 from .progress import note
@@ -241,6 +241,6 @@ def _keep_best(out: Path, scratch: Path, rows: list[dict], done: dict, budget: f
     os.replace(scratch / chosen["name"], out)
     table = {"chosen": chosen["name"], "criterion": "mean of image AUROC and AUPRO on the validation split",
              "budget_s": round(budget, 2), "seconds": round(seconds, 2), "summary": summary, "candidates": rows}
-    write_json(out / CANDIDATES, json.loads(json.dumps(table)))
+    write_json(out / CANDIDATES, finite_or_null(json.loads(json.dumps(table))))
     trained = replace(done[chosen["name"]], run=out)
     return AutoTrained(trained, chosen["name"], rows, out / CANDIDATES, seconds, budget, summary)

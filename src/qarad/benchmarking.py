@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import api, owned, runs
-from .data.io import check_output_folder, make_folder, write_json, write_text
+from .data.io import check_output_folder, finite_or_null, make_folder, write_json, write_text
 from .data.layouts import FolderSplit, list_categories, resolve_layout
 from .data.mvtec import DatasetError
 from .data.real_defects import RealDefects, select_real_defects
@@ -122,7 +122,8 @@ def benchmark(data: str | Path, out: str | Path, detector: "PatchCoreConfig | Se
         step = f"benchmark [{i}/{len(categories)}] {category}"
         finished = (run / CANDIDATES).is_file() if auto is not None else runs.holds(run, config)
         if (run / ROW).is_file() and finished:
-            rows[category] = json.loads((run / ROW).read_text())
+            # a metric undefined on its split was written as null: NaN again for the mean and the table
+            rows[category] = {k: math.nan if v is None else v for k, v in json.loads((run / ROW).read_text()).items()}
             skipped.append(category)
             note(f"{step}: finished earlier, skipped")
             continue
@@ -190,7 +191,7 @@ def _evaluated(step: str, run: Path, n_train: int, fit_s: float, allow_missing_m
                n_test=result["overall"]["n_images"])
     if "excluded_real_defects" in result:  # a run with real defect shots: its test split is smaller by these
         row[EXCLUDED] = result["excluded_real_defects"]["count"]
-    write_json(run / ROW, row)
+    write_json(run / ROW, finite_or_null(row))
     note(f"{step}: done (image AUROC {row['image_auroc']:.3f}, AUPRO {row['aupro']:.3f})")
     return row
 
@@ -251,5 +252,5 @@ def _write_tables(out: Path, data, layout: str, method: str, settings: dict, row
     tables = [out / f"{TABLE}.{ext}" for ext in ("md", "csv", "json")]
     write_text(tables[0], text + "\n")
     write_text(tables[1], _csv(rows, mean))
-    write_json(tables[2], {"settings": settings, "categories": rows, MEAN: mean})
+    write_json(tables[2], finite_or_null({"settings": settings, "categories": rows, MEAN: mean}))
     return Benchmarked(out, method, rows, mean, skipped, text, tables)

@@ -20,7 +20,7 @@ import torch
 
 from . import api, owned, runs
 from .data.demo import DemoConfig, make_demo_dataset
-from .data.io import write_json
+from .data.io import finite_or_null, write_json
 from .data.layouts import scan
 from .data.resolution import ResolutionPolicy
 from .detection.inference import score_images
@@ -178,7 +178,7 @@ def _run_demo(out: Path, plan: DemoPlan, start: float, quick: bool) -> Path:
     summary["wall_minutes"] = minutes
     path = out / "report.html"
     _report(plan, rows, gallery, heat, plots, speed, model, minutes).write(path)
-    write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", finite_or_null(summary))
     return path
 
 

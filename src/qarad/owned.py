@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -62,7 +61,7 @@ def kind_of(folder: str | os.PathLike) -> str | None:
         return None
     try:
         kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
-    except (ValueError, AttributeError, UnicodeDecodeError):
+    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
         return None
     return kind if kind in KINDS else None
 
@@ -86,16 +85,6 @@ def writing(folder: str | os.PathLike, what: str, name: str = LOCK) -> Iterator[
         lock.release()
         if new and folder.is_dir() and kind_of(folder) is None:  # refused: leave a user's folder as it was
             path.unlink(missing_ok=True)
-
-
-def staging_folder(out: Path) -> Path:
-    """A new hidden folder beside `out` to build it in (renamed onto it when complete), with the
-    permissions a plain mkdir gives under the umask (mkdtemp's are 0700)."""
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(stage, 0o777 & ~umask)
-    return stage
 
 
 def remove_own(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:

@@ -161,7 +161,7 @@ def read_config(run: Path) -> dict:
         raise RunError(f"{path}: unknown keys {sorted(set(config) - TOP_KEYS)}")
     if TOP_KEYS - {"qarad_version"} - set(config):
         raise RunError(f"{path}: missing keys {sorted(TOP_KEYS - {'qarad_version'} - set(config))}")
-    if config["method"] not in DETECTORS:
+    if not isinstance(config["method"], str) or config["method"] not in DETECTORS:
         raise RunError(f"{path}: unknown method {config['method']!r}; expected one of {sorted(DETECTORS)}")
     try:
         data = checkpoint.build_config(RunData, config["data"], f"{path} (data)")

@@ -3,12 +3,11 @@ all at once; an earlier prediction there is replaced, anything else refused."""
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import owned
-from ..data.io import check_output_folder, make_folder, write_csv
+from ..data.io import check_output_folder, make_folder, staging_folder, write_csv
 from ..progress import bar
 from ..runs import RunError
 from .inference import score_images
@@ -62,7 +61,7 @@ def write_predictions(detector, paths: list[Path], given: Path, batch_size: int 
     out = check_output_folder(given).resolve()  # `--out .` has a name and a parent once resolved
     replace_earlier = _earlier_predictions(out)  # refuse before scoring anything
     make_folder(out.parent)
-    stage = owned.staging_folder(out)
+    stage = staging_folder(out.parent, out.name)
     records = []
     try:
         with bar(len(paths), "predict") as tick:
@@ -94,7 +93,7 @@ def _replace_folder(stage: Path, out: Path, earlier: bool) -> None:
             os.replace(path, out / path.name)
         stage.rmdir()
         return
-    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.replaced-"))
+    aside = staging_folder(out.parent, f"{out.name}.replaced")
     os.replace(out, aside / "old")
     os.replace(stage, out)
     old = aside / "old"
