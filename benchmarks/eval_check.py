@@ -2,6 +2,8 @@
 
     python benchmarks/eval_check.py --runs RUN [RUN ...] --out benchmarks/results/eval_check_NAME.json
         [--src PATH]  # the qarad source tree to import (default: this checkout's src)
+    python benchmarks/eval_check.py --compare benchmarks/results/eval_check_before.json \
+        benchmarks/results/eval_check_after.json   # -> eval_check.json and its BENCHMARKS.md section
 
 Runs `detection.evaluate.evaluate` (what `qarad eval` runs, pixel metrics at source resolution) on
 each run's category test split and writes {run: {overall, per_type, images_per_s}}. Used by issue 36:
@@ -18,13 +20,53 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def compare(before: dict, after: dict) -> dict:
+    """Per run in both: the largest |after - before| over every metric, overall and per type."""
+    out = {}
+    for run in before.keys() & after.keys():
+        pairs = [(k, before[run]["overall"][k], after[run]["overall"][k]) for k in before[run]["overall"]]
+        for t, metrics in before[run]["per_type"].items():
+            pairs += [(f"{t}/{k}", v, after[run]["per_type"][t][k]) for k, v in metrics.items()]
+        diffs = {k: abs(a - b) for k, b, a in pairs if isinstance(b, float) and b == b}
+        worst = max(diffs, key=diffs.get)
+        out[run] = {"max_abs_diff": diffs[worst], "at": worst, "metrics": len(diffs),
+                    "overall_before": before[run]["overall"], "overall_after": after[run]["overall"],
+                    "images_per_s": [before[run]["images_per_s"], after[run]["images_per_s"]]}
+    return out
+
+
+def markdown(env: dict) -> str:
+    lines = ["## Metrics before and after the issue-36 changes, on the same fitted runs", "",
+             f"Command: `{env['command']}` ({env['date']}, {env['machine']}; results: "
+             "`benchmarks/results/eval_check.json`). Each run's full test split evaluated by the code before "
+             "(`--src` of the parent commit) and after; the largest absolute difference over every metric, "
+             "overall and per defect type.", "",
+             "| run | metrics compared | max abs difference | at | eval loop img/s before / after |",
+             "|---|---|---|---|---|"]
+    for run, r in sorted(env["results"].items()):
+        lines.append(f"| {Path(run).parent.name}/{Path(run).name} | {r['metrics']} | {r['max_abs_diff']:.2e} | "
+                     f"{r['at']} | {r['images_per_s'][0]:.1f} / {r['images_per_s'][1]:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", nargs="+", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--runs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
     ap.add_argument("--src", type=Path, default=ROOT / "src")
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args(argv)
+    if args.compare:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import common
+
+        before, after = (json.loads(p.read_text()) for p in args.compare)
+        common.publish(common.RESULTS / "eval_check.json", common.envelope(compare(before, after)), "eval_check",
+                       markdown)
+        return
+    if not (args.runs and args.out):
+        ap.error("--runs and --out are needed (or --compare)")
     sys.path.insert(0, str(args.src.resolve()))
     from qarad import runs as R
     from qarad.data.layouts import scan

@@ -825,6 +825,17 @@ def control_results(control: dict, model: Path) -> dict:
                         "threads": torch.get_num_threads()}}
 
 
+def composite_results(aras, goods, defects, args, samplers, default, embedder, gallery) -> dict:
+    """KID and seams of every composite (same prompts, masks and codes) and their attribute control."""
+    real = realism(embedder, goods, defects, args, gallery, aras.policy, aras.rule, aras,
+                   {f"aras_{c}": s for c, s in samplers.items()})
+    for key in ("kid", "kid_std", "seam", "n_kid", "n_empty_change", "synthesis_s_per_sample"):
+        real[key]["aras"] = real[key][f"aras_{default}"]  # the default composite, as before
+    attrs = attribute_control(aras, goods, load, draw_prompt, args.n_attr, args.seed, samplers)
+    return {**real, "attribute_control": attrs[default], "attribute_control_ceiling": attrs["procedural"],
+            "attribute_control_detail": attrs, "default_composite": default}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(ap)
@@ -838,9 +849,10 @@ def main() -> None:
                     help=f"control: sources and masks per family pair, each drawn at every mix {MIX_VALUES}")
     ap.add_argument("--n-strength", type=int, default=18,
                     help=f"control: prompts (families in turn), each drawn at every strength {STRENGTH_VALUES}")
-    ap.add_argument("--only", choices=["control", "foreground"],
+    ap.add_argument("--only", choices=["control", "foreground", "composites"],
                     help="control: only the mix and strength curves (and their strips); foreground: only the learned "
-                         "foreground's check (no model needed); merged into --out-json's other keys when it exists")
+                         "foreground's check (no model needed); composites: only KID, seams and attribute control "
+                         "of each composite; merged into --out-json's other keys when it exists")
     ap.add_argument("--composites", default="replace,grain",
                     help="ARAS composites measured side by side (comma-separated; the default one is always in)")
     ap.add_argument("--n-attr", type=int, default=90, help="prompts (families in turn) for attribute control")
@@ -886,6 +898,15 @@ def main() -> None:
     embedder = PatchEmbedder(Backbone(BackboneConfig(strides=(8, 16)))).eval()
     paths = output_paths(args)
     gallery: list = []
+    if args.only == "composites":  # the composite choice alone: realism and attributes, no judge, no timing
+        results.update(composite_results(aras, goods, defects, args, samplers, default, embedder, gallery))
+        document = json.loads(args.out_json.read_text()) if args.out_json.is_file() else common.envelope({})
+        document["results"].update(results)
+        common.write_json(args.out_json, document)
+        gallery_png(gallery, aras.policy, aras.rule, paths["gallery"])
+        print(json.dumps({k: results[k] for k in ("kid", "seam", "attribute_control", "attribute_control_ceiling")},
+                         indent=1, default=str))
+        return
     if args.only is None:
         results.update(speed(aras, goods, args.n_speed, args.n_naive, args.seed))
         results["aras_per_s_by_composite"] = {
@@ -898,16 +919,7 @@ def main() -> None:
         for c in composites[1:]:
             results["language_control_by_composite"][c] = language_control(
                 aras, embedder, goods, judge, args, gallery, samplers[c], ceilings=False)["language_control_top1"]
-        real = realism(embedder, goods, defects, args, gallery, aras.policy, aras.rule, aras,
-                       {f"aras_{c}": s for c, s in samplers.items()})
-        for key in ("kid", "kid_std", "seam", "n_kid", "n_empty_change", "synthesis_s_per_sample"):
-            real[key]["aras"] = real[key][f"aras_{default}"]  # the default composite, as before
-        results.update(real)
-        attrs = attribute_control(aras, goods, load, draw_prompt, args.n_attr, args.seed, samplers)
-        results["attribute_control"] = attrs[default]
-        results["attribute_control_ceiling"] = attrs["procedural"]
-        results["attribute_control_detail"] = attrs
-        results["default_composite"] = default
+        results.update(composite_results(aras, goods, defects, args, samplers, default, embedder, gallery))
     control, mix_rows, strength_rows = continuous_control(aras, embedder, judge, goods, args)
     control["classifier_holdout_top1"] = judge.holdout_top1
     strip_png(mix_rows, aras.policy, aras.rule, paths["mix_strip"])

@@ -219,7 +219,8 @@ def test_a_qarad_run_written_before_the_bank_settings_were_recorded_still_holds(
 
 # --- item 10: PatchCore refuses the qarad method's flags instead of ignoring them
 
-QARAD_FLAGS = [["--synth", "/nonexistent"], ["--weighting", "none"], ["--negatives", "perlin"],
+# (--synth is both methods': PatchCore runs validate on its samples)
+QARAD_FLAGS = [["--weighting", "none"], ["--negatives", "perlin"],
                ["--perlin-samples", "5"], ["--no-residual"], ["--no-fusion"], ["--real-weight", "2"],
                ["--steps", "5"], ["--max-normal-views", "10"], ["--real-defects", "r"]]
 
@@ -238,13 +239,13 @@ def test_patchcore_with_qarad_flags_is_one_line_naming_them_and_makes_nothing(tm
     root = make_mvtec_tree(tmp_path / "data", n_train=2, size=(64, 64))
     out = tmp_path / "run"
     argv = ["train", "--data", str(root), "--category", "widget", "--out", str(out), "--size", "64",
-            "--synth", str(tmp_path / "nonexistent"), "--steps", "5", "--no-fusion"]
+            "--weighting", "none", "--steps", "5", "--no-fusion"]
     with pytest.raises(ValueError):  # fails fast on code that ignored them (and would train)
         detector_configs(main_parser().parse_args(argv))
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
-    assert all(flag in err for flag in ("--synth", "--steps", "--no-fusion"))
+    assert all(flag in err for flag in ("--weighting", "--steps", "--no-fusion"))
     assert not out.exists()
 
 

@@ -113,6 +113,8 @@ def expand_images(items: list[Path]) -> list[Path]:
 
 def subsample(samples: list, limit: int | None, seed: int = 0) -> list:
     """A reproducible subset of at most `limit` items: RandomState(seed).choice over the sorted list."""
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"max_train_images must be a whole number >= 1, got {limit!r}")
     if limit is None or limit >= len(samples):
         return list(samples)
     picked = np.random.RandomState(seed).choice(len(samples), limit, replace=False)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 POLICIES = ("resize", "keep-aspect", "tile")
+MAX_SIZE = 4096  # working size in px at most (flags.MAX_WORKING_SIZE, the CLI's check, is the same)
 STRIDE_MULTIPLE = 32  # coarsest backbone stride: view sides must be multiples of it
 
 
@@ -42,6 +43,8 @@ class ResolutionPolicy:
             raise ValueError(f"unknown resolution policy {self.mode!r}; choose from {', '.join(POLICIES)}")
         if self.size < STRIDE_MULTIPLE or self.size % STRIDE_MULTIPLE:
             raise ValueError(f"working size must be a positive multiple of {STRIDE_MULTIPLE}, got {self.size}")
+        if self.size > MAX_SIZE:  # a 100000-px view would ask for 120 GB before failing
+            raise ValueError(f"working size must be at most {MAX_SIZE} px (tile larger images), got {self.size}")
         if not 0 < self.scale <= 8:
             raise ValueError(f"tile scale must be in (0, 8], got {self.scale}")
         if self.mode == "tile" and not 0 <= self.overlap < self.size:

@@ -69,6 +69,8 @@ def map_views(
     batch_size: int = 8,
 ) -> Iterator[tuple[Loaded, torch.Tensor]]:
     """Apply `fn` to every view in batches; yield (item, fn(views of item)) in input order."""
+    if not isinstance(batch_size, int) or batch_size < 1:  # a batch of 0 views would never empty the queue
+        raise ValueError(f"batch size must be a whole number >= 1, got {batch_size!r}")
     waiting: deque[tuple[Loaded, list[torch.Tensor]]] = deque()
     chunks: list[tuple[int, torch.Tensor]] = []  # (position in `waiting`, views)
     queued = 0

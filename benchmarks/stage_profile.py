@@ -1,6 +1,6 @@
 """Where the time of `qarad eval` and `qarad predict` goes, per stage, for PatchCore and the QARAD detector.
 
-    python benchmarks/profile.py [--dataset magnetic_tile/magnetic_tile] [--sizes 256 384] [--images 50]
+    python benchmarks/stage_profile.py [--dataset magnetic_tile/magnetic_tile] [--sizes 256 384] [--images 50]
         [--repeats 3] [--batch 8] [--batches 1 2 4 16]
 
 Runs the library's own loops (`detection.evaluate.evaluate`, what `qarad eval` runs, and
@@ -187,7 +187,7 @@ def markdown(env: dict) -> str:
              "`scoring` is `score_images` alone (the scoring path), `eval` the loop of `qarad eval`, `predict` "
              "that of `qarad predict`. decode runs on the read-ahead thread (overlapped; `overlapped` = ms of "
              "stages on that thread); `other` = wall minus the stages timed on the main thread. "
-             "Stages: docstring of benchmarks/profile.py.", "",
+             "Stages: docstring of benchmarks/stage_profile.py.", "",
              "| size | method | loop | " + " | ".join(STAGES) + " | other | overlapped | wall | img/s |",
              "|---" * (len(STAGES) + 8) + "|"]
     for size, per_method in env["results"].items():
