@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from qarad.api import propose_defect_mask
+from qarad.defects.proposal import propose_defect_mask
 from qarad.data.foreground import Foreground, texture_energy
 from qarad.testing import part_on_backdrop, texture
 
