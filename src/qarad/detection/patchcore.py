@@ -52,7 +52,7 @@ class PatchCoreConfig:
         check_int("batch_size", self.batch_size)  # 0 never ends a batch: the fit would loop for ever
         check_int("projection_dim", self.projection_dim)
         check_int("coreset_partition", self.coreset_partition)
-        check_int("calibration_images", self.calibration_images)
+        check_int("calibration_images", self.calibration_images, 0)  # 0: no threshold (inf)
         check_float("blur_sigma", self.blur_sigma, 0.0)
         BackboneConfig(self.backbone)  # validates
         SearchConfig(self.search, self.nprobe, self.seed, self.refine)
