@@ -31,6 +31,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -248,6 +249,9 @@ def judge(case: Case, d: Path, work: Path, results: list[Result], before: dict, 
     def clean(r: Result) -> bool:
         m = r.message.lower()
         names = (case.names,) if isinstance(case.names, str) else case.names or ()
+        # a flag is named by itself or by its setting's name ("--max-zoom": "max_zoom must be ...")
+        names = [v for n in names for v in ((n, n[2:], n[2:].replace("-", "_"), n[2:].replace("-", " "))
+                                            if n.startswith("--") else (n,))]
         return r.exit_code == 2 and "error" in m and (not names or any(n.lower() in m for n in names))
     exit_ok = {"error": all(clean(r) for r in results),
                "ok": all(c == 0 for c in codes),
@@ -437,7 +441,8 @@ def tables(env: dict, threads: int) -> str:
         for item, label in ISSUE_ITEMS.items():
             part = [r for r in rows if r.get("issue", "") == item]
             if part:
-                out.append(f"| {item or '-'} | {label} | {len(part)} | {sum(r['as_expected'] is not False for r in part)}"
+                good = sum(r["as_expected"] is not False for r in part)
+                out.append(f"| {item or '-'} | {label} | {len(part)} | {good}"
                            f" | {sum(bool(r['data_lost']) for r in part)} | {sum(r['traceback'] for r in part)} | "
                            f"{sum(bool(r['silent_wrong']) for r in part)} | {sum(r['hang'] for r in part)} |")
         for fail in results.get("setup", []):
@@ -463,7 +468,8 @@ def tables(env: dict, threads: int) -> str:
         secs, notes = results.get("seconds", {}), results.get("notes", {})
         sizes = sorted({int(n) for v in rss.values() for n in v})
         out += ["", f"Peak RSS (MB, with wall seconds) of one `qarad` process vs the number of 64x64 images, "
-                    f"OMP_NUM_THREADS={results.get('rss_threads', threads)} (measured {results.get('rss_date')}). "
+                    f"OMP_NUM_THREADS={results.get('rss_threads', threads)} (measured {results.get('rss_date')} on "
+                    f"{results.get('rss_machine')}). "
                     "train: `qarad train --method patchcore --size 64` on N normal images; synth: `qarad synth "
                     "TINY_ARAS --images FOLDER_OF_N --auto-masks --n N`; fit: `qarad fit --size 64 --corpus-size 64 "
                     "--tokenizer-steps 2 --prior-steps 2 --qaw-steps 2` on N normal images (default model sizes; the "
@@ -497,6 +503,9 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
     args = ap.parse_args()
     os.umask(0o022)  # the children inherit it: files they write must be 0644, folders 0755
+    # started in the background (nohup ... &), this process ignores SIGINT and its children would too,
+    # so the interrupted-train cases could not interrupt: a handler is reset to the default at exec
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     env = child_env(args.threads)
     work = Path(tempfile.mkdtemp(prefix="qarad-reliability-"))
     print(f"working in {work}", flush=True)
@@ -515,10 +524,11 @@ def main() -> None:
         if not args.skip_rss:
             rss, secs, notes = run_rss(work, env, args.sizes, args.synth_cap)
             results.update({"peak_rss_mb": rss, "seconds": secs, "notes": notes, "rss_threads": args.threads,
-                            "rss_date": envelope({})["date"]})
+                            "rss_date": envelope({})["date"], "rss_machine": envelope({})["machine"]})
         elif "peak_rss_mb" in old:  # kept from the stored file, with the date it was measured
             results.update({k: old[k] for k in ("peak_rss_mb", "seconds", "notes", "rss_threads") if k in old})
             results["rss_date"] = old.get("rss_date") or old_env.get("date")
+            results["rss_machine"] = old.get("rss_machine") or old_env.get("machine")
         results["child_threads"] = args.threads
         print(f"total {time.perf_counter() - start:.0f} s", flush=True)
     finally:
