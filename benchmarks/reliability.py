@@ -419,8 +419,8 @@ ISSUE_ITEMS = {"": "earlier bad inputs and variations", "1": "predict --out dele
 def tables(env: dict, threads: int) -> str:
     results = env["results"]
     out = ["## Reliability: nothing lost, nothing crashes; peak memory", "",
-           f"Command: `{env['command']}` ({env['date']}; {env['machine']}; results: "
-           "`benchmarks/results/reliability.json`). Each case "
+           f"Command: `{env['command']}` ({env['date']}; {env['machine']}; the cases took "
+           f"{results.get('case_seconds', '?')} s; results: `benchmarks/results/reliability.json`). Each case "
            "is the real `qarad` command in its own process and folder, on small generated data (FIX = shared "
            "fixtures: a 64x64 MVTec tree, a PatchCore run trained on it at `--size 64`, a tiny random ARAS model, "
            "shard and synth folders it made; CASE = the case's own folder), under umask 022, with a time limit. "

@@ -73,7 +73,7 @@ def read_manifest(path: Path) -> list[dict]:
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             entries.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # torn, or nested too deep to be ours
             break
     return entries
 

@@ -40,7 +40,7 @@ class SamplerConfig:
     def __post_init__(self):
         # every number finite: a nan temperature or guidance scale turns every logit into nan
         check_float("--cfg-scale", self.cfg_scale)
-        check_float("--temperature", self.temperature)
+        check_float("--temperature", self.temperature, 0.0)  # 0 = greedy; below it is meaningless
         check_int("--top-k", self.top_k, 0)
         check_float("--top-p", self.top_p, 0.0, 1.0, low_open=True)  # 0 would filter out every code
         check_int("dilate_px", self.dilate_px, 0)
