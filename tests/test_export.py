@@ -13,8 +13,8 @@ from qarad.data.stream import load
 from qarad.detection.anomaly_map import gaussian_blur
 from qarad.detection.export import export_onnx
 from qarad.detection.inference import score_images
-from qarad.detection.segmenter import Segmenter, SegmenterConfig, cell_targets
-from qarad.detection.train import fit_detector
+from qarad.detection.head import cell_targets
+from qarad.detection.segmenter import Segmenter, SegmenterConfig
 from qarad.detection.views import ViewSet
 from qarad.runs import load_detector
 
@@ -110,7 +110,7 @@ def test_qarad_segmenter_export_matches_torch(data, tmp_path, residual, fusion):
     ones = torch.ones(8, 8, dtype=torch.bool)
     as_views = lambda f, t=None, w=None: ViewSet(list(f), [ones] * len(f), torch.arange(len(f)),  # noqa: E731
                                                  None if t is None else list(t), w)
-    fit_detector(detector, as_views(normal),
+    detector.fit(as_views(normal),
                  {"synthetic": as_views(detector.embed(defect), cell_targets(mask), torch.ones(len(views)))})
 
     export_onnx(detector, tmp_path / "qarad.onnx")

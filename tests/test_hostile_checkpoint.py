@@ -19,7 +19,8 @@ from qarad.checkpoint import CheckpointError, build_config, load_config, load_te
 from qarad.data.io import OutputError
 from qarad.data.resolution import ResolutionPolicy
 from qarad.detection.patchcore import PatchCore, PatchCoreConfig
-from qarad.detection.segmenter import SegmentationHead, Segmenter, SegmenterConfig
+from qarad.detection.head import SegmentationHead
+from qarad.detection.segmenter import Segmenter, SegmenterConfig
 
 CHANNELS = 152  # EfficientNet-Lite0 stride 8 + 16 features
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from qarad.detection.segmenter import SegmentationHead, SegmenterConfig, per_sample_loss
+from qarad.detection.head import SegmentationHead, per_sample_loss
+from qarad.detection.segmenter import SegmenterConfig
 from qarad.quality.weighting import WeightingConfig, weighted_loss, weights
 
 

@@ -9,8 +9,8 @@ from qarad.backbone import Backbone, BackboneConfig
 from qarad.checkpoint import CheckpointError
 from qarad.data.resolution import ResolutionPolicy
 from qarad.detection.inference import score_images
-from qarad.detection.segmenter import Segmenter, SegmenterConfig, cell_targets, per_sample_loss
-from qarad.detection.train import fit_detector
+from qarad.detection.head import cell_targets, per_sample_loss
+from qarad.detection.segmenter import Segmenter, SegmenterConfig
 from qarad.detection.views import ViewSet
 from qarad.metrics import auroc
 
@@ -54,8 +54,8 @@ def views(features, targets=None, weights=None, sources=None) -> ViewSet:
 
 
 def fit(config, normal, synth, targets, weights, on_step=None):
-    return fit_detector(Segmenter(config, ResolutionPolicy(size=64)), views(normal),
-                        {"synthetic": views(synth, targets, weights)}, on_step)
+    return Segmenter(config, ResolutionPolicy(size=64)).fit(views(normal), {"synthetic": views(synth, targets, weights)},
+                                                          on_step)
 
 
 @pytest.fixture(scope="module")
@@ -141,11 +141,10 @@ def test_fit_rejects_wrong_inputs(toy):
     with pytest.raises(ValueError, match="non-negative"):
         fit(CONFIG, normal, synth, targets, -torch.ones(len(synth)))
     with pytest.raises(ValueError, match="no such defect views"):
-        fit_detector(Segmenter(CONFIG, ResolutionPolicy(size=64)), views(normal), {})
+        Segmenter(CONFIG, ResolutionPolicy(size=64)).fit(views(normal), {})
     with pytest.raises(ValueError, match="at least two normal images"):
-        fit_detector(Segmenter(CONFIG, ResolutionPolicy(size=64)),
-                     views(normal, sources=torch.zeros(40, dtype=torch.int64)),
-                     {"synthetic": views(synth, targets, torch.ones(len(synth)))})
+        Segmenter(CONFIG, ResolutionPolicy(size=64)).fit(views(normal, sources=torch.zeros(40, dtype=torch.int64)),
+                                                         {"synthetic": views(synth, targets, torch.ones(len(synth)))})
 
 
 def test_zero_weight_samples_teach_nothing(toy):

@@ -35,7 +35,7 @@ def cache_images(model: Segmenter, paths: list[Path], batch_size: int = 8,
 
 def search_cached(model: Segmenter, cached: list[CachedImage], batch_size: int = 16) -> list[CachedImage]:
     """`cached` with its features searched against `model`'s bank, once: `score_cached` then skips the
-    search for every head that shares that bank (Segmenter.share_bank)."""
+    search for every head that shares that bank (`Segmenter.fit(..., bank=model)`)."""
     out = []
     with torch.inference_mode():
         for c in cached:

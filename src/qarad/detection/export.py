@@ -24,7 +24,8 @@ from .anomaly_map import gaussian_blur, upsample
 from ..backbone import PATCH_STRIDE, PatchEmbedder
 from .patchcore import PatchCore
 from .fusion import LEGACY_IMAGE_RULE, image_score
-from .segmenter import Segmenter, cell_scores, head_inputs
+from .head import cell_scores, head_inputs
+from .segmenter import Segmenter
 
 OPSET = 17  # within what the TorchScript exporter and the pinned onnxruntime support
 INPUT = "views"

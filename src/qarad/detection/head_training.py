@@ -1,7 +1,9 @@
-"""Training the QARAD detector's head on cached, searched views, and its calibration.
+"""Training the QARAD detector's head on cached, searched views, and its calibration: the steps
+`Segmenter.fit` takes, each returning what the Segmenter then sets on itself (`model` below is the
+Segmenter being fitted, read only).
 
 The head trains on 90% of the normal views; the other 10% (also searched without their own rows,
-bank.py) set the fusion statistics and the threshold. It trains on random crops of TRAIN_CROP x
+Segmenter.search) set the fusion statistics and the threshold. It trains on random crops of TRAIN_CROP x
 TRAIN_CROP cells (smaller views: the smallest view's size), a defect view's crop always holding
 some of its defect. The head is convolutional with a 5x5-cell receptive field, so a crop is scored
 as the whole view would be away from the crop's border. Feature-space negatives are made from the
@@ -18,8 +20,8 @@ import torch.nn.functional as F
 
 from ..quality.weighting import weighted_loss
 from ..training import optimizer_step
+from .head import Reference, SegmentationHead, per_sample_loss
 from .patchcore import THRESHOLD_SIGMAS
-from .segmenter import Reference, Segmenter, SegmenterConfig, SegmentationHead, per_sample_loss
 from .views import ViewSet
 
 HOLDOUT_FRACTION = 0.1  # normal views kept aside for the fusion statistics and the threshold
@@ -79,7 +81,7 @@ def blob_mask(generator: torch.Generator, crop: tuple[int, int]) -> torch.Tensor
 class _Trainer:
     """The head's training loop over cached views (see the module docstring for the data)."""
 
-    def __init__(self, model: Segmenter, normal: ViewSet, pools: dict[str, ViewSet], generator: torch.Generator):
+    def __init__(self, model, normal: ViewSet, pools: dict[str, ViewSet], generator: torch.Generator):
         cfg = model.config
         self.model, self.normal, self.pools, self.generator = model, normal, pools, generator
         shapes = [f.shape[-2:] for f in normal.features] + [f.shape[-2:] for p in pools.values() for f in p.features]
@@ -142,25 +144,8 @@ def _split(total: int, parts: int, step: int) -> list[int]:
     return [base + (1 if (i - step) % parts < extra else 0) for i in range(parts)]
 
 
-def fit_head(model: Segmenter, normal: ViewSet, pools: dict[str, ViewSet],
-             on_step: Callable[[float], None] | None = None) -> Segmenter:
-    """Head and calibration on views already searched in `model`'s bank (`fit_bank`; a bank may be
-    shared by several heads, as the ablation does)."""
-    config = model.config
-    pools = {k: v for k, v in pools.items() if k in config.negatives}
-    check_inputs(config, normal, pools)
-    generator = torch.Generator().manual_seed(config.seed)
-    order = torch.randperm(len(normal), generator=generator)
-    n_hold = max(MIN_HOLDOUT, round(HOLDOUT_FRACTION * len(normal))) if len(normal) >= 2 * MIN_HOLDOUT else 0
-    held, train = normal.subset(order[:n_hold].sort().values), normal.subset(order[n_hold:].sort().values)
-    if config.uses_bank:
-        model.reference_ = Reference(dist_scale=max(float(_valid_cells(train.dist, train.valid).median()), 1e-6))
-    _train_head(model, _Trainer(model, train, pools, generator), on_step)
-    _calibrate(model, held if n_hold else train)
-    return model
-
-
-def check_inputs(config: SegmenterConfig, normal: ViewSet, pools: dict[str, ViewSet]) -> None:
+def check_inputs(config, normal: ViewSet, pools: dict[str, ViewSet]) -> None:
+    """Refuse views a Segmenter with `config` (a SegmenterConfig) cannot fit on."""
     if not len(normal):
         raise ValueError("the detector needs at least one normal view")
     if config.uses_bank and len(set(normal.source.tolist())) < 2:
@@ -178,8 +163,25 @@ def check_inputs(config: SegmenterConfig, normal: ViewSet, pools: dict[str, View
             raise ValueError(f"{name}: sample weights must be finite, non-negative, one per view")
 
 
-def _train_head(model: Segmenter, trainer: _Trainer, on_step) -> None:
-    cfg = model.config
+def hold_out(normal: ViewSet, generator: torch.Generator) -> tuple[ViewSet, ViewSet]:
+    """-> (views the head trains on, views that calibrate it): HOLDOUT_FRACTION of the normal views
+    drawn aside; too few views to hold some out: all of them for both."""
+    order = torch.randperm(len(normal), generator=generator)
+    n_hold = max(MIN_HOLDOUT, round(HOLDOUT_FRACTION * len(normal))) if len(normal) >= 2 * MIN_HOLDOUT else 0
+    held, train = normal.subset(order[:n_hold].sort().values), normal.subset(order[n_hold:].sort().values)
+    return train, (held if n_hold else train)
+
+
+def dist_scale(train: ViewSet) -> float:
+    """Median nearest-neighbour distance of the searched normal training cells (Reference.dist_scale)."""
+    return max(float(_valid_cells(train.dist, train.valid).median()), 1e-6)
+
+
+def train_head(model, train: ViewSet, pools: dict[str, ViewSet], generator: torch.Generator,
+               on_step: Callable[[float], None] | None = None) -> SegmentationHead:
+    """The head trained on `train` and the defect pools (in eval mode); it reads `model`'s bank and
+    reference_ (dist_scale) through `model.inputs`."""
+    cfg, trainer = model.config, _Trainer(model, train, pools, generator)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
         torch.manual_seed(cfg.seed)
         head = SegmentationHead(cfg).to(model.device)
@@ -194,30 +196,34 @@ def _train_head(model: Segmenter, trainer: _Trainer, on_step) -> None:
         value = optimizer_step(optimizer, loss, head.parameters())
         if on_step:
             on_step(value)
-    model.head_ = head.eval()
+    return head.eval()
 
 
-def _calibrate(model: Segmenter, held: ViewSet) -> None:
-    """Fusion statistics and threshold from normal views the head did not train on (own rows skipped).
-
-    The threshold is mean + 3 std of their view scores, as PatchCore's. Under the tile policy an
-    image's score is a max over several views, so a threshold chosen on validation images is
-    preferable there when labels exist."""
-    cfg = model.config
+def fusion_reference(model, held: ViewSet) -> Reference:
+    """`model`'s reference_ with the fusion statistics of normal views the head did not train on (own
+    rows skipped): head logit and distance, mean and std over their valid cells."""
     with torch.no_grad():
-        if cfg.fusion:
-            logits = [model.logits(f[None].float(), d[None], r[None])[0, 0]
-                      for f, d, r in zip(held.features, held.dist, held.rows)]
-            lc, dc = _valid_cells(logits, held.valid), _valid_cells(held.dist, held.valid)
-            model.reference_ = Reference(model.reference_.dist_scale, float(lc.mean()), _std(lc),
-                                         float(dc.mean()), _std(dc))
-        scores = []
+        logits = [model.logits(f[None].float(), d[None], r[None])[0, 0]
+                  for f, d, r in zip(held.features, held.dist, held.rows)]
+    lc, dc = _valid_cells(logits, held.valid), _valid_cells(held.dist, held.valid)
+    return Reference(model.reference_.dist_scale, float(lc.mean()), _std(lc), float(dc.mean()), _std(dc))
+
+
+def calibration_scores(model, held: ViewSet) -> np.ndarray:
+    """View scores (max of the smoothed map) of normal views the head did not train on, by `model` fitted."""
+    scores = []
+    with torch.no_grad():
         for f, s in zip(held.features, held.source):
-            maps = model.maps_from_features(f[None].float(), s[None] if cfg.uses_bank else None)
+            maps = model.maps_from_features(f[None].float(), s[None] if model.config.uses_bank else None)
             scores.append(float(model.smooth(maps[0]).max()))
-    model.calibration_scores_ = np.asarray(scores, dtype=np.float64)
-    s = model.calibration_scores_
-    model.threshold_ = float(s.mean() + THRESHOLD_SIGMAS * s.std()) if len(s) > 1 else float("inf")
+    return np.asarray(scores, dtype=np.float64)
+
+
+def threshold(scores: np.ndarray) -> float:
+    """Mean + 3 std of the calibration scores, as PatchCore's. Under the tile policy an image's score
+    is a max over several views, so a threshold chosen on validation images is preferable there when
+    labels exist (validation.py)."""
+    return float(scores.mean() + THRESHOLD_SIGMAS * scores.std()) if len(scores) > 1 else float("inf")
 
 
 def _std(x: torch.Tensor) -> float:

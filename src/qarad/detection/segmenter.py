@@ -15,31 +15,34 @@ held-out normal views and added, so the detector starts where PatchCore is and t
 corrections. `residual=False, fusion=False` is the previous head (features only, sigmoid map).
 
 `Segmenter` follows the scikit-learn pattern and the `Detector` protocol of `inference.py`:
-`fit` sets the bank, `head_`, the fusion statistics, `threshold_` and `calibration_scores_`;
-`view_maps` and `smooth` serve `score_images`, so resolution policies work unchanged.
+`fit` (on cached views, detection/views.py; the steps in head_training.py) sets the bank, `head_`,
+the fusion statistics, `threshold_` and `calibration_scores_` and returns the Segmenter; `view_maps`
+and `smooth` serve `score_images`, so resolution policies work unchanged. The network and its loss
+are in head.py.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from .. import checkpoint
-from ..backbone import PATCH_STRIDE, Backbone, BackboneConfig, PatchEmbedder
+from ..backbone import Backbone, BackboneConfig, PatchEmbedder
 from ..backbone_config import DETECTOR_BACKBONE, LEGACY_BACKBONE
 from ..data.resolution import ResolutionPolicy
 from ..flags import check_float, check_int
-from .anomaly_map import gaussian_blur, upsample
-from .fusion import LEGACY_HEAD_WEIGHT, LEGACY_IMAGE_RULE, check_rule, check_weight, fuse, image_score
+from . import head_training
+from .anomaly_map import gaussian_blur
+from .coreset import CoresetSampler
+from .fusion import LEGACY_HEAD_WEIGHT, LEGACY_IMAGE_RULE, check_rule, check_weight, image_score
+from .head import Reference, SegmentationHead, cell_scores, cells_to_map, fit_view, head_inputs
 from .knn import NearestNeighbours, SearchConfig
+from .views import ViewSet
 
-CONV_LAYERS = 2  # 3x3 layers after the adaptor: receptive field of 5x5 cells = 40 px on top of the taps
-PRIOR_PROBABILITY = 0.01  # initial defect probability (focal-loss bias init, Lin et al. 2017)
+CORESET_PROJECTION, CORESET_PARTITION = 128, 16384  # the memory bank's coreset, as PatchCoreConfig
 NEGATIVE_SOURCES = ("synthetic", "perlin", "feature", "real")  # real: real defect shots (train.real_features)
 
 
@@ -103,101 +106,6 @@ class SegmenterConfig:
 LEGACY_DEFAULTS = {"residual": False, "fusion": False}
 
 
-def cell_targets(mask: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) bool defect mask -> (B, H/8, W/8) fraction of each stride-8 cell it covers."""
-    if mask.shape[-1] % PATCH_STRIDE or mask.shape[-2] % PATCH_STRIDE:
-        raise ValueError(f"mask size must be a multiple of {PATCH_STRIDE}, got {tuple(mask.shape[-2:])}")
-    return F.avg_pool2d(mask.float()[:, None], PATCH_STRIDE)[:, 0]
-
-
-def _conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
-    # BatchNorm rather than GroupNorm: at inference it is a fixed per-channel affine map, so a
-    # pixel's score depends only on its receptive field, never on the rest of the view; tiles then
-    # stitch consistently and a defect cannot change the scores of distant normal pixels.
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
-
-
-class SegmentationHead(nn.Module):
-    """(B, C, h, w) head inputs -> (B, 1, h, w) defect logits at stride 8."""
-
-    def __init__(self, config: SegmenterConfig = SegmenterConfig(), in_channels: int | None = None):
-        super().__init__()
-        self.adaptor = _conv_bn_relu(in_channels or config.in_channels, config.hidden, 1)
-        self.body = nn.Sequential(*[_conv_bn_relu(config.hidden, config.hidden, 3) for _ in range(CONV_LAYERS)])
-        self.out = nn.Conv2d(config.hidden, 1, 1)
-        # Start by predicting "normal" everywhere: defects cover a few % of pixels, and a 0.5 start
-        # makes the first focal-loss steps dominated by the easy normal pixels.
-        nn.init.constant_(self.out.bias, math.log(PRIOR_PROBABILITY / (1 - PRIOR_PROBABILITY)))
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.out(self.body(self.adaptor(inputs)))
-
-
-def per_sample_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """(B, 1, h, w) logits, (B, h, w) soft targets in [0, 1] -> (B,) focal loss per sample.
-
-    Focal loss in its soft-target form, |t - p|^gamma * BCE(t, p) (gamma 0 = BCE), since cell
-    targets are coverage fractions. Per sample it is mean over normal cells + mean over defect
-    cells (t > 0): a defect of three cells counts as much as the background, so small defects are
-    learned, and an all-normal sample has only the first term.
-    """
-    t = target.to(logits.dtype)[:, None]  # (B, 1, h, w)
-    p = torch.sigmoid(logits)
-    focal = (t - p).abs().pow(gamma) * F.binary_cross_entropy_with_logits(logits, t, reduction="none")
-    defect = (t > 0).to(logits.dtype)
-    normal = 1.0 - defect
-
-    def masked_mean(weight: torch.Tensor) -> torch.Tensor:
-        return (focal * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)
-
-    return masked_mean(normal) + masked_mean(defect)
-
-
-@dataclass(frozen=True)
-class Reference:
-    """What the head and the fusion need besides the features; fitted on normal views only."""
-    dist_scale: float = 1.0  # median nearest-neighbour distance of normal training cells
-    logit_mean: float = 0.0  # held-out normal cells: head logit and distance statistics (fusion)
-    logit_std: float = 1.0
-    dist_mean: float = 0.0
-    dist_std: float = 1.0
-
-
-def head_inputs(features: torch.Tensor, nearest: torch.Tensor | None, dist: torch.Tensor | None,
-                residual: bool, dist_scale: float) -> torch.Tensor:
-    """(B, C, h, w) features, their nearest bank rows (B, C, h, w) and distances (B, h, w)."""
-    if not residual:
-        return features
-    return torch.cat([features, features - nearest, (dist / dist_scale)[:, None]], 1)
-
-
-def cell_scores(logit: torch.Tensor | None, dist: torch.Tensor | None, fusion: bool, ref: Reference,
-                head_weight: float = LEGACY_HEAD_WEIGHT) -> torch.Tensor:
-    """(B, 1, h, w) logits (+ (B, h, w) distances) -> (B, h, w) anomaly score per cell.
-
-    Fusion weighs the two z-scores by `head_weight` (detection/fusion.py; 0.5: their sum, as every
-    run before the gate; a max of them measured lower on magnetic tile: image AUROC 0.906 vs 0.925,
-    AUPRO 0.736 vs 0.769). `logit` may be None under fusion with head_weight 0 (the bank alone)."""
-    if not fusion:
-        return torch.sigmoid(logit)[:, 0]
-    z_logit = None if logit is None else (logit[:, 0] - ref.logit_mean) / ref.logit_std
-    return fuse(z_logit, (dist - ref.dist_mean) / ref.dist_std, head_weight)
-
-
-def cells_to_map(cells: torch.Tensor) -> torch.Tensor:
-    """(B, h, w) cell scores -> (B, 8h, 8w) anomaly map, bilinear from the stride-8 grid."""
-    h, w = cells.shape[-2:]
-    return upsample(cells, (h * PATCH_STRIDE, w * PATCH_STRIDE))
-
-
-def fit_view(maps: torch.Tensor, view_hw: tuple[int, int]) -> torch.Tensor:
-    """(n, 8h, 8w) maps resized to views of view_hw (a view side not a multiple of 8), on the CPU."""
-    if tuple(maps.shape[-2:]) != tuple(view_hw):
-        maps = upsample(maps, tuple(view_hw))
-    return maps.cpu()
-
-
 def _check_features(name: str, features: torch.Tensor, config: SegmenterConfig) -> None:
     if features.dim() != 4 or features.shape[1] != config.feature_channels:
         raise ValueError(f"{name} must be (N, {config.feature_channels}, h, w) PatchEmbedder features of "
@@ -207,8 +115,8 @@ def _check_features(name: str, features: torch.Tensor, config: SegmenterConfig) 
 class Segmenter:
     """Synthesis-trained detector with a scikit-learn-like API; see the module docstring.
 
-    Fitting happens in `detection.train` (`fit_detector`, `train_qarad`), on cached features; this class holds
-    the fitted parts and scores views.
+    `fit` learns from cached views (`detection.train.train_qarad` caches them from images, as
+    `qarad train` does); this class holds the fitted parts and scores views.
     """
 
     method = "qarad"
@@ -253,7 +161,63 @@ class Segmenter:
         with torch.no_grad():
             return self._embedder()(views.to(self.device)).cpu()
 
+    # --- fitting -------------------------------------------------------------------------------
+    def fit(self, normal: ViewSet, pools: dict[str, ViewSet], on_step: Callable[[float], None] | None = None,
+            bank: "Segmenter | None" = None) -> "Segmenter":
+        """Bank, head, fusion statistics and threshold on cached views; -> self, fitted.
+
+        `pools`: defect views by kind, each with targets and weights (kinds the config's negatives do
+        not name are left out); feature-space negatives are made from the normal views as the head
+        trains. The head trains on most normal views; the others (HOLDOUT_FRACTION, head_training.py)
+        set the fusion statistics and the threshold. `bank`: a Segmenter fitted before (or `fit_bank`)
+        whose bank and search index this one uses instead of building its own, so that heads trained
+        side by side share one bank (benchmarks/ablation.py); views not searched yet are searched in it.
+        `on_step` gets each training step's loss."""
+        cfg = self.config
+        pools = {k: v for k, v in pools.items() if k in cfg.negatives}
+        head_training.check_inputs(cfg, normal, pools)
+        if cfg.uses_bank and bank is None:
+            self.fit_bank(normal, pools.values())
+        elif cfg.uses_bank:
+            self.share_bank(bank)
+            for views in (normal, *pools.values()):
+                if views.dist is None:
+                    self.search(views)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        train, held = head_training.hold_out(normal, generator)
+        self.reference_ = Reference(dist_scale=head_training.dist_scale(train)) if cfg.uses_bank else Reference()
+        self.head_ = head_training.train_head(self, train, pools, generator, on_step)
+        if cfg.fusion:
+            self.reference_ = head_training.fusion_reference(self, held)
+        self.calibration_scores_ = head_training.calibration_scores(self, held)
+        self.threshold_ = head_training.threshold(self.calibration_scores_)
+        return self
+
     # --- the memory bank ----------------------------------------------------------------------
+    def fit_bank(self, normal: ViewSet, others=()) -> "Segmenter":
+        """The memory bank alone: coreset rows of the normal views' cells, each row tagged with its
+        source image, then every cell of `normal` and of the view sets `others` searched in it
+        (`search`); -> self, whose bank `fit(..., bank=self)` can share."""
+        cfg = self.config
+        sampler = CoresetSampler(cfg.coreset_ratio, CORESET_PROJECTION, CORESET_PARTITION, cfg.seed, cfg.memory_limit)
+        for f, ok, s in zip(normal.features, normal.valid, normal.source.tolist()):
+            cells = f.float().permute(1, 2, 0)[ok]
+            sampler.add(cells, torch.full((len(cells),), s, dtype=torch.int32))
+        self.set_bank(*sampler.result())
+        for views in (normal, *others):
+            self.search(views)
+        return self
+
+    def search(self, views: ViewSet) -> None:
+        """Fill `views.dist` and `views.rows`: the nearest bank row of every cell of every view, without
+        the rows of the view's own image. Honest residuals: a training view (normal, or a defect drawn
+        into a normal image) then looks like a test image, which never has its own rows in the bank."""
+        views.dist, views.rows = [], []
+        for f, s in zip(views.features, views.source):  # one view at a time: keep-aspect views differ in shape
+            d, r = self.nearest(f[None].float(), s[None])
+            views.dist.append(d[0])
+            views.rows.append(r[0])
+
     def set_bank(self, memory: torch.Tensor, source: torch.Tensor) -> None:
         self.memory_ = memory.float().contiguous()
         self.memory_source_ = source.to(torch.int64)
@@ -281,7 +245,7 @@ class Segmenter:
     # --- scoring -----------------------------------------------------------------------------
     def _check_fitted(self):
         if not hasattr(self, "head_"):
-            raise RuntimeError("this Segmenter is not fitted yet: call detection.train.fit_detector or load a run")
+            raise RuntimeError("this Segmenter is not fitted yet: call fit or load a run")
 
     def inputs(self, features: torch.Tensor, dist: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor:
         """What the head reads for these features and their search results (training and scoring alike)."""

@@ -3,23 +3,21 @@ benchmarks call (benchmarks/ablation.py, fewshot.py).
 
     training_views: frozen features of the normal views and of each pool of defect views
                     (ARAS samples QAW-weighted, Perlin patches, real shots; views.py)
-    fit_detector:   the memory bank and the honest search (bank.py), then the head and its
-                    calibration (head_training.py), all on those cached views
+    Segmenter.fit:  the memory bank and the honest search, then the head and its calibration
+                    (head_training.py), all on those cached views
 
 `train_qarad` chains the two with progress bars. The views can be cached once and reused across
-settings and seeds (the ablation does): `fit_detector` takes a fresh Segmenter and returns it fitted.
+settings and seeds, and one fitted bank shared by several heads (`fit(..., bank=)`; the ablation does).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..data.resolution import ResolutionPolicy
 from ..progress import bar
 from ..quality.weighting import WeightingConfig
-from .bank import fit_bank
-from .head_training import check_inputs, fit_head
 from .segmenter import Segmenter, SegmenterConfig
 from .views import (DIHEDRAL, ViewSet, describe, normal_features, perlin_features, real_features, sample_weights,
                     synthetic_features)
@@ -82,19 +80,6 @@ def training_views(model: Segmenter, training: QaradTraining, paths: list[Path],
     return TrainingViews(normal, pools, notes)
 
 
-def fit_detector(model: Segmenter, normal: ViewSet, pools: dict[str, ViewSet],
-                 on_step: Callable[[float], None] | None = None) -> Segmenter:
-    """Bank, search, head and calibration of `model` (its own config) on cached views; -> `model`,
-    fitted. `pools`: defect views by kind, each with targets and weights (those the config's
-    negatives do not name are left out); feature-space negatives are made from the normal views
-    as the loop runs."""
-    pools = {k: v for k, v in pools.items() if k in model.config.negatives}
-    check_inputs(model.config, normal, pools)
-    if model.config.uses_bank:
-        fit_bank(model, normal, pools.values())
-    return fit_head(model, normal, pools, on_step)
-
-
 @dataclass(frozen=True)
 class TrainedQarad:
     model: Segmenter  # fitted
@@ -111,5 +96,5 @@ def train_qarad(config: SegmenterConfig, training: QaradTraining, policy: Resolu
     if config.uses_bank:
         notes.append("memory bank from the normal views, then every cached cell's nearest row (own image skipped)")
     with bar(config.steps, "train detector head", unit="step") as tick:
-        fit_detector(model, views.normal, views.pools, on_step=lambda _: tick())
+        model.fit(views.normal, views.pools, on_step=lambda _: tick())
     return TrainedQarad(model, notes)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -27,10 +27,17 @@ from ..defects.masks import foreground_mask
 from ..quality.weighting import WeightingConfig, weights
 from ..synthesis.jobs import MANIFEST, check_finished, sample_path
 from .patchcore import patch_valid
-from .segmenter import Segmenter, cell_targets
+from .head import cell_targets
 
 FEATURE_DTYPE = torch.float16  # halves the cache; the head trains in float32
 DIHEDRAL = 8  # real shots: every flip and quarter turn of the image
+
+
+class Embedder(Protocol):
+    """What caching views needs of a detector (a Segmenter): its resolution policy and its features."""
+    policy: ResolutionPolicy
+
+    def embed(self, views: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -62,7 +69,7 @@ def _views_of(items: Iterator[tuple[Loaded, torch.Tensor]], on_image=None):
             on_image()
 
 
-def normal_features(model: Segmenter, paths: list[Path], batch_size: int = 8, max_views: int | None = None,
+def normal_features(model: Embedder, paths: list[Path], batch_size: int = 8, max_views: int | None = None,
                     seed: int = 0, on_image: Callable[[], None] | None = None) -> ViewSet:
     """Every view of the normal images (source = index in `paths`); a reproducible subset past max_views."""
     feats, valid, source = [], [], []
@@ -84,7 +91,7 @@ def _mask_views(mask: np.ndarray, policy: ResolutionPolicy) -> torch.Tensor:
     return layout.views(as_image)[:, 0]
 
 
-def _defect_views(model: Segmenter, loaded: Iterator[Loaded], mask_views: Callable[[Loaded], torch.Tensor],
+def _defect_views(model: Embedder, loaded: Iterator[Loaded], mask_views: Callable[[Loaded], torch.Tensor],
                   sources: Callable[[Loaded], int], batch_size: int, on_image=None) -> tuple[ViewSet, list[int]]:
     """Views that show some of the defect, with cell targets; also the item index of each view."""
     feats, valid, targets, source, origin = [], [], [], [], []
@@ -103,7 +110,7 @@ def _source_index(paths: list[Path]) -> dict[str, int]:
     return {str(Path(p).resolve()): i for i, p in enumerate(paths)}
 
 
-def synthetic_features(model: Segmenter, synth_dir: Path, normal_paths: list[Path] | None = None,
+def synthetic_features(model: Embedder, synth_dir: Path, normal_paths: list[Path] | None = None,
                        batch_size: int = 8, on_image: Callable[[], None] | None = None,
                        held_out: list[Path] = ()) -> ViewSet:
     """Views of a `qarad synth` folder that show a defect; a sample drawn on one of `normal_paths`
@@ -133,7 +140,7 @@ def synthetic_features(model: Segmenter, synth_dir: Path, normal_paths: list[Pat
     return out
 
 
-def perlin_features(model: Segmenter, paths: list[Path], n: int, seed: int = 0, batch_size: int = 8,
+def perlin_features(model: Embedder, paths: list[Path], n: int, seed: int = 0, batch_size: int = 8,
                     on_image: Callable[[], None] | None = None) -> ViewSet:
     """`n` DRAEM-style Perlin texture patches drawn on the normal images in turn (source = their index).
 
@@ -158,7 +165,7 @@ def perlin_features(model: Segmenter, paths: list[Path], n: int, seed: int = 0, 
     return out
 
 
-def real_features(model: Segmenter, real: RealDefects, batch_size: int = 8, weight: float = 1.0,
+def real_features(model: Embedder, real: RealDefects, batch_size: int = 8, weight: float = 1.0,
                   on_image: Callable[[], None] | None = None) -> ViewSet:
     """The views of every real shot that show its defect, in the 8 flips and quarter turns of the
     image (on_image is called once per shot and turn), each with loss weight `weight`."""
