@@ -26,8 +26,9 @@ shared: it does not depend on the detector's backbone).
 Cost control: per dataset, the ARAS set is made once into --work (resumable), backbone features of
 the normal, synthetic, Perlin and test images are computed once, the memory bank is built and every
 training cell searched once (shared by all heads: it depends on the normal images only), and only
-the head is trained per method and seed; heads are scored on the cached test features with
-`detection.train.score_cached`, which gives the maps and scores `score_images` gives. PatchCore,
+the head is trained per method and seed (`Segmenter.fit(..., bank=)`, the fit `qarad train` runs, on
+the shared bank); heads are scored on the cached test features with `detection.cached.score_cached`,
+which gives the maps and scores `score_images` gives. PatchCore,
 the detectors and the speed check each run in their own process (peak RSS their own); finished
 stages are kept in OUT.partial.json (git-ignored), so an interrupted or extended run (more
 --datasets with the same settings) reuses them.
@@ -295,10 +296,8 @@ def _pools(views: dict, calibration: str) -> dict:
 
 def run_detectors(args, key: str) -> dict:
     """ARAS set, feature caching, one shared bank, then one head per (method, seed) on cached test features."""
-    from qarad.detection.segmenter import Segmenter, SegmenterConfig
-    from qarad.detection.bank import fit_bank
     from qarad.detection.cached import search_cached
-    from qarad.detection.head_training import fit_head
+    from qarad.detection.segmenter import Segmenter, SegmenterConfig
     from qarad.progress import bar
 
     train, test = splits(args, key)
@@ -311,7 +310,7 @@ def run_detectors(args, key: str) -> dict:
     bank = Segmenter(SegmenterConfig(backbone=args.backbone, memory_limit=memory_limit(key)),
                      policy)  # its backbone embeds; its bank serves every head
     views, features_s, cached = cache_features(args, key, bank, train_paths, test)
-    _, bank_s = _timed(fit_bank, bank, views["normal"], [v for k, v in views.items() if k != "normal"])
+    _, bank_s = _timed(bank.fit_bank, views["normal"], [v for k, v in views.items() if k != "normal"])
     cached, test_search_s = _timed(search_cached, bank, cached)  # once, for every head on this bank
 
     methods, skipped, speed_head, speed_method = {}, {}, speed_head_path(args, key), None
@@ -327,9 +326,8 @@ def run_detectors(args, key: str) -> dict:
             config = SegmenterConfig(steps=args.steps, seed=seed, negatives=negatives, residual=residual,
                                      fusion=fusion, backbone=args.backbone, memory_limit=memory_limit(key))
             head = Segmenter(config, policy, bank.backbone)
-            head.share_bank(bank)
-            with bar(args.steps, f"{key}: {name}, seed {seed}", unit="step") as tick:
-                _, fit_s = _timed(fit_head, head, views["normal"], pools, lambda _: tick())
+            with bar(args.steps, f"{key}: {name}, seed {seed}", unit="step") as tick:  # what `qarad train` fits
+                _, fit_s = _timed(head.fit, views["normal"], pools, lambda _: tick(), bank=bank)
             ev, eval_s = _timed(evaluate_cached, head, cached, test)
             runs.append({"seed": seed, **{m: ev[m] for m in METRICS}, "fit_s": fit_s, "eval_s": eval_s,
                          "threshold": head.threshold_})

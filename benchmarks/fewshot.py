@@ -60,8 +60,8 @@ from detect import METRICS  # noqa: E402
 DATASETS = ("magnetic_tile/magnetic_tile", "mpdd/metal_plate")
 ARMS = ("zero_shot", "copy_paste", "aras_fewshot")
 # what the arms train on (module docstring); earlier runs' sets and heads (half procedural few-shot
-# samples in place of MODEL's) are not reused
-POOLS = "aras_fewshot real-type samples beside zero_shot's"
+# samples in place of MODEL's; few-shot samples drawn by the benchmark's own loop) are not reused
+POOLS = "aras_fewshot real-type samples (qarad synth --auto-masks) beside zero_shot's"
 GENERATORS = ARMS  # zero_shot: MODEL itself; copy_paste: the shots pasted; aras_fewshot: the few-shot model
 SYNTH_SEED = 0
 FEATURE_BATCH = 8
@@ -115,50 +115,24 @@ def run_fit(args, key: str, k: int, seed: int) -> dict:
 
 
 # ---- 2. synthetic sets and generation metrics ----------------------------------------------
-def _real_masks(real) -> dict[str, list[np.ndarray]]:
-    from qarad.data.io import read_mask
-
-    return {t: [read_mask(d.mask) for d in real.of_type(t)] for t in real.types}
-
-
 def fewshot_set(args, key: str, k: int, seed: int, real, train_paths: list[Path]) -> Path:
-    """n-synth samples of the few-shot model, each of a real type (in turn) in a mask shaped like one
-    of its shots'; QAW-scored. (The procedural families come from MODEL's own set beside it.)"""
-    from qarad.defects.masks import foreground_mask
-    from qarad.defects.transplant import mask_like
-    from qarad.synthesis.scoring import score_folder
+    """n-synth samples of the few-shot model, as `qarad synth MODEL --prompts TYPE... --auto-masks`
+    then `qarad score` make them: the real types in turn, each named by its type (the model resolves
+    it to its fitted prompt) in a proposed mask shaped like one of its shots'; QAW-scored. (The
+    procedural families come from MODEL's own set beside it.)"""
+    from qarad import api
     from qarad.synthesis import jobs
-    from qarad.synthesis import model as M
     from qarad.synthesis.aras import SamplerConfig
-    from qarad.synthesis.pipeline import ARAS
 
     folder_model = model_dir(args, key, k, seed)
-    settings = json.loads(json.dumps({"method": "aras_fewshot", "model": str(folder_model.resolve()),
+    settings = json.loads(json.dumps({"method": "qarad synth --auto-masks", "model": str(folder_model.resolve()),
                                       "images": [str(p) for p in train_paths], "n": args.n_synth, "seed": SYNTH_SEED,
-                                      "sampler": asdict(SamplerConfig()), "prompts": real.prompts,
+                                      "sampler": asdict(SamplerConfig()), "prompts": list(real.types),
                                       "pools": POOLS}))
     folder = _tagged(run_dir(args, key, k, seed), f"aras-n{args.n_synth}", settings)
-    jobs.prepare_output(folder, settings)
-    aras, templates, types = ARAS.load(folder_model), _real_masks(real), real.types
-
-    def make(image, _, job):
-        fg = foreground_mask(image)
-        t = types[job.id % len(types)]
-        shapes = templates[t]
-        for attempt in range(ablation.MAX_ATTEMPTS):
-            rng = np.random.default_rng([job.seed, attempt])
-            mask = mask_like(rng, shapes[int(rng.integers(len(shapes)))], image.shape[:2], fg)
-            res = aras.synthesize(image, mask, real.prompts[t], int(rng.integers(2**31)))
-            if res.mask.any():
-                return jobs.Made(res.image, res.mask, real.prompts[t], {"real_type": t, "attempts": attempt + 1})
-        raise RuntimeError(f"{job.source}: {ablation.MAX_ATTEMPTS} samples in a row changed no pixel")
-
-    work = jobs.plan(train_paths, ["(drawn per sample)"], None, args.n_synth, SYNTH_SEED)
-    jobs.run(work, make, folder, "aras_fewshot", settings)
-    entries = jobs.read_manifest(folder / jobs.MANIFEST)
-    if any(e.get("score") is None for e in entries):
-        config = M.read_config(folder_model)
-        score_folder(folder, M.load_dual_encoder(folder_model), config.policy, config.fit.window_rule)
+    api.synth(folder_model, train_paths, list(real.types), folder, n=args.n_synth, seed=SYNTH_SEED, auto_masks=True)
+    if any(e.get("score") is None for e in jobs.read_manifest(folder / jobs.MANIFEST)):
+        api.score(folder)
     return folder
 
 
@@ -358,12 +332,10 @@ def run_detectors(args, key: str) -> dict:
     """One bank and cached features shared by every head; per (K, seed) the copy_paste and
     aras_fewshot heads, per seed one zero_shot head, each graded on the seed's remaining test images.
     Finished (K, seed) results are kept in --work, so a rerun trains only the missing heads."""
-    from qarad.detection.segmenter import Segmenter, SegmenterConfig
-    from qarad.detection.bank import fit_bank, search
     from qarad.detection.cached import cache_images
-    from qarad.detection.head_training import fit_head
-    from qarad.detection.views import (normal_features, perlin_features, real_features, sample_weights,
-                                       synthetic_features)
+    from qarad.detection.segmenter import Segmenter, SegmenterConfig
+    from qarad.detection.train import QaradTraining, training_views
+    from qarad.detection.views import real_features, sample_weights, synthetic_features
     from qarad.progress import bar
     from qarad.quality.weighting import WeightingConfig
 
@@ -372,16 +344,16 @@ def run_detectors(args, key: str) -> dict:
     policy = ablation.policy_of(key)
     zero_folder, _ = ablation.synth_set(args, key, "aras", train_paths)  # MODEL's set, as the ablation's
     ablation.score_set(args, key, zero_folder)
-    bank = Segmenter(SegmenterConfig(), policy)
+    bank = Segmenter(SegmenterConfig(), policy)  # its backbone embeds; its bank serves every head
     t0 = time.perf_counter()
-    with bar(len(train_paths), f"{key}: features, normal") as tick:
-        normal = normal_features(bank, train_paths, FEATURE_BATCH, MAX_NORMAL_VIEWS, seed=0, on_image=tick)
-    zero = synthetic_features(bank, zero_folder, train_paths, FEATURE_BATCH)
-    zero.weights = sample_weights(zero.scores, WeightingConfig(calibration="linear"))
-    perlin = perlin_features(bank, train_paths, args.perlin_samples, 0, FEATURE_BATCH)
+    # the views `qarad train --synth ZERO_SET` caches (default negatives, QAW linear weights)
+    training = QaradTraining(synth=zero_folder, weighting="linear", max_normal_views=MAX_NORMAL_VIEWS,
+                             perlin_samples=args.perlin_samples, batch_size=FEATURE_BATCH)
+    views = training_views(bank, training, train_paths)
+    normal, zero, perlin = views.normal, views.pools["synthetic"], views.pools["perlin"]
     with bar(len(test), f"{key}: features, test") as tick:
         cached = cache_images(bank, [s.image for s in test], FEATURE_BATCH, on_image=tick)
-    fit_bank(bank, normal, [zero, perlin])
+    bank.fit_bank(normal, [zero, perlin])
     shared_s = time.perf_counter() - t0
     done_path = ablation.dataset_dir(args, key) / f"detectors-{_detector_tag(args)}.json"
     done = json.loads(done_path.read_text()) if done_path.is_file() else {}
@@ -390,9 +362,8 @@ def run_detectors(args, key: str) -> dict:
     def head(name: str, seed: int, negatives: tuple, pools: dict) -> tuple[Segmenter, float]:
         config = SegmenterConfig(steps=args.steps, seed=seed, negatives=negatives)
         model = Segmenter(config, policy, bank.backbone)
-        model.share_bank(bank)
         with bar(args.steps, f"{key}: {name}, seed {seed}", unit="step") as tick:
-            _, fit_s = ablation._timed(fit_head, model, normal, pools, lambda _: tick())
+            _, fit_s = ablation._timed(model.fit, normal, pools, lambda _: tick(), bank=bank)
         return model, fit_s
 
     for k in args.shots:
@@ -409,8 +380,8 @@ def run_detectors(args, key: str) -> dict:
             few.weights = sample_weights(few.scores, WeightingConfig(calibration="linear"))
             paste = synthetic_features(bank, Path(gen["copy_paste_set"]), train_paths, FEATURE_BATCH)
             paste.weights = torch.ones(len(paste))
-            for views in (shots, few, paste):
-                search(bank, views)
+            for pool in (shots, few, paste):
+                bank.search(pool)
             pool_s = time.perf_counter() - t1
             if seed not in zero_heads:
                 zero_heads[seed] = head("zero_shot", seed, ("synthetic", "perlin"),

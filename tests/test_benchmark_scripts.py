@@ -61,3 +61,34 @@ def test_selection_spearman_ranks_each_validation_source_against_test():
     assert selection.spearman(trained[:2]) == {"aras": None, "perlin": None, "both": None}  # too few to rank
     perlin_only = [{**c, "validation_by_source": {"perlin": c["validation_by_source"]["perlin"]}} for c in trained]
     assert selection.spearman(perlin_only)["aras"] is None
+
+
+def test_the_ablation_trains_what_qarad_train_trains(tmp_path, monkeypatch):
+    """A head the ablation fits on its shared bank (Segmenter.fit(..., bank=)) is the head
+    `train_qarad` fits on the same images and settings: same weights, same threshold."""
+    import argparse
+
+    import common  # noqa: E402
+    import torch
+
+    from qarad.detection.segmenter import Segmenter, SegmenterConfig
+    from qarad.detection.train import QaradTraining, train_qarad
+    from qarad.testing import make_mvtec_tree
+
+    make_mvtec_tree(tmp_path / "data" / "tiny", n_train=4, n_good=2, n_defect=2, size=(64, 64))
+    monkeypatch.setitem(common.DATASETS, "tiny/widget", ("tiny", "widget"))
+    args = argparse.Namespace(data=tmp_path / "data", limit_train=None, limit_test=None, models={},
+                              backbone=SegmenterConfig().backbone, work=tmp_path / "work", seeds=[0], steps=4,
+                              methods=["qarad_perlin_only"], perlin_samples=3, n_synth=1)
+    out = ablation.run_detectors(args, "tiny/widget")
+    assert out["speed_method"] == "qarad_perlin_only" and "qarad" in out["skipped"]  # no ARAS model: skipped
+    head = Segmenter.load(out["speed_head"])
+    train, _ = ablation.splits(args, "tiny/widget")
+    config = SegmenterConfig(steps=4, negatives=("perlin",))
+    trained = train_qarad(config, QaradTraining(perlin_samples=3, max_normal_views=ablation.MAX_NORMAL_VIEWS,
+                                                batch_size=ablation.FEATURE_BATCH),
+                          ablation.policy_of("tiny/widget"), [s.image for s in train]).model
+    assert head.threshold_ == trained.threshold_ and head.reference_ == trained.reference_
+    assert torch.equal(head.memory_, trained.memory_)
+    for k, v in trained.head_.state_dict().items():
+        assert torch.equal(head.head_.state_dict()[k], v), k
