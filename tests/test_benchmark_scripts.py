@@ -92,3 +92,35 @@ def test_the_ablation_trains_what_qarad_train_trains(tmp_path, monkeypatch):
     assert torch.equal(head.memory_, trained.memory_)
     for k, v in trained.head_.state_dict().items():
         assert torch.equal(head.head_.state_dict()[k], v), k
+
+
+def test_fewshot_sets_and_heads_run_through_the_library(tmp_path, monkeypatch):
+    """fewshot.py's few-shot set is `qarad synth --auto-masks` + `qarad score` (api.synth, api.score),
+    and its three heads fit through Segmenter.fit on one bank: the stages run on tiny data."""
+    import argparse
+    import json
+
+    import common  # noqa: E402
+    import fewshot
+
+    from qarad.detection.segmenter import SegmenterConfig
+    from qarad.testing import make_mvtec_tree, make_tiny_aras
+
+    make_mvtec_tree(tmp_path / "data" / "tiny", n_train=4, n_good=2, n_defect=4, size=(64, 64))
+    monkeypatch.setitem(common.DATASETS, "tiny/widget", ("tiny", "widget"))
+    key = "tiny/widget"
+    args = argparse.Namespace(data=tmp_path / "data", limit_train=None, limit_test=None,
+                              models={key: make_tiny_aras(tmp_path / "model")}, backbone=SegmenterConfig().backbone,
+                              work=tmp_path / "work", seeds=[0], shots=[1], steps=3, perlin_samples=3, n_synth=4,
+                              prior_steps=1)
+    real = fewshot.selection(args, key, 1, 0)
+    make_tiny_aras(fewshot.model_dir(args, key, 1, 0))  # stands in for the few-shot fit
+    train_paths = [s.image for s in ablation.splits(args, key)[0]]
+    few = fewshot.fewshot_set(args, key, 1, 0, real, train_paths)
+    entries = [json.loads(x) for x in (few / "manifest.jsonl").read_text().splitlines()]
+    assert [e["prompt"] for e in entries] == [real.types[i % len(real.types)] for i in range(4)]  # types in turn
+    assert all(e["score"] is not None for e in entries) and (few / "gallery.html").is_file()
+    paste = fewshot.copy_paste_set(args, key, 1, 0, real, train_paths)
+    args.generated = {f"{key}|generate|k1|s0": {"fewshot_set": str(few), "copy_paste_set": str(paste)}}
+    done = fewshot.run_detectors(args, key)["per"]["k1|s0"]
+    assert set(done["arms"]) == set(fewshot.ARMS) and done["n_views"]["aras_fewshot"] > 0
