@@ -188,41 +188,9 @@ def copy_paste(real_defects: "RealDefects", images: list, out: str | Path, n: in
     normal images) with a feathered alpha (defects/transplant.py), into a folder in `synth`'s format
     (images, masks of the changed pixels, manifest with each shot's type prompt; unscored), so that
     `train(..., QaradTraining(synth=out, weighting="none"))` learns from it. Resumes an unfinished `out`."""
-    from .data.io import read_image, read_mask
-    from .defects.masks import foreground_mask
-    from .defects.transplant import PasteConfig, cut, place, transform
-    from .synthesis import jobs
+    from .synthesis.copy_paste import paste_shots
 
-    paths = [p.resolve() for p in expand_images(images)]  # a manifest's `source` means the same from anywhere
-    if n < 1:
-        raise ValueError(f"--n must be at least 1, got {n}")
-    paste = PasteConfig()
-    settings = json.loads(json.dumps({"method": "copy_paste", "images": [str(p) for p in paths], "n": n,
-                                      "seed": seed, "real_defects": real_defects.to_dict(), "paste": asdict(paste)}))
-    fresh = not Path(out).exists()
-    jobs.prepare_output(out, settings)
-    shots = real_defects.defects
-    work = jobs.plan(paths, [d.prompt for d in shots], None, n, seed)  # sample i pastes shot i % len(shots)
-    patches: dict[int, tuple] = {}
-
-    def make(image, user_mask, job):
-        k = job.id % len(shots)
-        if k not in patches:  # cut once per shot
-            source = read_image(shots[k].image)
-            patches[k] = (cut(source, read_mask(shots[k].mask, source.shape[:2]), margin=3), source.shape[:2])
-        patch, (sh, sw) = patches[k]
-        rng = np.random.default_rng(job.seed)
-        moved = transform(patch, rng, paste, (image.shape[0] / sh, image.shape[1] / sw))
-        placed = place(image, moved, rng, "alpha", foreground_mask(image), paste)
-        return jobs.Made(placed.image, placed.changed, shots[k].prompt,
-                         {"real_type": shots[k].defect_type, "shot": shots[k].image})
-
-    made_any = lambda: bool(jobs.read_manifest(Path(out) / jobs.MANIFEST))  # noqa: E731
-    with jobs.writing(Path(out), None, "qarad copy-paste"), \
-            discarded_on_failure(out, created=fresh, worth_keeping=made_any), bar(len(work), "copy-paste") as tick:
-        made = jobs.run(work, make, out, "copy_paste", settings, on_done=tick)
-        write_gallery(out)
-    return Synthesized(Path(out), len(work), made, 1)
+    return paste_shots(real_defects, images, out, n, seed)
 
 
 def score(synth_dir: str | Path, model: str | Path | None = None) -> np.ndarray:
@@ -336,12 +304,8 @@ def train(data: str | Path, category: str, out: str | Path, detector: "PatchCore
 
             done = train_qarad(detector, training, policy, split.train, device, split.held)
             model, notes = done.model, tuple(done.notes)
-        checked = None
-        if split.held:
-            with bar(len(V.items(split.held, training.synth, detector.seed)), "validation split",
-                     unit="image") as tick:
-                checked = V.validate(model, split, training.synth, detector.seed, training.batch_size
-                                     if method == "qarad" else detector.batch_size, on_item=tick)
+        checked = V.validate_split(model, split, training.synth, detector.seed,
+                                   training.batch_size if method == "qarad" else detector.batch_size)
         model.save(out / runs.MODEL)
         if checked is not None:
             write_json(out / V.VALIDATION, finite_or_null(checked))

@@ -44,6 +44,7 @@ from ..data.resolution import ResolutionPolicy
 from ..data.stream import Loaded, map_views
 from ..defects.baselines import perlin_texture
 from ..defects.masks import foreground_mask
+from ..progress import bar
 from ..synthesis.jobs import MANIFEST, read_manifest
 from ..validation_config import VAL_SHARE, ValidationConfig  # noqa: F401 (re-exported: the split's setting)
 from .evaluate import summary_metrics
@@ -270,6 +271,15 @@ def validate(detector, split: Split, synth_dir: str | Path | None, seed: int, ba
                           for r in rows if r["source"] == s and r["head_weight"] == w and r["image_rule"] == rule
                           and r["foreground"] == part},
             "grid": rows, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def validate_split(detector, split: Split, synth_dir: str | Path | None, seed: int, batch_size: int = 8
+                   ) -> dict | None:
+    """`train`'s validation step: `validate` with a progress bar; None when nothing was held out."""
+    if not split.held:
+        return None
+    with bar(len(items(split.held, synth_dir, seed)), "validation split", unit="image") as tick:
+        return validate(detector, split, synth_dir, seed, batch_size, on_item=tick)
 
 
 def _foreground(train: list[Path]):
