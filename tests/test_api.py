@@ -108,7 +108,7 @@ def test_run_config_detector_part_keeps_its_keys():
 
     from qarad.validation_config import ValidationConfig
 
-    split = ValidationConfig()  # val_share and (PatchCore) synth: since the validation split (runs.ADDED)
+    split = ValidationConfig()  # val_share and (PatchCore) synth: since the validation split (runs: the schema defaults)
     assert runs.detector_settings("patchcore", PatchCoreConfig(memory_limit=7), split, qarad.QaradTraining()) == {
         "coreset_ratio": 0.1, "memory_limit": 7, "batch_size": 8, "seed": 0, "search": "ivf",
         "backbone": "efficientnet-lite0", "val_share": 0.15, "synth": None}
@@ -116,5 +116,5 @@ def test_run_config_detector_part_keeps_its_keys():
     assert runs.detector_settings("qarad", stored, SegmenterConfig(steps=30, seed=2), split) == {
         "steps": 30, "synth": "/s", "weighting": "linear", "max_normal_views": 4000, "batch_size": 4, "seed": 2,
         "negatives": ["synthetic", "perlin"], "residual": True, "fusion": True, "perlin_samples": 200,
-        "search": "ivf", "backbone": "efficientnet-lite0", "real_weight": 1.0,  # runs before it: runs.ADDED
+        "search": "ivf", "backbone": "efficientnet-lite0", "real_weight": 1.0,  # runs before it: the schema default
         "coreset_ratio": 0.1, "memory_limit": None, "val_share": 0.15}  # ... and before these were recorded

@@ -254,3 +254,31 @@ def test_patchcore_without_qarad_flags_still_parses():
                                   "--batch-size", "3")
     assert detector == PatchCoreConfig(coreset_ratio=0.3, memory_limit=40, batch_size=3)
     assert training.batch_size == 3
+
+
+def test_a_run_written_before_the_residual_detector_holds_the_run_with_its_settings(tmp_path):
+    """config.json's one table of legacy defaults (runs.py's schema defaults) serves reading and comparing:
+    a qarad run written before the residual detector, the search and the backbone settings is the run
+    that sets them as it did (features-only head, exact search, Lite0), and no other."""
+    from qarad.validation_config import ValidationConfig
+
+    root = make_mvtec_tree(tmp_path / "data", n_train=2, size=(64, 64))
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "synth" / "synth.json").write_text("{}")
+    training, no_split = api.QaradTraining(synth=tmp_path / "synth"), ValidationConfig(val_share=0.0)
+
+    def run_config(detector):
+        return api.run_config(root, "widget", detector, training, validation=no_split)[1]
+
+    then = SegmenterConfig(negatives=("synthetic",), residual=False, fusion=False, search="exact",
+                           backbone="efficientnet-lite0", steps=3)
+    config = run_config(then)
+    old = json.loads(json.dumps(config))
+    for key in ("negatives", "residual", "fusion", "perlin_samples", "search", "backbone", "real_weight",
+                "coreset_ratio", "memory_limit", "val_share"):
+        del old["detector"][key]
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / runs.CONFIG).write_text(json.dumps({"qarad_version": "0.0", **old}))
+    assert runs.holds(out, config)
+    assert not runs.holds(out, run_config(SegmenterConfig(negatives=("synthetic",), steps=3)))

@@ -83,10 +83,14 @@ class QaradSettings:
     val_share: float = 0.0  # runs written before the validation split held out nothing
 
 
-# detector settings added since runs were first written whose default is what older runs did
-ADDED = {"qarad": {"real_weight": 1.0, "coreset_ratio": 0.1, "memory_limit": None, "val_share": 0.0},
-         "patchcore": {"val_share": 0.0, "synth": None}}
 DETECTORS = {"patchcore": PatchCoreSettings, "qarad": QaradSettings}
+
+
+def _legacy(schema) -> dict:
+    """A config.json part's fields that have a default: each a setting added since runs were first
+    written, with what a run written before it did (the one table of this format's legacy defaults,
+    kept as the schema dataclasses' defaults; for reading a run and for comparing a rerun with it)."""
+    return json.loads(json.dumps({f.name: f.default for f in fields(schema) if f.default is not MISSING}))
 TOP_KEYS = {"qarad_version", "method", "data", "policy", "detector"}
 
 
@@ -141,9 +145,9 @@ def holds(run: Path, config: dict) -> bool:
         return False
     old = {k: v for k, v in _read_json(path).items() if k != "qarad_version"}
     if isinstance(old.get("data"), dict):  # a run written before a RunData field existed has its default
-        old["data"] = {**{f.name: f.default for f in fields(RunData) if f.default is not MISSING}, **old["data"]}
-    if isinstance(old.get("detector"), dict):  # ... and one written before a setting of ADDED, its value
-        old["detector"] = {**ADDED.get(old.get("method"), {}), **old["detector"]}
+        old["data"] = {**_legacy(RunData), **old["data"]}
+    if isinstance(old.get("detector"), dict) and isinstance(old.get("method"), str) and old["method"] in DETECTORS:
+        old["detector"] = {**_legacy(DETECTORS[old["method"]]), **old["detector"]}
     return old == config
 
 

@@ -24,6 +24,9 @@ from .coreset import CoresetSampler
 from .knn import NearestNeighbours, SearchConfig
 
 THRESHOLD_SIGMAS = 3.0  # decision threshold = mean + 3 std of held-out normal image scores
+# model.json (PatchCore.save writes it, PatchCore.load reads it): each "patchcore" setting added since the
+# first saved models, with the value that reads an older file as it was fitted (the format's one table)
+LEGACY_SETTINGS = {"backbone": LEGACY_BACKBONE}  # before the backbone setting: EfficientNet-Lite0
 
 
 @dataclass(frozen=True)
@@ -184,8 +187,8 @@ class PatchCore:
                                              f"(keys {sorted(cfg)})")
         source = Path(stem).with_suffix(".json")
         settings = cfg["patchcore"]
-        if isinstance(settings, dict):  # saved without a backbone setting: Lite0, whatever the default is now
-            settings = {"backbone": LEGACY_BACKBONE, **settings}
+        if isinstance(settings, dict):  # a setting it was saved without: as fitted then (not today's default)
+            settings = {**LEGACY_SETTINGS, **settings}
         model = cls(checkpoint.build_config(PatchCoreConfig, settings, source),
                     checkpoint.build_config(ResolutionPolicy, cfg["policy"], source))
         threshold = checkpoint.read_threshold(cfg["threshold"], source)

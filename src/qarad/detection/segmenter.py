@@ -102,8 +102,14 @@ class SegmenterConfig:
         return 2 * self.feature_channels + 1 if self.residual else self.feature_channels
 
 
-# Models saved before the residual detector: their head reads features only and has no bank.
-LEGACY_DEFAULTS = {"residual": False, "fusion": False}
+# model.json (Segmenter.save writes it, Segmenter.load reads it): each key and "segmenter" setting added
+# since the first saved detectors, with the value that reads an older file as it was fitted (not today's
+# default); the one table of this format's legacy defaults.
+LEGACY_KEYS = {"reference": {},  # before the residual detector: no fitted reference (PRE_RESIDUAL below)
+               "head_weight": LEGACY_HEAD_WEIGHT, "image_rule": LEGACY_IMAGE_RULE,  # before the gate
+               "foreground": None}  # before the scoring region: the whole image is scored
+LEGACY_SETTINGS = {"backbone": LEGACY_BACKBONE}  # before the backbone setting: EfficientNet-Lite0
+PRE_RESIDUAL = {"residual": False, "fusion": False}  # a file without "reference": features-only head, no bank
 
 
 def _check_features(name: str, features: torch.Tensor, config: SegmenterConfig) -> None:
@@ -327,17 +333,18 @@ class Segmenter:
         source = Path(stem).with_suffix(".json")
         cfg = checkpoint.load_config(stem)
         known = {"method", "segmenter", "policy", "threshold", "calibration_scores"}
-        optional = {"reference", "head_weight", "image_rule", "foreground"}  # since the residual head / the gate
+        optional = set(LEGACY_KEYS)
         if not known <= set(cfg) <= known | optional or cfg["method"] != cls.method:
             raise checkpoint.CheckpointError(f"{source}: not a QARAD segmenter config (keys {sorted(cfg)})")
         threshold = checkpoint.read_threshold(cfg["threshold"], source)
         scores = checkpoint.finite_numbers(cfg["calibration_scores"], "calibration_scores", source)
         settings = cfg["segmenter"]
-        if isinstance(settings, dict):  # saved without a backbone setting: Lite0, whatever the default is now
-            settings = {"backbone": LEGACY_BACKBONE, **(LEGACY_DEFAULTS if "reference" not in cfg else {}), **settings}
+        if isinstance(settings, dict):  # a setting it was saved without: as fitted then
+            settings = {**LEGACY_SETTINGS, **(PRE_RESIDUAL if "reference" not in cfg else {}), **settings}
+        cfg = {**LEGACY_KEYS, **cfg}
         model = cls(checkpoint.build_config(SegmenterConfig, settings, source),
                     checkpoint.build_config(ResolutionPolicy, cfg["policy"], source), backbone)
-        model.reference_ = checkpoint.build_config(Reference, cfg.get("reference", {}), source)
+        model.reference_ = checkpoint.build_config(Reference, cfg["reference"], source)
         for key in ("dist_scale", "logit_std", "dist_std"):  # divisors: 0 would make every map inf or NaN
             if getattr(model.reference_, key) <= 0:
                 raise checkpoint.CheckpointError(f"{source}: reference {key} must be positive, "
@@ -346,7 +353,7 @@ class Segmenter:
         rest = checkpoint.load_module(stem, head, prefix="head.")
         from . import scoring_region
 
-        region = cfg.get("foreground")
+        region = cfg["foreground"]
         extra = {scoring_region.LAYOUT_TENSOR} if isinstance(region, dict) and region.get("has_layout") else set()
         bank = {"memory", "memory_source"} if model.config.uses_bank else set()
         if set(rest) != bank | extra:
@@ -363,9 +370,9 @@ class Segmenter:
         model.head_ = head.eval()
         model.threshold_ = threshold
         model.calibration_scores_ = np.asarray(scores, dtype=np.float64)
-        try:  # saved before the gate: the sum of the z-scores and the maximum, as then
-            model.head_weight_ = check_weight(cfg.get("head_weight", LEGACY_HEAD_WEIGHT))
-            model.image_rule_ = check_rule(str(cfg.get("image_rule", LEGACY_IMAGE_RULE)))
+        try:
+            model.head_weight_ = check_weight(cfg["head_weight"])
+            model.image_rule_ = check_rule(str(cfg["image_rule"]))
             model.foreground_ = scoring_region.from_config(region, rest, source)
         except (TypeError, ValueError) as exc:
             raise checkpoint.CheckpointError(f"{source}: {exc}") from None
