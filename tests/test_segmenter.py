@@ -238,3 +238,24 @@ def test_scoring_cached_features_equals_scoring_the_images(fitted, backbone, tmp
     half = [type(c)(c.layout, c.features.to(FEATURE_DTYPE)) for c in cached]
     for (work, _), (ref_work, _) in zip(score_cached(model, half), got):
         np.testing.assert_allclose(work, ref_work, rtol=1e-2, atol=1e-2)
+
+
+def test_heads_sharing_a_fitted_bank_fit_as_on_their_own(toy):
+    """fit(..., bank=) uses another Segmenter's bank instead of building one: with the same bank
+    settings the head, reference and threshold are those of a fit on its own bank; views the bank has
+    not searched yet are searched in it, and an unfitted bank is refused."""
+    normal, synth, targets, _ = toy
+    config = SegmenterConfig(hidden=8, steps=5, batch_size=4, negatives=("synthetic",), search="exact")
+
+    def pools():
+        return {"synthetic": views(synth, targets, torch.ones(len(synth)))}
+
+    alone = Segmenter(config, ResolutionPolicy(size=64)).fit(views(normal), pools())
+    with pytest.raises(ValueError, match="no memory bank yet"):
+        Segmenter(config, ResolutionPolicy(size=64)).fit(views(normal), pools(), bank=Segmenter(config))
+    bank = Segmenter(config, ResolutionPolicy(size=64)).fit_bank(views(normal))  # defect views not searched
+    shared = Segmenter(config, ResolutionPolicy(size=64)).fit(views(normal), pools(), bank=bank)
+    assert shared.index_ is bank.index_ and torch.equal(shared.memory_, alone.memory_)
+    assert shared.reference_ == alone.reference_ and shared.threshold_ == alone.threshold_
+    for k, v in alone.head_.state_dict().items():
+        assert torch.equal(shared.head_.state_dict()[k], v), k

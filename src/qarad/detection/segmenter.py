@@ -232,6 +232,8 @@ class Segmenter:
 
     def share_bank(self, other: "Segmenter") -> None:
         """Use `other`'s fitted bank and search index (heads trained side by side on one bank)."""
+        if not hasattr(other, "index_"):
+            raise ValueError("that Segmenter has no memory bank yet: fit it, or fit_bank, first")
         self.memory_, self.memory_source_, self.index_ = other.memory_, other.memory_source_, other.index_
 
     def nearest(self, features: torch.Tensor, exclude_source: torch.Tensor | None = None
