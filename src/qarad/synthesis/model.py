@@ -97,7 +97,7 @@ class FitConfig:
         for name in ("perceptual_weight", "defect_weight"):
             check_float(name, getattr(self, name), 0.0)
         check_float("prompt_dropout", self.prompt_dropout, 0.0, 1.0)
-        check_int("window", self.window, 32)
+        check_int("--window", self.window, 32)
         if self.window % 8:
             raise ValueError(f"window must be a multiple of 8 and at least 32 px, got {self.window}")
         self.window_rule  # building the rule checks max_zoom >= 1
