@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from . import api, owned, runs
 from .data.io import check_output_folder, finite_or_null, make_folder, write_json, write_text
-from .data.layouts import FolderSplit, list_categories, resolve_layout
+from .data.layouts import FolderSplit, list_categories, resolve_layout, scan
 from .data.mvtec import DatasetError
 from .data.real_defects import RealDefects, select_real_defects
 from .data.resolution import ResolutionPolicy
@@ -100,6 +100,8 @@ def benchmark(data: str | Path, out: str | Path, detector: "PatchCoreConfig | Se
                            f"its categories are {', '.join(available)}")
     plans = {}  # category -> (its training, method, the run's config.json): every setting checked before any work
     for category in categories:
+        for split in ("train", "test"):  # a bad split file or tree is refused before OUT is made
+            scan(data, category, split, layout, folder, allow_missing_masks)
         own = replace(training, synth=Path(training.synth) / category) if training.synth else training
         if own.synth and not Path(own.synth).is_dir():
             raise ValueError(f"{own.synth}: no synthetic-defect folder for category {category!r} (benchmark "
