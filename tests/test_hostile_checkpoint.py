@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from qarad import runs
-from qarad.checkpoint import CheckpointError, build_config, load_config, load_tensors, save
+from qarad.checkpoint import CheckpointError, build_config, load_config, load_tensors, read_numbers, save
 from qarad.data.io import OutputError
 from qarad.data.resolution import ResolutionPolicy
 from qarad.detection.patchcore import PatchCore, PatchCoreConfig
@@ -325,3 +325,20 @@ def test_an_old_model_saved_with_infinity_is_refused_with_a_clear_error(saved):
     path.write_text(path.read_text().replace('"threshold": 1.5', '"threshold": Infinity'))
     with pytest.raises(CheckpointError, match="NaN or infinity"):
         load(stem)
+
+
+@pytest.mark.parametrize("text, keys", [('{"fit_s": "12"}', ("fit_s",)), ('{"fit_s": true}', ("fit_s",)),
+                                        ('{"other": 1}', ("fit_s",)), ('{"fit_s": null, "x": [1]}', None),
+                                        ('[1.0]', None), ('{"fit_s": NaN}', None)])
+def test_a_hand_edited_file_of_numbers_is_refused_by_name(tmp_path, text, keys):
+    """benchmark's fit.json and row.json, the demo's synth_speed.json, a model's timings.json."""
+    path = tmp_path / "fit.json"
+    path.write_text(text)
+    with pytest.raises(CheckpointError, match="fit.json"):
+        read_numbers(path, keys)
+
+
+def test_a_file_of_numbers_reads_back(tmp_path):
+    path = tmp_path / "row.json"
+    path.write_text('{"image_auroc": 0.5, "aupro": null, "n": 3}')
+    assert read_numbers(path) == {"image_auroc": 0.5, "aupro": None, "n": 3}

@@ -207,7 +207,7 @@ def write_config(folder: str | Path, config: ModelConfig) -> None:
 def read_timings(folder: str | Path) -> dict[str, float]:
     """Wall seconds per fit stage; empty for a model fitted before they were kept."""
     path = Path(folder) / TIMINGS
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return checkpoint.read_numbers(path) if path.is_file() else {}
 
 
 def prepare_folder(out: str | Path, config: ModelConfig, overwrite: bool = False) -> bool:
