@@ -272,24 +272,25 @@ def test_a_detector_with_a_nan_threshold_is_not_saved(kind, request, tmp_path):
 @pytest.mark.parametrize("key, value", [("logit_std", 0.0), ("dist_std", -1.0), ("dist_scale", 0.0),
                                         ("logit_mean", "0"), ("dist_mean", None)])
 def test_a_segmenter_reference_that_would_divide_by_zero_or_is_no_number_is_refused(segmenter, tmp_path, key, value):
-    segmenter.save(tmp_path / "m")
-    cfg = json.loads((tmp_path / "m.json").read_text())
-    cfg["reference"][key] = value
-    (tmp_path / "m.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError) as e:
-        Segmenter.load(tmp_path / "m")
-    assert str(tmp_path / "m.json") in str(e.value) and key in str(e.value)
+    message = _load_edited(segmenter, tmp_path, "reference", key, value)
+    assert str(tmp_path / "m.json") in message and key in message
 
 
 @pytest.mark.parametrize("key, value", [("coreset_ratio", "0.1"), ("batch_size", None), ("seed", [0])])
 def test_a_patchcore_setting_of_the_wrong_type_is_refused(patchcore, tmp_path, key, value):
-    patchcore.save(tmp_path / "m")
-    cfg = json.loads((tmp_path / "m.json").read_text())
-    cfg["patchcore"][key] = value
-    (tmp_path / "m.json").write_text(json.dumps(cfg))
+    message = _load_edited(patchcore, tmp_path, "patchcore", key, value)
+    assert str(tmp_path / "m.json") in message and f"PatchCoreConfig.{key} must be" in message
+
+
+def _load_edited(detector, folder, part: str, key: str, value) -> str:
+    """Save `detector`, set m.json[part][key] = value by hand, load it: the CheckpointError's message."""
+    detector.save(folder / "m")
+    cfg = json.loads((folder / "m.json").read_text())
+    cfg[part][key] = value
+    (folder / "m.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError) as e:
-        PatchCore.load(tmp_path / "m")
-    assert str(tmp_path / "m.json") in str(e.value) and f"PatchCoreConfig.{key} must be" in str(e.value)
+        type(detector).load(folder / "m")
+    return str(e.value)
 
 
 # ---- weights: NaN anywhere, permissions ----------------------------------------------------------------

@@ -7,14 +7,12 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import make_mvtec_tree, make_tiny_aras, texture
+from conftest import make_mvtec_tree
 from qarad import owned
 from qarad.cli import main
-from qarad.testing import make_visa_tree
+from qarad.testing import make_synth_setup, make_visa_tree
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,14 +34,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def synth_setup(tmp_path_factory):
-    base = tmp_path_factory.mktemp("synth")
-    model = make_tiny_aras(base / "model")
-    images = base / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(texture(rng, (64, 64))).save(images / f"{i}.png")
-    return base, model, images
+    return make_synth_setup(tmp_path_factory.mktemp("synth"), [(64, 64), (64, 64)])
 
 
 def _synth(model, images, out, n=2, *extra):
