@@ -334,8 +334,9 @@ def run_detectors(args, key: str) -> dict:
     Finished (K, seed) results are kept in --work, so a rerun trains only the missing heads."""
     from qarad.detection.cached import cache_images
     from qarad.detection.segmenter import Segmenter, SegmenterConfig
-    from qarad.detection.train import QaradTraining, training_views
+    from qarad.detection.train import training_views
     from qarad.detection.views import real_features, sample_weights, synthetic_features
+    from qarad.detector_config import QaradTraining
     from qarad.progress import bar
     from qarad.quality.weighting import WeightingConfig
 

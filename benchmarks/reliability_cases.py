@@ -1113,7 +1113,8 @@ class Bench:
         bad = [("--size", "100000"), ("--size", "0"), ("--size", "-64"), ("--coreset-ratio", "0"),
                ("--coreset-ratio", "1.5"), ("--coreset-ratio", "nan"), ("--memory-limit", "0"),
                ("--memory-limit", "-5"), ("--max-train-images", "0"), ("--max-train-images", "-1"),
-               ("--scale", "0"), ("--scale", "nan")]
+               ("--scale", "0"), ("--scale", "nan"), ("--shots", "3"), ("--shot-seed", "2"), ("--real-weight", "-1"),
+               ("--search", "faiss")]
         for flag, value in bad:
             d = self.case_dir()
             extra = ("--policy", "tile") if flag == "--scale" else ()
@@ -1156,7 +1157,7 @@ class Bench:
         bad = [("--batch-size", "0"), ("--batch-size", "-4"), ("--corpus-size", "0"), ("--corpus-size", "-1"),
                ("--max-train-images", "0"), ("--max-train-images", "-1"), ("--window", "60"), ("--window", "0"),
                ("--max-zoom", "0"), ("--max-zoom", "nan"), ("--tokenizer-steps", "-1"), ("--tokenizer-ema", "1.5"),
-               ("--tokenizer-ema", "nan"), ("--device", "cuda")]
+               ("--tokenizer-ema", "nan"), ("--device", "cuda"), ("--real-share", "2"), ("--shots", "3")]
         for flag, value in bad:
             d = self.case_dir()
             yield d, Case(f"fit {flag} {value}", self.fit_argv(self.good, d / "out", flag, value), "error", "9",

@@ -72,7 +72,8 @@ def test_the_ablation_trains_what_qarad_train_trains(tmp_path, monkeypatch):
     import torch
 
     from qarad.detection.segmenter import Segmenter, SegmenterConfig
-    from qarad.detection.train import QaradTraining, train_qarad
+    from qarad.detection.train import train_qarad
+    from qarad.detector_config import QaradTraining
     from qarad.testing import make_mvtec_tree
 
     make_mvtec_tree(tmp_path / "data" / "tiny", n_train=4, n_good=2, n_defect=2, size=(64, 64))

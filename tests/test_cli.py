@@ -174,7 +174,7 @@ def test_fit_tokenizer_ema_sets_the_tokenizer_config(tmp_path, monkeypatch, caps
     assert [c.tokenizer.ema_decay for c in seen] == [0.0, 0.99]
     assert seen[0] == api.fit_config()  # off by default
     assert main([*args, "--tokenizer-ema", "1"]) == 2
-    assert "ema_decay must be in [0, 1)" in capsys.readouterr().err
+    assert "--tokenizer-ema: the value must be a finite number in [0, 1)" in capsys.readouterr().err  # names the flag
     from qarad.commands.synth import MODEL_FLAGS
 
     assert "tokenizer_ema" in MODEL_FLAGS  # a continued fit (--init) keeps its model's tokenizer

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from qarad import runs
-from qarad.checkpoint import CheckpointError, build_config, load_config, load_tensors, save
+from qarad.checkpoint import CheckpointError, build_config, load_config, load_tensors, read_numbers, save
 from qarad.data.io import OutputError
 from qarad.data.resolution import ResolutionPolicy
 from qarad.detection.patchcore import PatchCore, PatchCoreConfig
@@ -273,24 +273,25 @@ def test_a_detector_with_a_nan_threshold_is_not_saved(kind, request, tmp_path):
 @pytest.mark.parametrize("key, value", [("logit_std", 0.0), ("dist_std", -1.0), ("dist_scale", 0.0),
                                         ("logit_mean", "0"), ("dist_mean", None)])
 def test_a_segmenter_reference_that_would_divide_by_zero_or_is_no_number_is_refused(segmenter, tmp_path, key, value):
-    segmenter.save(tmp_path / "m")
-    cfg = json.loads((tmp_path / "m.json").read_text())
-    cfg["reference"][key] = value
-    (tmp_path / "m.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError) as e:
-        Segmenter.load(tmp_path / "m")
-    assert str(tmp_path / "m.json") in str(e.value) and key in str(e.value)
+    message = _load_edited(segmenter, tmp_path, "reference", key, value)
+    assert str(tmp_path / "m.json") in message and key in message
 
 
 @pytest.mark.parametrize("key, value", [("coreset_ratio", "0.1"), ("batch_size", None), ("seed", [0])])
 def test_a_patchcore_setting_of_the_wrong_type_is_refused(patchcore, tmp_path, key, value):
-    patchcore.save(tmp_path / "m")
-    cfg = json.loads((tmp_path / "m.json").read_text())
-    cfg["patchcore"][key] = value
-    (tmp_path / "m.json").write_text(json.dumps(cfg))
+    message = _load_edited(patchcore, tmp_path, "patchcore", key, value)
+    assert str(tmp_path / "m.json") in message and f"PatchCoreConfig.{key} must be" in message
+
+
+def _load_edited(detector, folder, part: str, key: str, value) -> str:
+    """Save `detector`, set m.json[part][key] = value by hand, load it: the CheckpointError's message."""
+    detector.save(folder / "m")
+    cfg = json.loads((folder / "m.json").read_text())
+    cfg[part][key] = value
+    (folder / "m.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError) as e:
-        PatchCore.load(tmp_path / "m")
-    assert str(tmp_path / "m.json") in str(e.value) and f"PatchCoreConfig.{key} must be" in str(e.value)
+        type(detector).load(folder / "m")
+    return str(e.value)
 
 
 # ---- weights: NaN anywhere, permissions ----------------------------------------------------------------
@@ -326,3 +327,20 @@ def test_an_old_model_saved_with_infinity_is_refused_with_a_clear_error(saved):
     path.write_text(path.read_text().replace('"threshold": 1.5', '"threshold": Infinity'))
     with pytest.raises(CheckpointError, match="NaN or infinity"):
         load(stem)
+
+
+@pytest.mark.parametrize("text, keys", [('{"fit_s": "12"}', ("fit_s",)), ('{"fit_s": true}', ("fit_s",)),
+                                        ('{"other": 1}', ("fit_s",)), ('{"fit_s": null, "x": [1]}', None),
+                                        ('[1.0]', None), ('{"fit_s": NaN}', None)])
+def test_a_hand_edited_file_of_numbers_is_refused_by_name(tmp_path, text, keys):
+    """benchmark's fit.json and row.json, the demo's synth_speed.json, a model's timings.json."""
+    path = tmp_path / "fit.json"
+    path.write_text(text)
+    with pytest.raises(CheckpointError, match="fit.json"):
+        read_numbers(path, keys)
+
+
+def test_a_file_of_numbers_reads_back(tmp_path):
+    path = tmp_path / "row.json"
+    path.write_text('{"image_auroc": 0.5, "aupro": null, "n": 3}')
+    assert read_numbers(path) == {"image_auroc": 0.5, "aupro": None, "n": 3}

@@ -11,7 +11,9 @@ import pytest
 
 from qarad import api, runs
 from qarad.cli import main, main_parser
-from qarad.commands.detect import QARAD_ONLY, detector_configs
+from qarad.commands.detect import detector_configs
+from qarad.detector_config import QaradTraining
+from qarad.flags import flag_names
 from qarad.detection.patchcore import PatchCoreConfig
 from qarad.detection.segmenter import SegmenterConfig
 from qarad.synthesis.model import FitConfig
@@ -122,7 +124,8 @@ def test_sampler_config_refuses_non_finite_values(field, value):
 @pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--batch-size", "-4"), ("--corpus-size", "0"),
                                         ("--corpus-size", "-1"), ("--max-train-images", "0"),
                                         ("--max-zoom", "nan"), ("--real-share", "inf"), ("--tokenizer-steps", "-1"),
-                                        ("--window", "0"), ("--tokenizer-ema", "nan")])
+                                        ("--window", "0"), ("--tokenizer-ema", "nan"), ("--tokenizer-ema", "1.5"),
+                                        ("--max-zoom", "0.5"), ("--real-share", "2")])
 def test_fit_refuses_bad_counts_before_any_folder_is_made(flag, value, tmp_path, capsys):
     root = make_mvtec_tree(tmp_path / "data", n_train=2, size=(64, 64))
     out = tmp_path / "model"
@@ -136,9 +139,23 @@ def test_fit_refuses_bad_counts_before_any_folder_is_made(flag, value, tmp_path,
 @pytest.mark.parametrize("flag,value", [("--max-train-images", "0"), ("--max-train-images", "-2"),
                                         ("--memory-limit", "0"), ("--coreset-ratio", "nan"),
                                         ("--steps", "-1"), ("--perlin-samples", "0"), ("--max-normal-views", "0"),
-                                        ("--real-weight", "inf"), ("--scale", "nan"), ("--overlap", "-1")])
+                                        ("--real-weight", "inf"), ("--real-weight", "-1"), ("--coreset-ratio", "1.5"),
+                                        ("--scale", "nan"), ("--overlap", "-1")])
 def test_detector_counts_and_rates_are_refused_at_parse(verb, flag, value, capsys):
     assert flag in _refused_at_parse([verb, *REQUIRED[verb], "--method", "qarad", flag, value], capsys)
+
+
+@pytest.mark.parametrize("verb", ["train", "benchmark", "fit"])
+@pytest.mark.parametrize("given", [["--shots", "3"], ["--shot-seed", "1"], ["--shots", "2", "--shot-seed", "4"]])
+def test_shot_flags_without_real_defects_are_refused_not_ignored(verb, given, tmp_path, capsys):
+    root = make_mvtec_tree(tmp_path / "data", n_train=2, size=(64, 64))
+    out = tmp_path / "out"
+    argv = [verb, "--data", str(root), "--out", str(out), "--size", "64",
+            *(["--categories"] if verb == "benchmark" else ["--category"]), "widget", *given]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert given[0] in err and "--real-defects" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("ratio", [0.0, -0.5, 1.5, math.nan])
@@ -226,7 +243,29 @@ QARAD_FLAGS = [["--weighting", "none"], ["--negatives", "perlin"],
 
 
 def test_every_qarad_only_flag_is_checked():
-    assert len(QARAD_FLAGS) == len(QARAD_ONLY)
+    """The qarad-only flags are the flag fields of SegmenterConfig and QaradTraining (and --real-defects):
+    a new field there is a new flag, and this list must name it."""
+    options = {("--no-" if n in ("residual", "fusion") else "--") + n.replace("_", "-")
+               for n in (*flag_names(SegmenterConfig), *flag_names(QaradTraining))}
+    assert {g[0] for g in QARAD_FLAGS} == options | {"--real-defects"}
+
+
+def test_detector_flags_are_generated_from_the_configs():
+    """Every flag field of the detector configs is a `train` flag, and no flag given means the configs'
+    own defaults (nothing the parser made up)."""
+    text = main_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for cls in (PatchCoreConfig, SegmenterConfig, QaradTraining):
+        for name in flag_names(cls):
+            option = ("--no-" if name in ("residual", "fusion") else "--") + name.replace("_", "-")
+            assert option in text, option
+    assert _configs("--method", "patchcore")[0] == PatchCoreConfig()
+    detector, training = _configs("--method", "qarad")
+    assert detector == SegmenterConfig() and training == QaradTraining()
+    detector, training = _configs("--method", "qarad", "--negatives", "perlin", "feature", "--no-fusion",
+                                  "--coreset-ratio", "0.5", "--max-normal-views", "7", "--search", "exact")
+    assert detector == SegmenterConfig(negatives=("perlin", "feature"), fusion=False, coreset_ratio=0.5,
+                                       search="exact")
+    assert training == QaradTraining(max_normal_views=7)
 
 
 @pytest.mark.parametrize("given", QARAD_FLAGS, ids=lambda g: g[0])

@@ -7,14 +7,12 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import make_mvtec_tree, make_tiny_aras, texture
+from conftest import make_mvtec_tree
 from qarad import owned
 from qarad.cli import main
-from qarad.testing import make_visa_tree
+from qarad.testing import make_synth_setup, make_visa_tree
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,14 +34,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def synth_setup(tmp_path_factory):
-    base = tmp_path_factory.mktemp("synth")
-    model = make_tiny_aras(base / "model")
-    images = base / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(texture(rng, (64, 64))).save(images / f"{i}.png")
-    return base, model, images
+    return make_synth_setup(tmp_path_factory.mktemp("synth"), [(64, 64), (64, 64)])
 
 
 def _synth(model, images, out, n=2, *extra):
@@ -214,6 +205,16 @@ def test_merge_refuses_a_manifest_naming_a_file_outside_its_folder(synth_setup, 
     out = tmp_path / "merged"
     assert main(["merge", str(shard), "--out", str(out)]) == 2
     assert "../decoy.png" in capsys.readouterr().err and decoy.read_bytes() == b"decoy"
+    assert not out.exists()  # refused before --out is made: no empty marked folder left behind
+
+
+def test_a_refused_merge_makes_no_folder(synth_setup, tmp_path, capsys):
+    not_synth = tmp_path / "mine"
+    not_synth.mkdir()
+    (not_synth / "notes.txt").write_text("the user's")
+    out = tmp_path / "merged"
+    assert main(["merge", str(not_synth), "--out", str(out)]) == 2
+    assert "not a qarad synth output" in capsys.readouterr().err and not out.exists()
 
 
 def test_merge_does_not_copy_a_linked_image(synth_setup, tmp_path, capsys):
@@ -253,6 +254,10 @@ def test_a_visa_image_path_leaving_the_root_is_refused(tmp_path, capsys):
     assert main(["train", "--data", str(root), "--category", "candle", "--out", str(tmp_path / "r"),
                  "--size", "64"]) == 2
     assert "leaves the dataset root" in capsys.readouterr().err
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--data", str(root), "--method", "patchcore", "--out", str(out), "--size", "64"]) == 2
+    assert "leaves the dataset root" in capsys.readouterr().err
+    assert not out.exists()  # the split file is read before --out is made
 
 
 # ---- case 6: a second writer is refused --------------------------------------------------------
@@ -320,3 +325,30 @@ def test_metrics_report_the_models_policy(trained, tmp_path):
     model = json.loads((copy / "model.json").read_text())
     assert main(["eval", str(copy)]) == 0
     assert json.loads((copy / "metrics.json").read_text())["policy"] == model["policy"]
+
+
+def test_eval_writes_its_three_outputs_all_or_nothing(trained, tmp_path, capsys, monkeypatch):
+    root, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["eval", str(copy)]) == 0
+    before = {name: (copy / name).read_bytes() for name in ("metrics.json", "scores.csv", "report.html")}
+    (copy / "report.html").unlink()
+    (copy / "report.html").mkdir()  # the user's folder where the report goes
+    (copy / "report.html" / "keep.txt").write_text("the user's")
+    assert main(["eval", str(copy)]) == 2
+    assert "report.html" in capsys.readouterr().err
+    assert (copy / "report.html" / "keep.txt").read_text() == "the user's"
+    assert (copy / "metrics.json").read_bytes() == before["metrics.json"]  # the earlier evaluation, untouched
+    shutil.rmtree(copy / "report.html")
+    from qarad.report import pages
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the report failed")
+
+    monkeypatch.setattr(pages, "run_report", broken)  # fails after metrics.json and scores.csv are written
+    with pytest.raises(RuntimeError):
+        main(["eval", str(copy)])
+    assert (copy / "metrics.json").read_bytes() == before["metrics.json"]
+    assert (copy / "scores.csv").read_bytes() == before["scores.csv"]
+    assert not (copy / "report.html").exists() and not list(copy.glob(".*.tmp")) and not list(copy.glob(".metrics*"))

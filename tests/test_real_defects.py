@@ -63,6 +63,14 @@ def test_json_round_trip_and_unknown_keys_refused(tree):
         RealDefects.from_dict(record, "aras.json")
 
 
+@pytest.mark.parametrize("key, value", [("shots", None), ("shots", "5"), ("seed", 1.5), ("seed", True),
+                                        ("sources", "widget"), ("sources", [3])])
+def test_hand_edited_real_defects_of_the_wrong_type_are_refused_by_name(tree, key, value):
+    record = select_real_defects([tree / "widget"], 1).to_dict() | {key: value}
+    with pytest.raises(CheckpointError, match=f"aras.json: real defects' '{key}'"):
+        RealDefects.from_dict(record, "aras.json")
+
+
 def test_a_folder_of_one_type(tmp_path):
     real = select_real_defects([make_defect_folder(tmp_path / "MT_Blowhole", n=4)], shots=3, seed=1)
     assert real.types == ("MT_Blowhole",) and len(real.defects) == 3

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_mvtec_tree, make_tiny_aras, texture
+from conftest import make_mvtec_tree
 from qarad import checkpoint
 from qarad.cli import main
+from qarad.testing import make_synth_setup
 from qarad.data.resolution import ResolutionPolicy
 from qarad.synthesis import corpus as C
 from qarad.synthesis import loops as L
@@ -163,8 +164,9 @@ def test_device_names(monkeypatch):
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(ValueError, match="no CUDA device"):
         resolve_device("cuda")
-    with pytest.raises(ValueError, match="cpu, cuda or auto"):
-        resolve_device("tpu")
+    for name in ("tpu", "cuda:x", "cuda:-1", "cuda:", 0):  # refused before torch.device sees them
+        with pytest.raises(ValueError, match="cpu, cuda, cuda:N or auto"):
+            resolve_device(name)
 
 
 def test_fit_command_under_torchrun_writes_one_model_like_one_process(tmp_path):
@@ -182,16 +184,7 @@ def test_fit_command_under_torchrun_writes_one_model_like_one_process(tmp_path):
 # --- sharded synthesis on several machines, then one merge -------------------------------------
 @pytest.fixture(scope="module")
 def synth_setup(tmp_path_factory):
-    from PIL import Image
-
-    base = tmp_path_factory.mktemp("merge")
-    model = make_tiny_aras(base / "model")
-    images = base / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i, size in enumerate([(80, 120), (64, 64)]):
-        Image.fromarray(texture(rng, size)).save(images / f"{i}.png")
-    return base, model, images
+    return make_synth_setup(tmp_path_factory.mktemp("merge"), [(80, 120), (64, 64)])
 
 
 def _synth(setup, out: Path, *extra: str) -> int:

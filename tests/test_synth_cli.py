@@ -179,7 +179,7 @@ def test_fit_refuses_a_zoom_below_one_before_any_work(tmp_path, capsys):
     data = make_mvtec_tree(tmp_path / "data", size=(64, 64), n_train=2)
     out = tmp_path / "model"
     assert main(["fit", "--data", str(data), "--category", "widget", "--out", str(out), "--max-zoom", "0.5"]) == 2
-    assert "max_zoom must be at least 1" in capsys.readouterr().err
+    assert "--max-zoom: the value must be a finite number >= 1" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import checkpoint, owned, runs
-from .data.io import (atomic_path, check_output_folder, discarded_on_failure, finite_or_null, write_csv, write_json,
-                      write_text)
+from .data.io import (atomic_path, atomic_paths, check_output_folder, check_replaceable, discarded_on_failure,
+                      finite_or_null, write_csv, write_json, write_text)
 from .data.layouts import FolderSplit, resolve_layout, scan
 from .data.mvtec import expand_images, subsample
 from .data.resolution import ResolutionPolicy
@@ -175,9 +175,11 @@ def merge(out: str | Path, folders: list) -> Merged:
     and gallery.html. The manifest is the one a single run writes, whatever the split."""
     from .synthesis import jobs
 
-    out = check_output_folder(out)
-    with jobs.writing(out, None, "qarad merge"):
-        missing = jobs.merge_folders(out, [Path(f) for f in folders])
+    out, folders = check_output_folder(out), [Path(f) for f in folders]
+    jobs.check_merge(out, folders)  # a refused merge makes no folder (checked again under the lock)
+    fresh = not out.exists()
+    with jobs.writing(out, None, "qarad merge"), discarded_on_failure(out, created=fresh):
+        missing = jobs.merge_folders(out, folders)
         write_gallery(out)
     return Merged(out, len(jobs.read_manifest(out / jobs.MANIFEST)), missing)
 
@@ -253,8 +255,7 @@ def run_config(data: str | Path, category: str, detector: "PatchCoreConfig | Seg
     elif isinstance(detector, SegmenterConfig):
         if ("real" in detector.negatives) != (training.real_defects is not None):
             raise ValueError("real defect shots (--real-defects) and 'real' in --negatives go together")
-        stored = replace(training, synth=str(Path(training.synth).resolve()) if training.synth else None,
-                         perlin_samples=training.perlin_samples if "perlin" in detector.negatives else 0)
+        stored = replace(training, synth=str(Path(training.synth).resolve()) if training.synth else None)
         method, configs = "qarad", (stored, detector, validation)  # batch_size: the feature batch, not the head's
     else:
         raise TypeError(f"detector must be a PatchCoreConfig or a SegmenterConfig, got {type(detector).__name__}")
@@ -265,7 +266,10 @@ def run_config(data: str | Path, category: str, detector: "PatchCoreConfig | Seg
                         seed=detector.seed, layout=resolve_layout(data, layout, category, folder),
                         folder=asdict(folder) if folder else None,
                         real_defects=training.real_defects.to_dict() if training.real_defects else None)
-    return method, runs.config_json(method, info, policy, runs.detector_settings(method, *configs))
+    settings = runs.detector_settings(method, *configs)
+    if method == "qarad" and "perlin" not in detector.negatives:
+        settings["perlin_samples"] = 0  # drawn for the Perlin pool only: a run without one records none
+    return method, runs.config_json(method, info, policy, settings)
 
 
 def train(data: str | Path, category: str, out: str | Path, detector: "PatchCoreConfig | SegmenterConfig",
@@ -334,6 +338,8 @@ def evaluate(run: str | Path, data: str | Path | None = None, allow_missing_mask
 
     cfg = runs.read_config(run)
     check_output_folder(run)  # metrics.json goes here: refuse an unwritable run before evaluating
+    for name in runs.EVALUATION:
+        check_replaceable(Path(run) / name)  # ... or one whose outputs are the user's folders
     detector = runs.load_detector(run, device)
     root = Path(data or cfg["data"]["root"])
     stored = cfg["data"].get("folder")
@@ -351,7 +357,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, allow_missing_mask
 
 
 def _write_evaluation(run: Path, cfg: dict, detector, ev, real, excluded: list, curves: bool) -> dict:
-    from .report.pages import REPORT, run_report
+    from .report.pages import run_report
 
     # the policy the model was trained and scored with (model.json's), which config.json also records
     result = {"method": cfg["method"], "category": cfg["data"]["category"], "policy": detector.policy.to_dict(),
@@ -361,9 +367,11 @@ def _write_evaluation(run: Path, cfg: dict, detector, ev, real, excluded: list, 
         result["excluded_real_defects"] = {"count": len(excluded), "images": [str(s.image) for s in excluded]}
     if curves:
         result["curves"] = ev.curves
-    write_json(run / "metrics.json", finite_or_null(result))  # a metric undefined on one class: null
-    write_csv(run / "scores.csv", ev.records)
-    run_report(result, ev, run).write(run / REPORT)
+    # all three or none: a failure (a folder where report.html goes) keeps the earlier evaluation whole
+    with atomic_paths([run / name for name in runs.EVALUATION]) as (metrics, scores, report):
+        write_json(metrics, finite_or_null(result))  # a metric undefined on one class: null
+        write_csv(scores, ev.records)
+        run_report(result, ev, run).write(report)
     return result
 
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import api, owned, runs
+from . import api, checkpoint, owned, runs
 from .data.io import check_output_folder, finite_or_null, make_folder, write_json, write_text
-from .data.layouts import FolderSplit, list_categories, resolve_layout
+from .data.layouts import FolderSplit, list_categories, resolve_layout, scan
 from .data.mvtec import DatasetError
 from .data.real_defects import RealDefects, select_real_defects
 from .data.resolution import ResolutionPolicy
@@ -100,6 +100,8 @@ def benchmark(data: str | Path, out: str | Path, detector: "PatchCoreConfig | Se
                            f"its categories are {', '.join(available)}")
     plans = {}  # category -> (its training, method, the run's config.json): every setting checked before any work
     for category in categories:
+        for split in ("train", "test"):  # a bad split file or tree is refused before OUT is made
+            scan(data, category, split, layout, folder, allow_missing_masks)
         own = replace(training, synth=Path(training.synth) / category) if training.synth else training
         if own.synth and not Path(own.synth).is_dir():
             raise ValueError(f"{own.synth}: no synthetic-defect folder for category {category!r} (benchmark "
@@ -123,7 +125,7 @@ def benchmark(data: str | Path, out: str | Path, detector: "PatchCoreConfig | Se
         finished = (run / CANDIDATES).is_file() if auto is not None else runs.holds(run, config)
         if (run / ROW).is_file() and finished:
             # a metric undefined on its split was written as null: NaN again for the mean and the table
-            rows[category] = {k: math.nan if v is None else v for k, v in json.loads((run / ROW).read_text()).items()}
+            rows[category] = {k: math.nan if v is None else v for k, v in checkpoint.read_numbers(run / ROW).items()}
             skipped.append(category)
             note(f"{step}: finished earlier, skipped")
             continue
@@ -165,7 +167,7 @@ def _run_category(step: str, data, category: str, run: Path, config: dict, detec
                          folder, validation)
     if not done.already_trained:
         write_json(fit, {"fit_s": round(time.perf_counter() - start, 2)})
-    fit_s = json.loads(fit.read_text())["fit_s"]
+    fit_s = checkpoint.read_numbers(fit, ("fit_s",))["fit_s"]
     return _evaluated(step, run, done.n_images, fit_s, allow_missing_masks, batch_size, device)
 
 

@@ -85,6 +85,19 @@ def load_config(stem: str | Path) -> dict[str, Any]:
     return config
 
 
+def read_numbers(path: str | Path, keys: tuple[str, ...] | None = None) -> dict[str, float | None]:
+    """A JSON object of numbers qarad wrote (timings, a table row), read strictly: every value (or
+    each of `keys`, which must be present) a finite number or null, else a CheckpointError naming the
+    file, never a KeyError or TypeError later."""
+    values = load_config(path)
+    for key in values if keys is None else keys:
+        value = values.get(key)
+        if key not in values or not (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))):
+            raise CheckpointError(f"{path}: {key!r} must be a number; was it edited by hand? (delete the file: qarad "
+                                  f"writes it again)")
+    return values
+
+
 def parse_json(text: str, source: str | Path) -> Any:
     """Strict JSON from `source` (a file, or a file and line): NaN, infinity (1e999 too) and nesting
     deeper than MAX_CONFIG_DEPTH are refused with a CheckpointError naming it, never a traceback."""

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .backbone_config import BACKBONES, DETECTOR_BACKBONE
+from .detector_config import PatchCoreConfig, QaradTraining, SegmenterConfig
 from .fewshot_config import ShotConfig
-from .flags import (add_dataset_flags, add_flags, add_policy_flags, device, finite_float, non_negative_int,
-                    positive_float, positive_int)
+from .flags import (add_dataset_flags, add_flags, add_policy_flags, at_least_one, device, finite_float, fraction,
+                    non_negative_int, positive_float, positive_int)
 from .synthesis.sampler_config import SamplerConfig
 from .validation_config import ValidationConfig
 
@@ -58,7 +58,7 @@ def _add_real_defect_flags(p: argparse.ArgumentParser, use: str, required: bool 
     else:
         g.add_argument("--real-defects", type=Path, nargs="+", required=required, metavar="FOLDER",
                        help=f"{REAL_DEFECTS_HELP}; {use}")
-    add_flags(g, ShotConfig)
+    add_flags(g, ShotConfig, unset=True)  # given without --real-defects: refused (commands.synth.shot_config)
     if describe:
         g.add_argument("--defect-prompt", nargs="+", metavar="TYPE=TEXT",
                        help='a type\'s prompt in your words instead of its name, e.g. blowhole="a small round dark '
@@ -71,38 +71,16 @@ def _add_detector_flags(p: argparse.ArgumentParser, synth_help: str | None = Non
     p.add_argument("--method", choices=["patchcore", "qarad"], default="patchcore",
                    help="patchcore: memory bank, no synthesis; qarad: head trained on normal + synthetic defects")
     add_policy_flags(p)
-    p.add_argument("--backbone", choices=list(BACKBONES), default=DETECTOR_BACKBONE,
-                   help=f"frozen ImageNet backbone whose stride 8 + 16 features both methods use (stored with "
-                        f"the run; eval/predict/export reuse it). Default: {DETECTOR_BACKBONE}")
-    p.add_argument("--coreset-ratio", type=finite_float, default=0.1,
-                   help="fraction of patches kept in the memory bank, in (0, 1] (default 0.1)")
-    p.add_argument("--memory-limit", type=positive_int, default=None, help="cap on memory-bank rows (default: none)")
-    p.add_argument("--search", choices=["ivf", "exact"], default="ivf",
-                   help="nearest-neighbour search in the memory bank: ivf (faiss inverted lists, fast) or exact")
+    add_flags(p.add_argument_group("memory bank (both methods; detector_config.PatchCoreConfig)"), PatchCoreConfig)
     p.add_argument("--max-train-images", type=positive_int, default=None,
                    help="fit on a reproducible random subset of this many normal images")
-    # defaults None: the qarad method fills in its own (commands.detect.QARAD_ONLY); patchcore refuses them
-    g = p.add_argument_group("qarad method (--method patchcore refuses these)")
+    # defaults None (unset): the qarad method fills in its configs' defaults; patchcore refuses them
+    g = p.add_argument_group("qarad method (--method patchcore refuses these; detector_config.SegmenterConfig, "
+                             "QaradTraining)")
     g.add_argument("--synth", type=Path,
                    help=synth_help or "synthetic defects folder (qarad synth, then qarad score)")
-    g.add_argument("--weighting", choices=["none", "linear", "softmax"],
-                   help="QAW calibration of sample weights (default linear)")
-    g.add_argument("--negatives", nargs="+", choices=["synthetic", "perlin", "feature", "real"],
-                   help="defects the head learns from: synthetic (--synth, QAW-weighted), perlin (DRAEM-style "
-                        "texture patches on the normal images; needs no ARAS model), feature (noise in feature "
-                        "space; measured worse, BENCHMARKS.md), real (--real-defects; added when they are "
-                        "given). Default: synthetic perlin")
-    g.add_argument("--perlin-samples", type=positive_int, help="Perlin texture patches drawn (default 200)")
-    g.add_argument("--no-residual", dest="residual", action="store_false", default=None,
-                   help="head reads frozen features only, not the residual to the memory bank")
-    g.add_argument("--no-fusion", dest="fusion", action="store_false", default=None,
-                   help="map = head probability alone, not fused with the nearest-neighbour distance")
-    g.add_argument("--real-weight", type=finite_float,
-                   help="loss weight of each real defect view (--real-defects; default 1)")
-    g.add_argument("--steps", type=non_negative_int, help="head training steps (default 1000)")
-    g.add_argument("--max-normal-views", type=positive_int, help="cap on cached normal views (default 4000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=positive_int, default=8, help="views per backbone batch (default 8)")
+    add_flags(g, SegmenterConfig, unset=True)
+    add_flags(g, QaradTraining, unset=True)
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="retrain a run folder that holds a different run: its model and evaluation outputs "
                         "(metrics.json, scores.csv, report.html, model.onnx) are replaced; other files stay, and a "
@@ -182,7 +160,7 @@ def main_parser() -> argparse.ArgumentParser:
     # defaults None: FitConfig's (or, with --init, the model's, which they may not change)
     p.add_argument("--window", type=positive_int, default=None,
                    help="working px a side of the local window the prior sees (multiple of 8; default 64)")
-    p.add_argument("--max-zoom", type=finite_float, default=None,
+    p.add_argument("--max-zoom", type=at_least_one, default=None,
                    help="window px per working px at most: small masks are zoomed in until they span half "
                         "the window (default 4; 1 = never zoom in)")
     p.add_argument("--corpus-size", type=positive_int, default=None,
@@ -197,7 +175,7 @@ def main_parser() -> argparse.ArgumentParser:
                    help="tokenizer that encodes a defect as a change of the normal image and decodes it on "
                         "top of the real pixels: much more realistic samples after a full fit, but it needs "
                         "one (near-invisible defects after a short fit such as the demo's)")
-    p.add_argument("--tokenizer-ema", type=finite_float, default=None, metavar="DECAY",
+    p.add_argument("--tokenizer-ema", type=fraction, default=None, metavar="DECAY",
                    help="train the tokenizer's codebook as exponential moving averages of the encoder outputs "
                         "assigned to each code (VQ-VAE's EMA update), with this decay (e.g. 0.99), instead of "
                         "by gradient; opt-in, not yet measured against the default (default 0 = off)")
@@ -215,7 +193,7 @@ def main_parser() -> argparse.ArgumentParser:
     g.add_argument("--real-samples-per-shot", type=positive_int, default=None,
                    help="corpus samples made of each shot: itself and re-placed, flipped, turned, rescaled "
                         "copies on other normal images (default 40)")
-    g.add_argument("--real-share", type=finite_float, default=None,
+    g.add_argument("--real-share", type=fraction, default=None,
                    help="share of every tokenizer and prior batch drawn from the real shots' samples (default 0.35)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", type=device, default="cpu",

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import api, owned, runs
+from . import api, checkpoint, owned, runs
 from .data.demo import DemoConfig, make_demo_dataset
 from .data.io import finite_or_null, write_json
 from .data.layouts import scan
@@ -79,7 +79,7 @@ def _synthesize(plan: DemoPlan, data: Path, model: Path, category: str, out: Pat
     measured when the samples were made (a resumed demo keeps the first measurement)."""
     speed_file = out.parent / "synth_speed.json"
     if speed_file.is_file():
-        return json.loads(speed_file.read_text())["samples_per_s"]
+        return checkpoint.read_numbers(speed_file, ("samples_per_s",))["samples_per_s"]
     start = time.perf_counter()
     api.synth(model, [data / category / "train" / "good"], list(PROMPTS), out, n=plan.n_synth, seed=plan.seed,
               auto_masks=True)

@@ -33,8 +33,9 @@ TIMEOUT = timedelta(hours=2)
 def resolve_device(name: str = "cpu") -> torch.device:
     """cpu, cuda or auto (cuda when present) -> a torch.device; under torchrun, cuda is this
     process's own GPU (LOCAL_RANK)."""
-    if name not in ("cpu", "cuda", "auto") and not name.startswith("cuda:"):
-        raise ValueError(f"device must be cpu, cuda or auto, got {name!r}")
+    index = name[len("cuda:"):] if isinstance(name, str) and name.startswith("cuda:") else None
+    if name not in ("cpu", "cuda", "auto") and not (index and index.isdigit()):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {name!r}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 import typing
 
 FLAG = "flag"  # dataclasses.field metadata key
@@ -43,16 +44,17 @@ def check_int(name: str, value, low: int = 1, optional: bool = False) -> None:
 
 
 def check_float(name: str, value, low: float | None = None, high: float | None = None,
-                low_open: bool = False) -> None:
-    """`value` is a finite number in [low, high] ((low, high] when `low_open`), else ValueError."""
+                low_open: bool = False, high_open: bool = False) -> None:
+    """`value` is a finite number in [low, high] (open at either end when `low_open` / `high_open`),
+    else ValueError."""
     ok = _is_number(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
-        ok = value <= high
+        ok = value < high if high_open else value <= high
     if not ok:
         if low is not None and high is not None:
-            bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}]"
+            bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         elif low is not None:
             bounds = f" {'>' if low_open else '>='} {low:g}"
         else:
@@ -85,6 +87,10 @@ positive_int = int_at_least(1)  # --batch-size, --max-train-images, --corpus-siz
 non_negative_int = int_at_least(0)  # step counts (0 = that stage does nothing)
 finite_float = _parser(float, lambda v: check_float("the value", v))  # nan and inf refused
 positive_float = _parser(float, lambda v: check_float("the value", v, 0.0, low_open=True))  # --budget-min
+share = _parser(float, lambda v: check_float("the value", v, 0.0, 1.0, low_open=True))  # --coreset-ratio: (0, 1]
+fraction = _parser(float, lambda v: check_float("the value", v, 0.0, 1.0, high_open=True))  # --real-share, a decay
+non_negative_float = _parser(float, lambda v: check_float("the value", v, 0.0))  # a loss weight
+at_least_one = _parser(float, lambda v: check_float("the value", v, 1.0))  # --max-zoom
 
 
 def working_size(text: str) -> int:
@@ -110,32 +116,64 @@ def device(text: str) -> str:
     return text
 
 
+def _base(kind):
+    """`int | None` -> int; `tuple[str, ...]` -> tuple; other types as they are."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) is tuple:
+        return tuple
+    return args[0] if len(args) == 1 and type(None) in typing.get_args(kind) else kind
+
+
 def _flags(cls) -> list[tuple[dataclasses.Field, type]]:
-    hints = typing.get_type_hints(cls)
-    return [(f, hints[f.name]) for f in dataclasses.fields(cls) if FLAG in f.metadata]
+    # the flag fields' annotations only: another field's may name a type its module imports for type checking
+    scope = vars(sys.modules[cls.__module__])
+    return [(f, _base(eval(f.type, scope) if isinstance(f.type, str) else f.type))  # noqa: S307 (our annotations)
+            for f in dataclasses.fields(cls) if FLAG in f.metadata]
+
+
+def flag_names(cls) -> tuple[str, ...]:
+    """The fields of `cls` that are flags."""
+    return tuple(f.name for f, _ in _flags(cls))
 
 
 def _option(f: dataclasses.Field, kind: type) -> str:
     return ("--no-" if kind is bool else "--") + f.name.replace("_", "-")
 
 
-def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls) -> None:
-    """One argument per flag field of the dataclass `cls`, in field order."""
+def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls, unset: bool = False) -> None:
+    """One argument per flag field of the dataclass `cls`, in field order. `unset`: every default is
+    None, so that `given` tells the flags a user typed from the ones left to the config's defaults
+    (a method refuses flags that are not its settings rather than ignore them)."""
     for f, kind in _flags(cls):
         meta = f.metadata[FLAG]
         if kind is bool:
             if f.default is not True:
                 raise TypeError(f"{cls.__name__}.{f.name}: a bool flag must default to True (it becomes --no-...)")
-            parser.add_argument(_option(f, kind), dest=f.name, action="store_false", help=meta["help"])
+            parser.add_argument(_option(f, kind), dest=f.name, action="store_false", help=meta["help"],
+                                **({"default": None} if unset else {}))
             continue
         extra = {"choices": list(meta["choices"])} if meta["choices"] else {}
-        parse = meta.get("parse") or (finite_float if kind is float else kind)
-        parser.add_argument(_option(f, kind), type=parse, default=f.default, help=meta["help"], **extra)
+        if kind is tuple:
+            extra["nargs"] = "+"
+        parse = meta.get("parse") or (finite_float if kind is float else str if kind is tuple else kind)
+        parser.add_argument(_option(f, kind), dest=f.name, type=parse, default=None if unset else f.default,
+                            help=meta["help"], **extra)
+
+
+def _value(kind: type, value):
+    return tuple(value) if kind is tuple and value is not None else value
+
+
+def given(cls, args: argparse.Namespace) -> dict:
+    """The flag fields of `cls` that the parsed flags set (not None), by field name: what `add_flags(...,
+    unset=True)` saw typed."""
+    return {f.name: _value(kind, getattr(args, f.name)) for f, kind in _flags(cls)
+            if getattr(args, f.name) is not None}
 
 
 def from_args(cls, args: argparse.Namespace):
     """The config that the parsed flags describe (fields without a flag keep their defaults)."""
-    return cls(**{f.name: getattr(args, f.name) for f, _ in _flags(cls)})
+    return cls(**{f.name: _value(kind, getattr(args, f.name)) for f, kind in _flags(cls)})
 
 
 def to_argv(config) -> list[str]:
@@ -145,7 +183,9 @@ def to_argv(config) -> list[str]:
         value = getattr(config, f.name)
         if kind is bool:
             argv += [] if value else [_option(f, kind)]
-        else:
+        elif kind is tuple:
+            argv += [_option(f, kind), *map(str, value)]
+        elif value is not None:
             argv += [_option(f, kind), str(value)]
     return argv
 

@@ -115,7 +115,8 @@ def config_json(method: str, data: RunData, policy: ResolutionPolicy, detector: 
 
 # what a run folder holds besides config.json that retraining makes stale (each written by qarad)
 TRAINED = (f"{MODEL}.safetensors", f"{MODEL}.json")
-EVALUATED = ("metrics.json", "scores.csv", "report.html", "model.onnx", "model.onnx.json")
+EVALUATION = ("metrics.json", "scores.csv", "report.html")  # what `qarad eval` writes, all or nothing
+EVALUATED = (*EVALUATION, "model.onnx", "model.onnx.json")
 
 
 def prepare(out: Path, config: dict, overwrite: bool = False) -> bool:

@@ -31,6 +31,18 @@ def texture(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     return (np.clip(noise, 0.0, 200 / 255) * 255).astype(np.uint8)
 
 
+def make_synth_setup(base: Path, sizes: list[tuple[int, int]]) -> tuple[Path, Path, Path]:
+    """(base, a tiny ARAS model in base/model, base/images holding one texture image per size): what a
+    `qarad synth` test runs on."""
+    model = make_tiny_aras(base / "model")
+    images = base / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate(sizes):
+        Image.fromarray(texture(rng, size)).save(images / f"{i}.png")
+    return base, model, images
+
+
 def defect_box(i: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1) of the bright square in defect image i: side a quarter of the shorter side."""
     h, w = size

@@ -6,20 +6,10 @@ from pathlib import Path
 
 from .. import api, flags
 from ..data.io import check_output_folder
-from ..fewshot_config import ShotConfig
 from ..flags import folder_from_args, policy_from_args
 from ..metrics import LABELS, METRICS
 from ..validation_config import ValidationConfig
-from .synth import real_defects
-
-
-# flags of the qarad detector alone (cli._add_detector_flags, default None): --method qarad fills in
-# SegmenterConfig's and QaradTraining's defaults, --method patchcore refuses them rather than ignore them
-QARAD_HEAD = ("steps", "negatives", "residual", "fusion")  # SegmenterConfig fields
-QARAD_TRAINING = ("weighting", "max_normal_views", "perlin_samples", "real_weight")  # QaradTraining's
-# --synth is both methods': the qarad head learns from its samples, and any run validates on those drawn on
-# its held-out normals (detection/validation.py)
-QARAD_ONLY = (*QARAD_HEAD, *QARAD_TRAINING, "real_defects")
+from .synth import real_defects, shot_config
 
 
 def _option(name: str) -> str:
@@ -27,31 +17,29 @@ def _option(name: str) -> str:
 
 
 def detector_configs(args) -> tuple:
-    """(detector config, api.QaradTraining) from the flags cli._add_detector_flags defines, without
-    the real defect shots themselves (`train` draws them: only after the flags are found good);
-    --real-defects adds 'real' to the qarad detector's negatives."""
-    from ..detection.patchcore import PatchCoreConfig
-    from ..detection.segmenter import SegmenterConfig
+    """(detector config, api.QaradTraining) from the flags cli._add_detector_flags generates from
+    detector_config's dataclasses, without the real defect shots themselves (`train` draws them: only
+    after the flags are found good); --real-defects adds 'real' to the qarad detector's negatives. A
+    flag of SegmenterConfig or QaradTraining (or --real-defects) is refused by --method patchcore: it
+    would change nothing."""
+    from ..detector_config import PatchCoreConfig, QaradTraining, SegmenterConfig
 
-    given = {k: getattr(args, k) for k in QARAD_ONLY if getattr(args, k) is not None}
-    bank = {"coreset_ratio": args.coreset_ratio, "memory_limit": args.memory_limit, "seed": args.seed,
-            "search": args.search, "backbone": args.backbone}
+    head, learning = flags.given(SegmenterConfig, args), flags.given(QaradTraining, args)
+    bank = flags.given(PatchCoreConfig, args)
     if args.method == "patchcore":
-        if given:
-            one = len(given) == 1
-            raise ValueError(f"{', '.join(_option(k) for k in given)}: {'not a setting' if one else 'no settings'} "
+        refused = [*head, *learning, *(["real_defects"] if args.real_defects is not None else [])]
+        if refused:
+            one = len(refused) == 1
+            raise ValueError(f"{', '.join(_option(k) for k in refused)}: {'not a setting' if one else 'no settings'} "
                              f"of PatchCore (PatchCore learns from normal images only); drop {'it' if one else 'them'}"
                              f" or pass --method qarad")
-        return (PatchCoreConfig(**bank, batch_size=args.batch_size),
-                api.QaradTraining(synth=args.synth, batch_size=args.batch_size))
-    head = {k: v for k, v in given.items() if k in QARAD_HEAD}
+        return PatchCoreConfig(**bank), QaradTraining(synth=args.synth, batch_size=args.batch_size)
     negatives = tuple(head.get("negatives", SegmenterConfig.negatives))
     if args.real_defects is not None and "real" not in negatives:
         negatives += ("real",)  # --real-defects: the head learns from them
-    detector = SegmenterConfig(**bank, **{**head, "negatives": negatives})
-    training = api.QaradTraining(**{k: v for k, v in given.items() if k in QARAD_TRAINING}, synth=args.synth,
-                                 batch_size=args.batch_size)
-    return detector, training
+    shared = {k: v for k, v in bank.items() if k != "batch_size"}  # the head's batch is its own (views per step)
+    detector = SegmenterConfig(**shared, **{**head, "negatives": negatives})
+    return detector, QaradTraining(**learning, synth=args.synth, batch_size=args.batch_size)
 
 
 def train(args) -> int:
@@ -110,7 +98,7 @@ def benchmark(args) -> int:
     done = run_benchmark(args.data, args.out, detector, training, policy_from_args(args), args.categories,
                          args.layout, folder_from_args(args), args.max_train_images,
                          args.allow_missing_masks, args.batch_size, args.device, args.overwrite,
-                         args.real_defects, flags.from_args(ShotConfig, args), flags.from_args(ValidationConfig, args),
+                         args.real_defects, shot_config(args), flags.from_args(ValidationConfig, args),
                          auto)
     print(done.markdown)
     skipped = f" ({len(done.skipped)} finished earlier, skipped)" if done.skipped else ""

@@ -15,16 +15,26 @@ MODEL_FLAGS = ("window", "max_zoom", "corpus_size", "tokenizer_steps", "refiner_
                "source_conditioned", "tokenizer_ema")
 
 
+def shot_config(args) -> ShotConfig:
+    """The ShotConfig of --shots and --shot-seed; refused without --real-defects (they would do nothing)."""
+    given = flags.given(ShotConfig, args)
+    if given and args.real_defects is None:
+        named = ", ".join(f"--{k.replace('_', '-')}" for k in given)
+        raise ValueError(f"{named}: {'it chooses' if len(given) == 1 else 'they choose'} the shots of --real-defects; "
+                         f"give --real-defects too")
+    return ShotConfig(**given)
+
+
 def real_defects(args):
     """The RealDefects that --real-defects, --shots, --shot-seed and --defect-prompt describe, or None."""
     from ..data.real_defects import parse_descriptions, select_real_defects
 
     descriptions = parse_descriptions(getattr(args, "defect_prompt", None))
+    shots = shot_config(args)
     if args.real_defects is None:
         if descriptions:
             raise ValueError("--defect-prompt describes the types of --real-defects; give --real-defects too")
         return None
-    shots = flags.from_args(ShotConfig, args)
     return select_real_defects(args.real_defects, shots.shots, shots.shot_seed, descriptions)
 
 

@@ -18,7 +18,7 @@ import os
 import shutil
 import struct
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -298,6 +298,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """`path` may be written by replacing it: absent, or a regular file (not a folder, not a link)."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+        raise OutputError(f"{path}: is {kind}, not a file qarad wrote; move it away (qarad replaces only its own "
+                          f"output files)")
+
+
+@contextmanager
+def atomic_paths(paths: list[str | os.PathLike]) -> Iterator[list[Path]]:
+    """`atomic_path` for a set of outputs that belong together (metrics.json, scores.csv and
+    report.html of one evaluation): every target is checked first, and all are renamed into place
+    only if the whole block succeeds, so a failure leaves the earlier set as it was."""
+    for path in paths:
+        check_replaceable(path)
+    with ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(path)) for path in paths]
 
 
 def staging_folder(parent: str | os.PathLike, name: str) -> Path:

@@ -84,8 +84,14 @@ class RealDefects:
             raise CheckpointError(f"{source}: real defects must hold sources, shots, seed and defects, got {keys}")
         if not isinstance(values["defects"], list):
             raise CheckpointError(f"{source}: real defects' 'defects' must be a list")
+        sources, shots, seed = values["sources"], values["shots"], values["seed"]
+        if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+            raise CheckpointError(f"{source}: real defects' 'sources' must be a list of folder names")
+        for name, value in (("shots", shots), ("seed", seed)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise CheckpointError(f"{source}: real defects' {name!r} must be a whole number, got {value!r}")
         defects = tuple(build_config(RealDefect, d, source) for d in values["defects"])
-        return cls(tuple(values["sources"]), int(values["shots"]), int(values["seed"]), defects)
+        return cls(tuple(sources), shots, seed, defects)
 
     def split(self, samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
         """(kept, excluded): `samples` without the images chosen here (same path, or same bytes)."""

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..flags import MAX_WORKING_SIZE
+
 POLICIES = ("resize", "keep-aspect", "tile")
-MAX_SIZE = 4096  # working size in px at most (flags.MAX_WORKING_SIZE, the CLI's check, is the same)
+MAX_SIZE = MAX_WORKING_SIZE  # working size in px at most (the CLI checks the same bound while parsing)
 STRIDE_MULTIPLE = 32  # coarsest backbone stride: view sides must be multiples of it
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import PATCH_STRIDE
+from ..detector_config import SegmenterConfig
 from .anomaly_map import upsample
 from .fusion import LEGACY_HEAD_WEIGHT, fuse
 
@@ -40,8 +41,7 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
 class SegmentationHead(nn.Module):
     """(B, C, h, w) head inputs -> (B, 1, h, w) defect logits at stride 8."""
 
-    def __init__(self, config, in_channels: int | None = None):
-        """`config`: a SegmenterConfig (its `hidden` and `in_channels`)."""
+    def __init__(self, config: SegmenterConfig = SegmenterConfig(), in_channels: int | None = None):
         super().__init__()
         self.adaptor = _conv_bn_relu(in_channels or config.in_channels, config.hidden, 1)
         self.body = nn.Sequential(*[_conv_bn_relu(config.hidden, config.hidden, 3) for _ in range(CONV_LAYERS)])

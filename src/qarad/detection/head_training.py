@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..quality.weighting import weighted_loss
+from ..detector_config import SegmenterConfig
 from ..training import optimizer_step
 from .head import Reference, SegmentationHead, per_sample_loss
 from .patchcore import THRESHOLD_SIGMAS
@@ -144,8 +145,8 @@ def _split(total: int, parts: int, step: int) -> list[int]:
     return [base + (1 if (i - step) % parts < extra else 0) for i in range(parts)]
 
 
-def check_inputs(config, normal: ViewSet, pools: dict[str, ViewSet]) -> None:
-    """Refuse views a Segmenter with `config` (a SegmenterConfig) cannot fit on."""
+def check_inputs(config: SegmenterConfig, normal: ViewSet, pools: dict[str, ViewSet]) -> None:
+    """Refuse views a Segmenter with `config` cannot fit on."""
     if not len(normal):
         raise ValueError("the detector needs at least one normal view")
     if config.uses_bank and len(set(normal.source.tolist())) < 2:

@@ -19,35 +19,14 @@ whose k candidates all come from their own image are searched again exactly, wit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-SEARCH_MODES = ("exact", "ivf", "hnsw")
+from ..detector_config import SEARCH_MODES, SearchConfig  # noqa: F401 (the search's config, re-exported)
+
 ROWS_PER_LIST = 64  # IVF lists hold ~64 rows on average: nlist = rows / 64
 MIN_IVF_ROWS = 4096  # below this an exact search is as fast and needs no training
 EXCLUDE_CANDIDATES = 16  # candidates fetched when rows of the query's own image must be skipped
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    mode: str = "ivf"
-    nprobe: int = 8  # IVF cells scanned per query (of ~rows/64)
-    seed: int = 0  # k-means initialisation of the IVF centroids
-    refine: float = 0.0  # share of each call's queries (largest IVF distances) searched again exactly
-    hnsw_links: int = 32  # hnsw: graph neighbours per row (M)
-    ef_search: int = 64  # hnsw: candidates kept while walking the graph
-
-    def __post_init__(self):
-        if self.mode not in SEARCH_MODES:
-            raise ValueError(f"unknown search mode {self.mode!r}; choose from {SEARCH_MODES}")
-        if self.nprobe < 1:
-            raise ValueError(f"nprobe must be >= 1, got {self.nprobe}")
-        if self.hnsw_links < 2 or self.ef_search < 1:
-            raise ValueError(f"hnsw needs hnsw_links >= 2 and ef_search >= 1, got {self.hnsw_links}, {self.ef_search}")
-        if not 0.0 <= self.refine <= 1.0:
-            raise ValueError(f"refine must be a share in [0, 1], got {self.refine}")
 
 
 def _faiss():

@@ -7,18 +7,18 @@ smoothed, and the image score is its maximum.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from .. import checkpoint
-from ..backbone import PATCH_STRIDE, Backbone, BackboneConfig, PatchEmbedder
-from ..backbone_config import DETECTOR_BACKBONE, LEGACY_BACKBONE
+from ..backbone import PATCH_STRIDE, Backbone, PatchEmbedder
+from ..backbone_config import LEGACY_BACKBONE
 from ..data.resolution import ResolutionPolicy
 from ..data.stream import iter_loaded, map_views
-from ..flags import check_float, check_int
+from ..detector_config import PatchCoreConfig  # noqa: F401 (re-exported: the bank's config)
 from .anomaly_map import gaussian_blur, upsample
 from .coreset import CoresetSampler
 from .knn import NearestNeighbours, SearchConfig
@@ -27,42 +27,6 @@ THRESHOLD_SIGMAS = 3.0  # decision threshold = mean + 3 std of held-out normal i
 # model.json (PatchCore.save writes it, PatchCore.load reads it): each "patchcore" setting added since the
 # first saved models, with the value that reads an older file as it was fitted (the format's one table)
 LEGACY_SETTINGS = {"backbone": LEGACY_BACKBONE}  # before the backbone setting: EfficientNet-Lite0
-
-
-@dataclass(frozen=True)
-class PatchCoreConfig:
-    coreset_ratio: float = 0.1
-    projection_dim: int = 128
-    coreset_partition: int = 16384  # patches per exact-greedy partition (see coreset.py)
-    memory_limit: int | None = None  # cap on memory bank rows (bounds scoring cost on large images)
-    blur_sigma: float = 4.0
-    calibration_images: int = 50  # normal training images scored leave-one-out for the threshold
-    batch_size: int = 8
-    seed: int = 0
-    search: str = "ivf"  # nearest-neighbour search, detection/knn.py ("exact" = brute force)
-    # IVF cells scanned per query: the most a 15 img/s budget affords on 2 cores (benchmarks/search.py:
-    # mean distance error vs exact on held-out normals 0.40% magnetic tile, 0.08% DeepPCB; nprobe 8
-    # doubled it and cost 0.008 image AUROC on magnetic tile)
-    nprobe: int = 16
-    # share of each image's patches (largest IVF distances) searched again exactly: the image score
-    # reads the largest distances, the ones IVF overestimates most (detection/knn.py)
-    refine: float = 0.03
-    backbone: str = DETECTOR_BACKBONE  # whose stride 8 + 16 features (backbone_config.BACKBONES)
-
-    def __post_init__(self):
-        check_float("--coreset-ratio", self.coreset_ratio, 0.0, 1.0, low_open=True)
-        check_int("--memory-limit", self.memory_limit, optional=True)
-        check_int("batch_size", self.batch_size)  # 0 never ends a batch: the fit would loop for ever
-        check_int("projection_dim", self.projection_dim)
-        check_int("coreset_partition", self.coreset_partition)
-        check_int("calibration_images", self.calibration_images, 0)  # 0: no threshold (inf)
-        check_float("blur_sigma", self.blur_sigma, 0.0)
-        BackboneConfig(self.backbone)  # validates
-        SearchConfig(self.search, self.nprobe, self.seed, self.refine)
-
-    @property
-    def backbone_config(self) -> BackboneConfig:
-        return BackboneConfig(self.backbone, strides=(8, 16))
 
 
 def patch_valid(valid: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ are in head.py.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from .. import checkpoint
-from ..backbone import Backbone, BackboneConfig, PatchEmbedder
-from ..backbone_config import DETECTOR_BACKBONE, LEGACY_BACKBONE
+from ..backbone import Backbone, PatchEmbedder
+from ..backbone_config import LEGACY_BACKBONE
 from ..data.resolution import ResolutionPolicy
-from ..flags import check_float, check_int
+from ..detector_config import NEGATIVE_SOURCES, SegmenterConfig  # noqa: F401 (re-exported: the head's config)
 from . import head_training
 from .anomaly_map import gaussian_blur
 from .coreset import CoresetSampler
@@ -43,63 +43,6 @@ from .knn import NearestNeighbours, SearchConfig
 from .views import ViewSet
 
 CORESET_PROJECTION, CORESET_PARTITION = 128, 16384  # the memory bank's coreset, as PatchCoreConfig
-NEGATIVE_SOURCES = ("synthetic", "perlin", "feature", "real")  # real: real defect shots (train.real_features)
-
-
-@dataclass(frozen=True)
-class SegmenterConfig:
-    hidden: int = 64  # 3x3 convs dominate the cost: 128 channels make every step ~3.5x slower
-    focal_gamma: float = 2.0  # 0 gives plain BCE
-    lr: float = 1e-3
-    steps: int = 1000
-    batch_size: int = 16
-    blur_sigma: float = 4.0
-    seed: int = 0
-    residual: bool = True  # the head also reads the residual to the nearest bank row and its distance
-    fusion: bool = True  # map = z(head logit) + z(nearest-neighbour distance), z on held-out normals
-    # which kinds of defects the head learns from; "feature" (noise in feature space) is available but
-    # off: it lowered every metric on magnetic tile and mpdd (BENCHMARKS.md, ablation)
-    negatives: tuple[str, ...] = ("synthetic", "perlin")
-    normal_fraction: float = 0.375  # share of each batch that is normal views
-    feature_noise: float = 1.0  # feature-space negatives: noise std in units of each channel's std
-    coreset_ratio: float = 0.1  # the memory bank, as PatchCore's
-    memory_limit: int | None = None
-    search: str = "ivf"  # nearest-neighbour search (detection/knn.py)
-    nprobe: int = 8
-    backbone: str = DETECTOR_BACKBONE  # whose stride 8 + 16 features (backbone_config.BACKBONES)
-
-    def __post_init__(self):
-        check_float("--coreset-ratio", self.coreset_ratio, 0.0, 1.0, low_open=True)  # the bank, as PatchCore's
-        check_int("--memory-limit", self.memory_limit, optional=True)
-        check_int("--steps", self.steps, 0)
-        check_int("batch_size", self.batch_size, 2)  # one normal view and at least one defect view
-        check_int("hidden", self.hidden)
-        check_float("lr", self.lr, 0.0, low_open=True)
-        for name in ("focal_gamma", "blur_sigma", "feature_noise"):
-            check_float(name, getattr(self, name), 0.0)
-        unknown = set(self.negatives) - set(NEGATIVE_SOURCES)
-        if unknown or not self.negatives:
-            raise ValueError(f"negatives must be a non-empty subset of {NEGATIVE_SOURCES}, got {self.negatives}")
-        if not 0 < self.normal_fraction < 1:
-            raise ValueError(f"normal_fraction must be in (0, 1), got {self.normal_fraction}")
-        SearchConfig(self.search, self.nprobe)  # validates
-        BackboneConfig(self.backbone)  # validates
-
-    @property
-    def uses_bank(self) -> bool:
-        return self.residual or self.fusion
-
-    @property
-    def backbone_config(self) -> BackboneConfig:
-        return BackboneConfig(self.backbone, strides=(8, 16))
-
-    @property
-    def feature_channels(self) -> int:
-        return self.backbone_config.feature_channels
-
-    @property
-    def in_channels(self) -> int:
-        return 2 * self.feature_channels + 1 if self.residual else self.feature_channels
 
 
 # model.json (Segmenter.save writes it, Segmenter.load reads it): each key and "segmenter" setting added

@@ -13,32 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..data.resolution import ResolutionPolicy
+from ..detector_config import QaradTraining
 from ..progress import bar
 from ..quality.weighting import WeightingConfig
 from .segmenter import Segmenter, SegmenterConfig
 from .views import (DIHEDRAL, ViewSet, describe, normal_features, perlin_features, real_features, sample_weights,
                     synthetic_features)
-
-if TYPE_CHECKING:
-    from ..data.real_defects import RealDefects
-
-
-@dataclass(frozen=True)
-class QaradTraining:
-    """What the qarad detector's head learns from, beside its SegmenterConfig (stored with the run)."""
-
-    synth: str | Path | None = None  # `synth` + `score` folder; needed when negatives has "synthetic"
-    weighting: str = "linear"  # QAW calibration of the synthetic samples' weights: none, linear, softmax
-    max_normal_views: int = 4000  # cap on cached normal views
-    perlin_samples: int = 200  # DRAEM-style Perlin texture patches drawn, when negatives has "perlin"
-    batch_size: int = 8  # views per backbone batch while caching features (the head's is SegmenterConfig's)
-    # real defect shots (data/real_defects.py: select_real_defects) the head learns from as weighted
-    # positives, when negatives has "real"; `evaluate` leaves exactly these images out of the test split
-    real_defects: "RealDefects | None" = None
-    real_weight: float = 1.0  # loss weight of each real view (an ARAS sample's is its QAW weight)
 
 
 @dataclass

@@ -2,9 +2,9 @@
 (RUN/metrics_validation.json, detection/validation.py), and `--auto`'s candidates (RUN/candidates.json)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from .. import checkpoint
 from .html import Report
 
 VALIDATION = "metrics_validation.json"  # as detection/validation.VALIDATION (this module stays torch-free)
@@ -13,7 +13,7 @@ COLUMNS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aup
 
 
 def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return checkpoint.load_config(path) if path.is_file() else None
 
 
 def _weight(w) -> str:

@@ -212,12 +212,11 @@ def merge_manifests(out: Path) -> Path:
     return _write_merged(Path(out), _entries(Path(out)))
 
 
-def merge_folders(out: Path, folders: list[Path]) -> list[int]:
-    """Join synth folders made with the same settings (`--shard i/n` each, e.g. on different
-    machines) into `out`, which may be one of them: their images and masks are copied in and
-    manifest.jsonl lists every sample in id order, as one run's would whatever the split.
-    Folders with other settings, or one sample id made differently in two folders, are refused.
-    Returns the ids the job plans that no folder holds yet (merge again once they are done)."""
+def check_merge(out: Path, folders: list[Path]) -> tuple[dict, dict[int, dict], list[tuple[Path, dict]]]:
+    """Everything `merge_folders` checks, read-only, so a refused merge makes nothing: each folder a
+    synth output with the same settings, every sample's files confined to its folder, no sample id made
+    differently in two folders (`out`'s own samples included). Returns (settings, merged entries by id,
+    the (folder, entry) pairs whose files are to be copied into `out`)."""
     out, folders = Path(out), [Path(f) for f in folders]
     if not folders:
         raise ValueError("name at least one synth folder to merge")
@@ -231,19 +230,35 @@ def merge_folders(out: Path, folders: list[Path]) -> list[int]:
             keys = sorted(k for k in set(settings) | set(other) if settings.get(k) != other.get(k))
             raise ValueError(f"{folder}: made with other settings than {folders[0]} (differ in {keys}); "
                              "only shards of one job merge")
-    prepare_output(out, settings)
     merged: dict[int, dict] = {}
-    for folder in [out, *folders]:
+    copies = []
+    for folder in [out, *folders] if out.is_dir() else folders:
         copy = folder.resolve() != out.resolve()
         for entry in _entries(folder):
             if merged.get(entry["id"], entry) != entry:
                 raise ValueError(f"{folder}: sample {entry['id']} differs from the one already merged; "
                                  "were these folders made by one job?")
             for key in ("image", "mask"):
-                source = sample_path(folder, entry, key)  # confined to its folder, a regular file
-                if copy:
-                    with atomic_path(out / entry[key]) as tmp:  # replaces a link at the target, never writes through it
-                        shutil.copyfile(source, tmp)
+                sample_path(folder, entry, key)  # confined to its folder, a regular file
+            if copy:
+                copies.append((folder, entry))
             merged[entry["id"]] = entry
+    return settings, merged, copies
+
+
+def merge_folders(out: Path, folders: list[Path]) -> list[int]:
+    """Join synth folders made with the same settings (`--shard i/n` each, e.g. on different
+    machines) into `out`, which may be one of them: their images and masks are copied in and
+    manifest.jsonl lists every sample in id order, as one run's would whatever the split.
+    Folders with other settings, or one sample id made differently in two folders, are refused
+    (`check_merge`, before `out` is touched). Returns the ids the job plans that no folder holds yet
+    (merge again once they are done)."""
+    out = Path(out)
+    settings, merged, copies = check_merge(out, folders)
+    prepare_output(out, settings)
+    for folder, entry in copies:
+        for key in ("image", "mask"):
+            with atomic_path(out / entry[key]) as tmp:  # replaces a link at the target, never writes through it
+                shutil.copyfile(sample_path(folder, entry, key), tmp)
     _write_merged(out, merged.values())
     return [i for i in range(settings["n"]) if i not in merged]

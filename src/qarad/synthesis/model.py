@@ -97,7 +97,7 @@ class FitConfig:
         for name in ("perceptual_weight", "defect_weight"):
             check_float(name, getattr(self, name), 0.0)
         check_float("prompt_dropout", self.prompt_dropout, 0.0, 1.0)
-        check_int("window", self.window, 32)
+        check_int("--window", self.window, 32)
         if self.window % 8:
             raise ValueError(f"window must be a multiple of 8 and at least 32 px, got {self.window}")
         self.window_rule  # building the rule checks max_zoom >= 1
@@ -207,7 +207,7 @@ def write_config(folder: str | Path, config: ModelConfig) -> None:
 def read_timings(folder: str | Path) -> dict[str, float]:
     """Wall seconds per fit stage; empty for a model fitted before they were kept."""
     path = Path(folder) / TIMINGS
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return checkpoint.read_numbers(path) if path.is_file() else {}
 
 
 def prepare_folder(out: str | Path, config: ModelConfig, overwrite: bool = False) -> bool:
