@@ -17,7 +17,7 @@ Per dataset of benchmarks/common.py (skipped when it is not under --data):
      then the validation criterion); default: today's `qarad train --method qarad` (ARAS + Perlin,
      no split: --val-share 0); patchcore: today's `qarad train --method patchcore` (--val-share 0);
      oracle: the candidate with the best test criterion in hindsight.
-  4. spearman: per validation source (aras, perlin, both), the rank correlation between the
+  4. spearman: per validation source (aras, perlin, procedural, both), the rank correlation between the
      candidates' validation criterion and their test criterion (mean of image AUROC and AUPRO
      each; scipy.stats.spearmanr).
 The training subset is common.TRAIN_LIMIT capped further by --train-cap (default TRAIN_CAP); test
@@ -50,7 +50,7 @@ from qarad.metrics import METRICS  # noqa: E402
 TRAIN_CAP = {"magnetic_tile/magnetic_tile": 120, "deeppcb/deeppcb": 100}
 TEST_CAP = {"magnetic_tile/magnetic_tile": 300, "deeppcb/deeppcb": 300}
 MODEL_NAMES = {"magnetic_tile/magnetic_tile": "magnetic_tile", "mpdd/metal_plate": "mpdd", "deeppcb/deeppcb": "deeppcb"}
-SOURCES = ("aras", "perlin", "both")
+SOURCES = ("aras", "perlin", "procedural", "both")
 SIZE = 256
 DEFAULT_WORK = Path(__file__).resolve().parent / "models" / "selection-work"  # git-ignored
 
@@ -225,8 +225,8 @@ def table(key: str, res: dict) -> str:
                      f"{r['test_images_per_s']:.1f} | {what[name]} |")
     sp = res["spearman"]
     lines += ["", "Spearman rank correlation between validation and test criterion (mean of image AUROC and AUPRO) "
-              f"over the trained candidates: ARAS {_rho(sp['aras'])}, Perlin {_rho(sp['perlin'])}, both "
-              f"{_rho(sp['both'])}."]
+              f"over the trained candidates: ARAS {_rho(sp['aras'])}, Perlin {_rho(sp['perlin'])}, procedural "
+              f"{_rho(sp.get('procedural'))} (what --auto reads), ARAS + Perlin {_rho(sp['both'])}."]
     return "\n".join(lines)
 
 

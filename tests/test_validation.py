@@ -103,7 +103,8 @@ def test_aras_samples_on_held_out_normals_validate_and_do_not_train(setup):
     on_held = [e for e in read_manifest(synth / MANIFEST) if Path(e["source"]) in set(split.held)]
     assert sorted(str(i.image) for i in items if i.kind == "aras") == sorted(
         str((synth / e["image"]).resolve()) for e in on_held)
-    assert [i.kind for i in items].count("perlin") == len(split.held) == [i.kind for i in items].count("normal")
+    kinds = [i.kind for i in items]
+    assert kinds.count("perlin") == kinds.count("procedural") == len(split.held) == kinds.count("normal")
     model = Segmenter(QARAD, POLICY)
     views = synthetic_features(model, synth, split.train, held_out=split.held)
     assert len(views) == len(train) - len(split.held)  # one view each (resize)
@@ -115,7 +116,11 @@ def test_run_stores_validation_and_the_gate_and_old_runs_still_load(qarad_run, t
     stored = json.loads((run / V.VALIDATION).read_text())
     assert stored["chosen"] == qarad_run.validation["chosen"]
     assert {r["head_weight"] for r in stored["grid"]} == set(fusion.HEAD_WEIGHTS)
-    assert {"aras", "perlin", "both"} == set(stored["by_source"]) and stored["source"] == "both"
+    assert {"aras", "perlin", "procedural", "both"} == set(stored["by_source"])
+    assert stored["source"] == "procedural"  # defects the head never learned from choose (validation.py)
+    sizes = {r["source"]: r["n_images"] for r in stored["grid"]}
+    held, aras = stored["split"]["normal_held_out"], stored["split"]["aras_samples"]
+    assert sizes == {"aras": held + aras, "perlin": 2 * held, "procedural": 2 * held, "both": 2 * held + aras}
     model = runs.load_detector(run)
     assert model.head_weight_ == stored["chosen"]["head_weight"] and model.image_rule_ == stored["chosen"]["image_rule"]
     assert model.threshold_ == pytest.approx(qarad_run.threshold)
@@ -136,6 +141,16 @@ def test_run_stores_validation_and_the_gate_and_old_runs_still_load(qarad_run, t
     _, no_split = api.run_config(cfg["data"]["root"], "widget", QARAD, api.QaradTraining(
         synth=cfg["detector"]["synth"], perlin_samples=3), POLICY, validation=ValidationConfig(val_share=0.0))
     assert runs.holds(old, no_split)  # an old run is the run with --val-share 0
+
+
+def test_procedural_validation_defects_are_drawn_and_marked(setup):
+    _, _, train, _ = setup
+    item = V.Item("procedural", Path(train[0]), seed=3)
+    loaded, mask = V._load(0, item, 0, POLICY)
+    again, same = V._load(0, item, 0, POLICY)
+    assert mask.any() and (mask == same).all()  # a defect, the same one each time (seeded)
+    normal, _ = V._load(0, V.Item("normal", Path(train[0])), 0, POLICY)
+    assert not np.allclose(loaded.image, normal.image)
 
 
 def test_report_shows_the_validation_split(qarad_run):

@@ -69,7 +69,8 @@ def validation_line(checked: dict | None) -> str:
         return "validation: no split (--val-share 0, or too few normal images to hold some out)"
     m, split = checked["overall"], checked["split"]
     return (f"validation ({split['normal_held_out']} held-out normals, {split['aras_samples']} ARAS samples, "
-            f"{split['perlin_patches']} Perlin patches): image AUROC {m['image_auroc']:.4f}, pixel AUROC "
+            f"{split['perlin_patches']} Perlin patches, {split.get('procedural_defects', 0)} procedural defects; "
+            f"chosen on {checked['source']}): image AUROC {m['image_auroc']:.4f}, pixel AUROC "
             f"{m['pixel_auroc']:.4f}, AUPRO {m['aupro']:.4f}\n{checked['chosen']['note']}")
 
 

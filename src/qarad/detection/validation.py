@@ -7,7 +7,10 @@ never in head training. The labelled validation set is then
     out of head training: synthetic_features(held_out=...)); copy-paste folders (`qarad paste`)
     given as --synth are the same kind of folder and are split the same way,
   - one Perlin texture patch drawn on each held-out normal, at source resolution, from a random
-    stream of its own (never a patch the head trained on).
+    stream of its own (never a patch the head trained on),
+  - one procedural defect (defects/renderer.py: scratches, cracks, stains, ... on a proposed mask)
+    drawn on each held-out normal, from a stream of its own: a kind of defect the head never learns
+    from (it learns from ARAS samples and Perlin patches).
 Every candidate of a run (PatchCore or qarad, any size or backbone) with the same seed and
 synth folder sees exactly these images, and maps are graded on one grid (the source image shrunk
 to GRADE_SIDE px at most), so their validation metrics compare.
@@ -20,12 +23,18 @@ Chosen from set sizes, not from any test metric.
 On it, `validate` chooses for a qarad run the head's weight against the bank (fusion.HEAD_WEIGHTS;
 0 = the bank alone), the image-score rule (fusion.IMAGE_RULES) and the scoring region (the whole
 image, or the part: scoring_region.py, tried when the normal images show a plain backdrop) by one
-criterion, the mean of image AUROC and AUPRO on the validation source SELECTION_SOURCE ("both":
-ARAS and Perlin; Perlin alone without a synth folder); ties go to the smaller weight, then to the
-whole image, so a head that does not help falls back to the bank. The threshold is then mean +
-3 std of the held-out normal images' scores under the chosen setting. SELECTION_SOURCE is fixed a
-priori (two kinds of defect rather than one), not from test metrics; benchmarks/selection.py
-measures how each source ranks candidates against their test metrics.
+criterion, the mean of image AUROC and AUPRO on the validation source SELECTION_SOURCE
+("procedural"); ties go to the smaller weight, then to the whole image, so a head that does not
+help falls back to the bank. The threshold is then mean + 3 std of the held-out normal images'
+scores under the chosen setting.
+
+Why the procedural defects choose, not the ARAS samples or Perlin patches: the head is trained on
+those two generators, so on their held-out draws it is graded on the kind of defect it memorised,
+and the gate (and the choice between a qarad and a PatchCore candidate) leans towards the head.
+Real defects are a kind the head never saw; so are the procedural ones. This is fixed a priori,
+from how the sets are made, not from test metrics (the first selection run, which chose on
+ARAS + Perlin, validated near 1.0 on ARAS samples for every head weight: no signal there);
+benchmarks/selection.py measures how each source ranks candidates against their test metrics.
 """
 from __future__ import annotations
 
@@ -42,7 +51,7 @@ from .. import metrics as M
 from ..data.io import read_image, read_mask
 from ..data.resolution import ResolutionPolicy
 from ..data.stream import Loaded, map_views
-from ..defects.baselines import perlin_texture
+from ..defects.baselines import perlin_texture, procedural
 from ..defects.masks import foreground_mask
 from ..progress import bar
 from ..synthesis.jobs import MANIFEST, read_manifest
@@ -52,10 +61,11 @@ from .fusion import HEAD_WEIGHTS, IMAGE_RULES, image_score
 
 VALIDATION = "metrics_validation.json"  # in the run folder
 MIN_HELD, MIN_TRAIN = 3, 3  # fewer held-out or training normals: no validation split (said so)
-SPLIT_STREAM, PERLIN_STREAM = 1, 2  # random streams of (seed, stream): independent of training's draws
+SPLIT_STREAM, PERLIN_STREAM, PROCEDURAL_STREAM = 1, 2, 3  # random streams of (seed, stream): not training's draws
 GRADE_SIDE = 256  # maps and masks graded on the source grid shrunk to this longest side
-SOURCES = ("aras", "perlin", "both")  # validation sets: held-out normals + that kind of defect
-SELECTION_SOURCE = "both"  # what the gate reads (Perlin alone when there is no synth folder)
+# validation sets: held-out normals + that kind of defect ("both": ARAS and Perlin, what the head learns from)
+SOURCES = ("aras", "perlin", "procedural", "both")
+SELECTION_SOURCE = "procedural"  # what the gate and --auto read: defects the head never learns from
 CRITERION = ("image_auroc", "aupro")  # the gate's criterion: their mean
 REPORTED = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap")
 
@@ -79,10 +89,10 @@ def split_normals(paths: list[Path], share: float, seed: int) -> Split:
 
 @dataclass(frozen=True)
 class Item:
-    kind: str  # "normal", "aras" or "perlin"
-    image: Path  # the image (a held-out normal, a synth sample) or the normal a Perlin patch is drawn on
+    kind: str  # "normal", "aras", "perlin" or "procedural"
+    image: Path  # the image (a held-out normal, a synth sample) or the normal a drawn defect goes on
     mask: Path | None = None  # an ARAS sample's mask
-    seed: int = 0  # a Perlin patch's draw
+    seed: int = 0  # a Perlin patch's or procedural defect's draw
 
 
 def _inside(root: Path, relative: str) -> Path:
@@ -97,6 +107,7 @@ def items(held: list[Path], synth_dir: str | Path | None, seed: int) -> list[Ite
     """The validation set of a split's held-out normals (see the module docstring)."""
     out = [Item("normal", Path(p)) for p in held]
     out += [Item("perlin", Path(p), seed=i) for i, p in enumerate(held)]
+    out += [Item("procedural", Path(p), seed=i) for i, p in enumerate(held)]
     if synth_dir is not None and held:
         root = Path(synth_dir)
         names = {str(Path(p).resolve()) for p in held}
@@ -111,6 +122,10 @@ def _load(index: int, item: Item, seed: int, policy: ResolutionPolicy) -> tuple[
     if item.kind == "perlin":
         drawn = perlin_texture(image, np.random.default_rng([seed, PERLIN_STREAM, item.seed]),
                                foreground=foreground_mask(image))
+        image, mask = drawn.image, drawn.mask.astype(bool)
+    elif item.kind == "procedural":
+        drawn = procedural(image, np.random.default_rng([seed, PROCEDURAL_STREAM, item.seed]),
+                           foreground=foreground_mask(image))
         image, mask = drawn.image, drawn.mask.astype(bool)
     elif item.kind == "aras":
         mask = read_mask(item.mask, image.shape[:2]).astype(bool)
@@ -150,11 +165,11 @@ def _smoothed_maps(detector, loaded: Iterator[Loaded], weights: list, batch_size
 
 
 def _sources(kinds: list[str]) -> list[str]:
-    return [s for s in SOURCES if s == "perlin" or "aras" in kinds]
+    return [s for s in SOURCES if s in ("perlin", "procedural") or "aras" in kinds]
 
 
 def _members(kind: str, source: str) -> bool:
-    return kind == "normal" or source == "both" or kind == source
+    return kind == "normal" or kind == source or (source == "both" and kind in ("aras", "perlin"))
 
 
 def grid(detector, val: list[Item], seed: int, weights: list, rules: tuple[str, ...], batch_size: int = 8,
@@ -258,12 +273,13 @@ def validate(detector, split: Split, synth_dir: str | Path | None, seed: int, ba
         s = normal_scores[w, rule, part]  # held-out normal images, scored as test images will be
         detector.calibration_scores_ = s.astype(np.float64)
         detector.threshold_ = float(s.mean() + THRESHOLD_SIGMAS * s.std()) if len(s) > 1 else float("inf")
-    counts = {k: sum(v.kind == k for v in val) for k in ("normal", "aras", "perlin")}
+    counts = {k: sum(v.kind == k for v in val) for k in ("normal", "aras", "perlin", "procedural")}
     note = _note(gated, detector, w, rows, source, rule) + (_region_note(foreground, part) if gated else "")
     return {"criterion": "mean of image AUROC and AUPRO", "source": source,
             "split": {"share_of_normals": len(split.held) / max(1, len(split.held) + len(split.train)),
                       "normal_train": len(split.train), "normal_held_out": len(split.held),
-                      "aras_samples": counts["aras"], "perlin_patches": counts["perlin"], "seed": seed},
+                      "aras_samples": counts["aras"], "perlin_patches": counts["perlin"],
+                      "procedural_defects": counts["procedural"], "seed": seed},
             "chosen": {"head_weight": w, "image_rule": rule, "foreground": part, "criterion": chosen["criterion"],
                        "note": note},
             "overall": {k: chosen[k] for k in REPORTED},

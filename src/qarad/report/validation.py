@@ -29,8 +29,9 @@ def validation_section(report: Report, run: Path) -> None:
     report.heading("Validation split (held-out normals and synthetic defects; no test label used)")
     report.paragraph(f"{split['normal_held_out']} of {split['normal_held_out'] + split['normal_train']} normal "
                      f"training images were held out (never in the memory bank or the head's training), with "
-                     f"{split['aras_samples']} ARAS samples drawn on them and {split['perlin_patches']} Perlin "
-                     f"patches. Chosen by {checked['criterion']} on '{checked['source']}': {chosen['note']}.")
+                     f"{split['aras_samples']} ARAS samples drawn on them, {split['perlin_patches']} Perlin "
+                     f"patches and {split.get('procedural_defects', 0)} procedural defects (a kind the head never "
+                     f"learns from). Chosen by {checked['criterion']} on '{checked['source']}': {chosen['note']}.")
     report.table(["defect source", *[label for _, label in COLUMNS]],
                  [[s, *[float(m[k]) for k, _ in COLUMNS]] for s, m in checked["by_source"].items()])
     rows = [r for r in checked["grid"] if r["source"] == checked["source"]]
