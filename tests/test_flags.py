@@ -40,3 +40,10 @@ def test_prompt_b_mix_and_strength_parse():
     assert plain.prompt_b is None and plain.mix is None  # no interpolation unless asked for
     with pytest.raises(SystemExit):
         main_parser().parse_args(BASE + ["--mix", "half"])
+
+
+def test_the_cli_and_the_policy_bound_the_working_size_alike():
+    from qarad.data.resolution import MAX_SIZE
+    from qarad.flags import MAX_WORKING_SIZE
+
+    assert MAX_SIZE == MAX_WORKING_SIZE

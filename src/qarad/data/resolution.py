@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..flags import MAX_WORKING_SIZE
-
 POLICIES = ("resize", "keep-aspect", "tile")
-MAX_SIZE = MAX_WORKING_SIZE  # working size in px at most (the CLI checks the same bound while parsing)
+# working size in px at most; flags.MAX_WORKING_SIZE is the same bound, checked while parsing (flags.py is torch-free
+# and imports this module lazily, so it cannot be imported from here: tests/test_flags.py checks they agree)
+MAX_SIZE = 4096
 STRIDE_MULTIPLE = 32  # coarsest backbone stride: view sides must be multiples of it
 
 
