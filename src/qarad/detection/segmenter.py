@@ -142,6 +142,16 @@ class Segmenter:
         self.threshold_ = head_training.threshold(self.calibration_scores_)
         return self
 
+    def set_gate(self, head_weight: float, image_rule: str, foreground, calibration_scores: np.ndarray) -> "Segmenter":
+        """The scoring choices the validation split made (detection/validation.py): the head's weight
+        against the bank, the image-score rule, the scoring region (None: the whole image), and the
+        held-out normal images' scores under them, which set the threshold; -> self."""
+        self.head_weight_, self.image_rule_ = check_weight(head_weight), check_rule(image_rule)
+        self.foreground_ = foreground
+        self.calibration_scores_ = np.asarray(calibration_scores, dtype=np.float64)
+        self.threshold_ = head_training.threshold(self.calibration_scores_)
+        return self
+
     # --- the memory bank ----------------------------------------------------------------------
     def fit_bank(self, normal: ViewSet, others=()) -> "Segmenter":
         """The memory bank alone: coreset rows of the normal views' cells, each row tagged with its

@@ -253,9 +253,7 @@ def best(rows: list[dict], source: str) -> dict:
 def validate(detector, split: Split, synth_dir: str | Path | None, seed: int, batch_size: int = 8,
              on_item: Callable[[], None] | None = None) -> dict:
     """Validate a fitted detector on the held-out split; a qarad detector with fusion is gated
-    (its head_weight_, image_rule_ and threshold_ set). -> metrics_validation.json's content."""
-    from .patchcore import THRESHOLD_SIGMAS
-
+    (Segmenter.set_gate: its head weight, image rule, scoring region and threshold). -> metrics_validation.json's content."""
     start = time.perf_counter()
     val = items(split.held, synth_dir, seed)
     gated = getattr(detector, "method", "") == "qarad"
@@ -267,12 +265,8 @@ def validate(detector, split: Split, synth_dir: str | Path | None, seed: int, ba
     source = selection_source(rows)
     chosen = best(rows, source)
     w, rule, part = chosen["head_weight"], chosen["image_rule"], chosen["foreground"]
-    if gated:
-        detector.head_weight_, detector.image_rule_ = w, rule
-        detector.foreground_ = foreground if part else None
-        s = normal_scores[w, rule, part]  # held-out normal images, scored as test images will be
-        detector.calibration_scores_ = s.astype(np.float64)
-        detector.threshold_ = float(s.mean() + THRESHOLD_SIGMAS * s.std()) if len(s) > 1 else float("inf")
+    if gated:  # the threshold from the held-out normal images, scored as test images will be
+        detector.set_gate(w, rule, foreground if part else None, normal_scores[w, rule, part])
     counts = {k: sum(v.kind == k for v in val) for k in ("normal", "aras", "perlin", "procedural")}
     note = _note(gated, detector, w, rows, source, rule) + (_region_note(foreground, part) if gated else "")
     return {"criterion": "mean of image AUROC and AUPRO", "source": source,
