@@ -253,7 +253,8 @@ def best(rows: list[dict], source: str) -> dict:
 def validate(detector, split: Split, synth_dir: str | Path | None, seed: int, batch_size: int = 8,
              on_item: Callable[[], None] | None = None) -> dict:
     """Validate a fitted detector on the held-out split; a qarad detector with fusion is gated
-    (Segmenter.set_gate: its head weight, image rule, scoring region and threshold). -> metrics_validation.json's content."""
+    (Segmenter.set_gate: its head weight, image rule, scoring region and threshold).
+    -> metrics_validation.json's content."""
     start = time.perf_counter()
     val = items(split.held, synth_dir, seed)
     gated = getattr(detector, "method", "") == "qarad"
