@@ -92,7 +92,8 @@ def read_numbers(path: str | Path, keys: tuple[str, ...] | None = None) -> dict[
     values = load_config(path)
     for key in values if keys is None else keys:
         value = values.get(key)
-        if key not in values or not (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key not in values or not (value is None or number):
             raise CheckpointError(f"{path}: {key!r} must be a number; was it edited by hand? (delete the file: qarad "
                                   f"writes it again)")
     return values
