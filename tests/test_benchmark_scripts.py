@@ -58,7 +58,9 @@ def test_selection_spearman_ranks_each_validation_source_against_test():
     trained = [cand(0.1, 0.4, 0.1), cand(0.2, 0.3, 0.2), cand(0.3, 0.2, 0.3), cand(0.4, 0.1, 0.4)]
     rho = selection.spearman(trained)
     assert rho["aras"] == pytest.approx(1.0) and rho["perlin"] == pytest.approx(-1.0)
-    assert selection.spearman(trained[:2]) == {"aras": None, "perlin": None, "both": None}  # too few to rank
+    assert rho["procedural"] is None  # a source no candidate was validated on
+    assert selection.spearman(trained[:2]) == {"aras": None, "perlin": None, "procedural": None,
+                                               "both": None}  # too few to rank
     perlin_only = [{**c, "validation_by_source": {"perlin": c["validation_by_source"]["perlin"]}} for c in trained]
     assert selection.spearman(perlin_only)["aras"] is None
 
