@@ -97,8 +97,9 @@ def measure(args, key: str, backbone: str, size: int) -> dict:
     samples = spaced(scan(args.data / root, cat, "test", "mvtec"), args.images)
     paths = [s.image for s in samples]
     patchcore, qarad = load_detector(runs["patchcore"]), load_detector(runs["qarad"])
-    exact = load_detector(runs["patchcore"])
-    exact.index_ = NearestNeighbours(exact.memory_, exact.memory_source_, SearchConfig("exact"))
+    if not args.no_exact:
+        exact = load_detector(runs["patchcore"])
+        exact.index_ = NearestNeighbours(exact.memory_, exact.memory_source_, SearchConfig("exact"))
     embedder = qarad._embedder()
     with torch.inference_mode():
         views = [load(i, p, qarad.policy).views for i, p in enumerate(paths)]
@@ -116,7 +117,8 @@ def measure(args, key: str, backbone: str, size: int) -> dict:
     def evaluation(name, detector):
         return lambda: loops[name].append(evaluate(detector, samples, args.batch).images_per_s)
 
-    passes = {"backbone": backbone_pass, "patchcore": scoring(patchcore), "patchcore_exact": scoring(exact),
+    passes = {"backbone": backbone_pass, "patchcore": scoring(patchcore),
+              **({} if args.no_exact else {"patchcore_exact": scoring(exact)}),
               "patchcore_eval": evaluation("patchcore", patchcore), "qarad": scoring(qarad),
               "qarad_eval": evaluation("qarad", qarad)}
     for run in passes.values():  # warm-up: graphs traced, first-call allocations
@@ -157,7 +159,7 @@ def markdown(env: dict) -> str:
     for key, per_backbone in env["results"].items():
         for backbone, per_size in per_backbone.items():
             for size, r in per_size.items():
-                rate = {n: r[n]["images_per_s"] for n in ENTRIES}
+                rate = {n: r[n]["images_per_s"] if n in r else float("nan") for n in ENTRIES}  # nan: not run
                 loop = {n: r[n]["eval_loop"]["images_per_s"] for n in ("patchcore", "qarad")}
                 lines.append(
                     f"| {key} | {backbone} | {size} | {r['patchcore']['bank_rows']} | {rate['backbone']:.1f} | {rate['patchcore']:.1f} | "
@@ -178,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=50, help="test images per round")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds (the median is reported)")
     ap.add_argument("--batch", type=int, default=8, help="views per backbone batch (as qarad eval)")
+    ap.add_argument("--no-exact", action="store_true",
+                    help="leave out patchcore_exact (the slowest entry; its metric change is the ablation's)")
     ap.add_argument("--reuse", action="store_true",
                     help="use a finished run found in benchmarks/models/speed/ as it is (any qarad version fitted it)")
     ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     env = {**common.envelope(results), "settings": {
         "datasets": args.datasets, "backbones": args.backbones, "images": args.images, "repeats": args.repeats,
-        "batch": args.batch, "sizes": args.sizes, "reuse": args.reuse, "threads": torch.get_num_threads()}}
+        "batch": args.batch, "sizes": args.sizes, "reuse": args.reuse, "no_exact": args.no_exact, "threads": torch.get_num_threads()}}
     common.publish(common.RESULTS / "speed.json", env, "speed", markdown, not args.no_markdown)
 
 
