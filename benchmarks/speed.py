@@ -160,10 +160,11 @@ def markdown(env: dict) -> str:
         for backbone, per_size in per_backbone.items():
             for size, r in per_size.items():
                 rate = {n: r[n]["images_per_s"] if n in r else float("nan") for n in ENTRIES}  # nan: not run
+                exact = "not run" if "patchcore_exact" not in r else f"{rate['patchcore_exact']:.1f}"
                 loop = {n: r[n]["eval_loop"]["images_per_s"] for n in ("patchcore", "qarad")}
                 lines.append(
                     f"| {key} | {backbone} | {size} | {r['patchcore']['bank_rows']} | {rate['backbone']:.1f} | {rate['patchcore']:.1f} | "
-                    f"{rate['patchcore_exact']:.1f} | {loop['patchcore']:.1f} | {rate['patchcore_eval']:.1f} | "
+                    f"{exact} | {loop['patchcore']:.1f} | {rate['patchcore_eval']:.1f} | "
                     f"{rate['patchcore'] / rate['backbone']:.2f} | {loop['patchcore'] / rate['patchcore']:.2f} | "
                     f"{rate['qarad']:.1f} | {loop['qarad']:.1f} | {rate['qarad_eval']:.1f} | "
                     f"{rate['qarad'] / rate['backbone']:.2f} | {loop['qarad'] / rate['qarad']:.2f} |")
