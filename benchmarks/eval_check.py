@@ -31,16 +31,18 @@ def compare(before: dict, after: dict) -> dict:
         worst = max(diffs, key=diffs.get)
         out[run] = {"max_abs_diff": diffs[worst], "at": worst, "metrics": len(diffs),
                     "overall_before": before[run]["overall"], "overall_after": after[run]["overall"],
-                    "images_per_s": [before[run]["images_per_s"], after[run]["images_per_s"]]}
+                    "images_per_s": [before[run]["images_per_s"], after[run]["images_per_s"]],
+                    "src": [before[run].get("src"), after[run].get("src")]}
     return out
 
 
 def markdown(env: dict) -> str:
+    srcs = sorted({tuple(r["src"]) for r in env["results"].values() if r.get("src")})
     lines = ["## Metrics before and after the issue-36 changes, on the same fitted runs", "",
              f"Command: `{env['command']}` ({env['date']}, {env['machine']}; results: "
              "`benchmarks/results/eval_check.json`). Each run's full test split evaluated by the code before "
-             "(`--src` of the parent commit) and after; the largest absolute difference over every metric, "
-             "overall and per defect type.", "",
+             "and after (source trees before -> after: " + ", ".join(f"`{b}` -> `{a}`" for b, a in srcs)
+             + "); the largest absolute difference over every metric, overall and per defect type.", "",
              "| run | metrics compared | max abs difference | at | eval loop img/s before / after |",
              "|---|---|---|---|---|"]
     for run, r in sorted(env["results"].items()):

@@ -8,7 +8,9 @@ finished run is reused) a PatchCore run and a QARAD detector run with `qarad tra
 except that the detector's head learns from Perlin negatives only: the scoring path (decode,
 views, backbone, search of every patch, head on features + residuals + distances, fusion,
 stitching, smoothing) does not depend on where the head's negatives came from, and this way the
-benchmark needs no ARAS model. It then times, round by round and interleaved so that any load
+benchmark needs no ARAS model. With --reuse, a run folder that already holds a finished run is used
+as it is, whatever qarad version fitted it (issue 36 fits them once with the code before its
+changes, so that the same runs serve speed.py, stage_profile.py and eval_check.py). It then times, round by round and interleaved so that any load
 from elsewhere falls on every entry alike, the same evenly spaced test images through:
 
   backbone            PatchEmbedder alone (onnxruntime) on the decoded views: the ceiling
@@ -47,8 +49,9 @@ MODELS = common.ROOT / "benchmarks" / "models" / "speed"
 ENTRIES = ("backbone", "patchcore", "patchcore_exact", "patchcore_eval", "qarad", "qarad_eval")
 
 
-def fitted_runs(data: Path, key: str, backbone: str, size: int = SIZE) -> tuple[dict, dict]:
-    """Run folders of PatchCore and the detector for (key, backbone, size) -> ({method: path}, {method: fit s})."""
+def fitted_runs(data: Path, key: str, backbone: str, size: int = SIZE, reuse: bool = False) -> tuple[dict, dict]:
+    """Run folders of PatchCore and the detector for (key, backbone, size) -> ({method: path}, {method: fit s}).
+    `reuse`: a folder holding a finished run is taken as it is (no config check, no fit)."""
     from qarad import api
     from qarad.data.resolution import ResolutionPolicy
     from qarad.detection.patchcore import PatchCoreConfig
@@ -60,6 +63,10 @@ def fitted_runs(data: Path, key: str, backbone: str, size: int = SIZE) -> tuple[
     runs, fit_s = {}, {}
     for method, config in configs.items():
         out = MODELS / key.replace("/", "__") / f"{method}-{backbone}-{size}"
+        if reuse and (out / "model.safetensors").is_file():
+            runs[method], fit_s[method] = out, None
+            print(f"{key} {backbone} {size}: {method} run {out} (reused as found)", flush=True)
+            continue
         t0 = time.perf_counter()
         trained = api.train(data / root, cat, out, config, policy=ResolutionPolicy("resize", size),
                             max_train_images=common.TRAIN_LIMIT.get(key))
@@ -85,13 +92,14 @@ def measure(args, key: str, backbone: str, size: int) -> dict:
     from qarad.detection.knn import NearestNeighbours, SearchConfig
     from qarad.runs import load_detector
 
-    runs, fit_s = fitted_runs(args.data, key, backbone, size)
+    runs, fit_s = fitted_runs(args.data, key, backbone, size, args.reuse)
     root, cat = common.DATASETS[key]
     samples = spaced(scan(args.data / root, cat, "test", "mvtec"), args.images)
     paths = [s.image for s in samples]
     patchcore, qarad = load_detector(runs["patchcore"]), load_detector(runs["qarad"])
-    exact = load_detector(runs["patchcore"])
-    exact.index_ = NearestNeighbours(exact.memory_, exact.memory_source_, SearchConfig("exact"))
+    if not args.no_exact:
+        exact = load_detector(runs["patchcore"])
+        exact.index_ = NearestNeighbours(exact.memory_, exact.memory_source_, SearchConfig("exact"))
     embedder = qarad._embedder()
     with torch.inference_mode():
         views = [load(i, p, qarad.policy).views for i, p in enumerate(paths)]
@@ -109,7 +117,8 @@ def measure(args, key: str, backbone: str, size: int) -> dict:
     def evaluation(name, detector):
         return lambda: loops[name].append(evaluate(detector, samples, args.batch).images_per_s)
 
-    passes = {"backbone": backbone_pass, "patchcore": scoring(patchcore), "patchcore_exact": scoring(exact),
+    passes = {"backbone": backbone_pass, "patchcore": scoring(patchcore),
+              **({} if args.no_exact else {"patchcore_exact": scoring(exact)}),
               "patchcore_eval": evaluation("patchcore", patchcore), "qarad": scoring(qarad),
               "qarad_eval": evaluation("qarad", qarad)}
     for run in passes.values():  # warm-up: graphs traced, first-call allocations
@@ -143,18 +152,19 @@ def markdown(env: dict) -> str:
              "included except for the backbone row). Scoring: `score_images`; eval loop: `evaluate`'s image loop "
              "(the `test_images_per_s` of `qarad eval`); eval whole: the `evaluate` call, final metrics over all "
              "graded pixels included. Entries: see the docstring of benchmarks/speed.py.", "",
-             "| dataset | backbone | size | backbone only | PatchCore scoring | PatchCore (exact search) "
+             "| dataset | backbone | size | bank rows | backbone only | PatchCore scoring | PatchCore (exact search) "
              "| PatchCore eval loop | eval whole | PatchCore / backbone | loop / scoring | QARAD scoring "
              "| QARAD eval loop | eval whole | QARAD / backbone | loop / scoring |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, per_backbone in env["results"].items():
         for backbone, per_size in per_backbone.items():
             for size, r in per_size.items():
-                rate = {n: r[n]["images_per_s"] for n in ENTRIES}
+                rate = {n: r[n]["images_per_s"] if n in r else float("nan") for n in ENTRIES}  # nan: not run
+                exact = "not run" if "patchcore_exact" not in r else f"{rate['patchcore_exact']:.1f}"
                 loop = {n: r[n]["eval_loop"]["images_per_s"] for n in ("patchcore", "qarad")}
                 lines.append(
-                    f"| {key} | {backbone} | {size} | {rate['backbone']:.1f} | {rate['patchcore']:.1f} | "
-                    f"{rate['patchcore_exact']:.1f} | {loop['patchcore']:.1f} | {rate['patchcore_eval']:.1f} | "
+                    f"| {key} | {backbone} | {size} | {r['patchcore']['bank_rows']} | {rate['backbone']:.1f} | {rate['patchcore']:.1f} | "
+                    f"{exact} | {loop['patchcore']:.1f} | {rate['patchcore_eval']:.1f} | "
                     f"{rate['patchcore'] / rate['backbone']:.2f} | {loop['patchcore'] / rate['patchcore']:.2f} | "
                     f"{rate['qarad']:.1f} | {loop['qarad']:.1f} | {rate['qarad_eval']:.1f} | "
                     f"{rate['qarad'] / rate['backbone']:.2f} | {loop['qarad'] / rate['qarad']:.2f} |")
@@ -171,6 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=50, help="test images per round")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds (the median is reported)")
     ap.add_argument("--batch", type=int, default=8, help="views per backbone batch (as qarad eval)")
+    ap.add_argument("--no-exact", action="store_true",
+                    help="leave out patchcore_exact (the slowest entry; its metric change is the ablation's)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="use a finished run found in benchmarks/models/speed/ as it is (any qarad version fitted it)")
     ap.add_argument("--no-markdown", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args(argv)
     results = common.measure_available(args.data, args.datasets,
@@ -181,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     env = {**common.envelope(results), "settings": {
         "datasets": args.datasets, "backbones": args.backbones, "images": args.images, "repeats": args.repeats,
-        "batch": args.batch, "sizes": args.sizes, "threads": torch.get_num_threads()}}
+        "batch": args.batch, "sizes": args.sizes, "reuse": args.reuse, "no_exact": args.no_exact, "threads": torch.get_num_threads()}}
     common.publish(common.RESULTS / "speed.json", env, "speed", markdown, not args.no_markdown)
 
 
